@@ -1,0 +1,47 @@
+"""Typed errors, raised where the user can act on them.
+
+`SpecError` names the field path (``mask.any[1].band.left``) and the offending value, and, for YAML
+read from a file, the file, line and column. `ShapeError` names the tensor, its shape and the shape
+that was expected. Neither is ever raised through ``assert``.
+"""
+from __future__ import annotations
+
+
+class SpecError(ValueError):
+    """A spec was refused: the message names the field path and the value."""
+
+    def __init__(self, field: str, value, reason: str, *, source: str | None = None,
+                 line: int | None = None, column: int | None = None):
+        self.field, self.value, self.reason = field, value, reason
+        self.source, self.line, self.column = source, line, column
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = ""
+        if self.source is not None or self.line is not None:
+            where = f"{self.source or '<yaml>'}"
+            if self.line is not None:
+                where += f":{self.line}:{self.column or 1}"
+            where += ": "
+        field = self.field or "<spec>"
+        return f"{where}{field}: {self.reason}, got {self.value!r}"
+
+    def under(self, prefix: str) -> "SpecError":
+        """The same error with the field path placed under `prefix` (for nested validation)."""
+        if not prefix:
+            return self
+        field = prefix if not self.field else (
+            f"{prefix}{self.field}" if self.field.startswith("[") else f"{prefix}.{self.field}")
+        return SpecError(field, self.value, self.reason, source=self.source, line=self.line,
+                         column=self.column)
+
+    def located(self, source: str | None, line: int | None, column: int | None) -> "SpecError":
+        return SpecError(self.field, self.value, self.reason, source=source, line=line, column=column)
+
+
+class ShapeError(ValueError):
+    """A tensor passed at call time has the wrong shape, dtype or device."""
+
+
+class CompileError(RuntimeError):
+    """Code generation or compilation failed; the message names the stage and the spec."""

@@ -1,0 +1,1 @@
+"""Stage 5 of the pipeline: load generated kernels, launch them, cache them, expose torch ops."""

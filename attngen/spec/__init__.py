@@ -1,0 +1,13 @@
+"""Stage 1 of the pipeline: the spec language (parse, validate, predicates, normalisation)."""
+from .parse import load_spec, load_specs, parse_mask, spec_from_dict, spec_from_yaml
+from .predicates import (All_, Any_, Band, Blocks, Causal, Columns, EvalContext, Everything, GlobalTokens,
+                         Not_, Nothing, Predicate, Random, Segments, Stride, band, blocks, causal,
+                         columns, global_tokens, random, segments, stride)
+from .spec import FeatureMap, Spec, alibi_slopes, resolve_q_offset
+
+__all__ = [
+    "All_", "Any_", "Band", "Blocks", "Causal", "Columns", "EvalContext", "Everything", "FeatureMap",
+    "GlobalTokens", "Not_", "Nothing", "Predicate", "Random", "Segments", "Spec", "Stride",
+    "alibi_slopes", "band", "blocks", "causal", "columns", "global_tokens", "load_spec", "load_specs",
+    "parse_mask", "random", "resolve_q_offset", "segments", "spec_from_dict", "spec_from_yaml", "stride",
+]

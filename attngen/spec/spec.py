@@ -1,0 +1,296 @@
+"""`Spec`: one attention variant, immutable, validated on construction, with a canonical form.
+
+Two specs that mean the same thing compare and hash equal: equality is over `canonical()`, which
+holds the normalised mask with ``causal`` folded in and drops the name (a name labels a spec; it
+does not change what it computes).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from ..errors import ShapeError, SpecError
+from . import random_draw
+from .normalize import normalize
+from .predicates import All_, Band, Causal, EvalContext, Everything, Nothing, Predicate, Random, Segments
+
+KINDS = ("softmax", "linear")
+FEATURE_MAPS = ("elu1", "relu", "favor")
+# Maps people try that can go negative: the normaliser phi(q)^T z can then reach zero or change sign.
+SIGNED_FEATURE_MAPS = {
+    "identity": "phi(x) = x can be negative",
+    "linear": "phi(x) = x can be negative",
+    "none": "no feature map means phi(x) = x, which can be negative",
+    "elu": "elu(x) reaches -1; use elu1 (elu(x) + 1)",
+    "tanh": "tanh(x) is negative for x < 0",
+}
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def _positive_int(name, value, *, low=1, high=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(name, value, "must be an integer")
+    if value < low or (high is not None and value > high):
+        bound = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise SpecError(name, value, f"must be {bound}")
+    return value
+
+
+def _positive_float(name, value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(name, value, "must be a number")
+    if not math.isfinite(value) or value <= 0:
+        raise SpecError(name, value, "must be a finite number > 0")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """The feature map of linear attention: ``elu1``, ``relu`` or ``favor`` (with m features)."""
+
+    name: str
+    features: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.name in SIGNED_FEATURE_MAPS:
+            raise SpecError("feature_map", self.name,
+                            f"is refused: {SIGNED_FEATURE_MAPS[self.name]}; linear attention needs "
+                            f"a positive feature map ({', '.join(FEATURE_MAPS)})")
+        if self.name not in FEATURE_MAPS:
+            raise SpecError("feature_map", self.name, f"must be one of {', '.join(FEATURE_MAPS)}")
+        if self.name != "favor" and self.features is not None:
+            raise SpecError("feature_map.features", self.features, "applies to favor only")
+        if self.features is not None:
+            _positive_int("feature_map.features", self.features, high=4096)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise SpecError("feature_map.seed", self.seed, "must be an integer >= 0")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Spec:
+    """An attention variant. See SPEC.md for every field's meaning."""
+
+    name: str = "attention"
+    query_heads: int
+    kv_heads: int
+    head_dim: int
+    kind: str = "softmax"
+    causal: bool = False
+    mask: Predicate | None = None
+    scale: float | None = None
+    softcap: float | None = None
+    alibi: bool = False
+    feature_map: FeatureMap | None = None
+    eps: float | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name or not set(self.name) <= NAME_CHARS \
+                or self.name[0].isdigit():
+            raise SpecError("name", self.name, "must be an identifier (letters, digits, _)")
+        _positive_int("heads.query", self.query_heads, high=1024)
+        _positive_int("heads.kv", self.kv_heads, high=1024)
+        if self.query_heads % self.kv_heads:
+            raise SpecError("heads", {"query": self.query_heads, "kv": self.kv_heads},
+                            "query heads must be a multiple of kv heads (Hq % Hkv == 0)")
+        _positive_int("head_dim", self.head_dim, high=256)
+        if self.kind not in KINDS:
+            raise SpecError("kind", self.kind, f"must be one of {', '.join(KINDS)}")
+        if not isinstance(self.causal, bool):
+            raise SpecError("causal", self.causal, "must be true or false")
+        if not isinstance(self.alibi, bool):
+            raise SpecError("alibi", self.alibi, "must be true or false")
+        if self.mask is not None and not isinstance(self.mask, Predicate):
+            raise SpecError("mask", self.mask, "must be a mask predicate")
+        object.__setattr__(self, "scale", _positive_float("scale", self.scale))
+        object.__setattr__(self, "softcap", _positive_float("softcap", self.softcap))
+        object.__setattr__(self, "eps", _positive_float("eps", self.eps))
+        (self._check_linear if self.kind == "linear" else self._check_softmax)()
+
+    def _check_softmax(self):
+        if self.feature_map is not None:
+            raise SpecError("feature_map", self.feature_map.name, "applies to kind: linear only")
+        if self.eps is not None:
+            raise SpecError("eps", self.eps, "applies to kind: linear only")
+        if isinstance(self.effective_mask, Nothing):
+            raise SpecError("mask", self.mask.to_dict() if self.mask else None,
+                            "allows no (i, j) pair at all")
+
+    def _check_linear(self):
+        if self.mask is not None:
+            raise SpecError("mask", self.mask.to_dict(),
+                            "is not allowed on kind: linear (only causal: true is)")
+        for name in ("softcap", "alibi"):
+            if getattr(self, name):
+                raise SpecError(name, getattr(self, name), "applies to kind: softmax only")
+        if self.feature_map is None:
+            raise SpecError("feature_map", None, f"is required for kind: linear ({', '.join(FEATURE_MAPS)})")
+        if self.eps is None:
+            object.__setattr__(self, "eps", 1e-6)
+
+    # -- derived facts -----------------------------------------------------------------------
+    @property
+    def group(self) -> int:
+        """Query heads per kv head: query head h reads kv head h // group."""
+        return self.query_heads // self.kv_heads
+
+    @property
+    def grouping(self) -> str:
+        if self.kv_heads == self.query_heads:
+            return "MHA"
+        return "MQA" if self.kv_heads == 1 else "GQA"
+
+    @property
+    def softmax_scale(self) -> float:
+        return self.scale if self.scale is not None else 1.0 / math.sqrt(self.head_dim)
+
+    @property
+    def num_features(self) -> int:
+        """Width of phi(x) for linear kinds (favor: m, default head_dim; others: head_dim)."""
+        fm = self.feature_map
+        return fm.features if fm is not None and fm.features is not None else self.head_dim
+
+    @cached_property
+    def effective_mask(self) -> Predicate:
+        """The normalised mask with `causal` folded in (Everything when nothing is masked)."""
+        parts = [p for p in (self.mask, Causal() if self.causal else None) if p is not None]
+        if not parts:
+            return Everything()
+        return normalize(parts[0] if len(parts) == 1 else All_(tuple(parts)))
+
+    @property
+    def uses_segments(self) -> bool:
+        return any(isinstance(p, Segments) for p in self.effective_mask.walk())
+
+    def canonical(self) -> dict:
+        """What the spec means, as plain data: equal for equal meanings, whatever the name."""
+        out = {"kind": self.kind, "heads": {"query": self.query_heads, "kv": self.kv_heads},
+               "head_dim": self.head_dim}
+        if self.kind == "softmax":
+            mask = self.effective_mask
+            out.update(mask=None if isinstance(mask, Everything) else mask.to_dict(),
+                       scale=self.softmax_scale, softcap=self.softcap, alibi=self.alibi)
+        else:
+            fm = self.feature_map
+            out.update(causal=self.causal, scale=self.scale, eps=self.eps,
+                       feature_map={"name": fm.name, "features": self.num_features if fm.name == "favor" else None,
+                                    "seed": fm.seed if fm.name == "favor" else None})
+        return out
+
+    def content_hash(self) -> str:
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def __eq__(self, other):
+        return isinstance(other, Spec) and self.canonical() == other.canonical()
+
+    def __hash__(self):
+        return hash(self.content_hash())
+
+    def to_dict(self) -> dict:
+        """A dict that `load_spec` reads back to an equal spec, with this spec's name."""
+        out = {"name": self.name, "heads": {"query": self.query_heads, "kv": self.kv_heads},
+               "head_dim": self.head_dim, "kind": self.kind}
+        if self.kind == "softmax":
+            mask = self.effective_mask
+            if not isinstance(mask, Everything):
+                out["mask"] = mask.to_dict()
+            for key in ("scale", "softcap"):
+                if getattr(self, key) is not None:
+                    out[key] = getattr(self, key)
+            if self.alibi:
+                out["alibi"] = True
+        else:
+            fm = self.feature_map
+            out["causal"] = self.causal
+            out["feature_map"] = {"name": fm.name, **({"features": self.num_features, "seed": fm.seed}
+                                                      if fm.name == "favor" else {})}
+            out["eps"] = self.eps
+            if self.scale is not None:
+                out["scale"] = self.scale
+        return out
+
+    # -- meaning at concrete sizes -----------------------------------------------------------
+    def eval_context(self, nq: int, nk: int, q_offset: int | None = None, seg_q=None, seg_k=None,
+                     device=None) -> EvalContext:
+        """Everything the predicate needs to be evaluated at these sizes (validated)."""
+        q_offset = resolve_q_offset(nq, nk, q_offset)
+        rows = cols = None
+        if self.uses_segments:
+            rows, cols = _segment_grids(seg_q, seg_k, nq, nk, device)
+        elif seg_q is not None or seg_k is not None:
+            raise ShapeError(f"spec {self.name!r} has no segments mask, but seg_q/seg_k were given")
+        tables = {}
+
+        def random_table(pred: Random):
+            if pred not in tables:
+                first, count = random_draw.query_block_span(nq, q_offset, pred.block)
+                table = random_draw.draw_key_blocks(seed=pred.seed, per_row=pred.per_row, block=pred.block,
+                                                    nk=nk, first_query_block=first, num_query_blocks=count)
+                tables[pred] = (first, table.to(device) if device is not None else table)
+            return tables[pred]
+
+        for pred in self.effective_mask.walk():   # fail early: per_row vs the number of key blocks
+            if isinstance(pred, Random):
+                random_table(pred)
+        return EvalContext(nq=nq, nk=nk, q_offset=q_offset, seg_rows=rows, seg_cols=cols,
+                           random_table=random_table)
+
+    def dense_mask(self, nq: int, nk: int, q_offset: int | None = None, seg_q=None, seg_k=None,
+                   *, device=None) -> torch.Tensor:
+        """The mask evaluated on every pair: bool (nq, nk), or (B, nq, nk) for batched segments.
+
+        For tests and pictures only: kernels never build this.
+        """
+        if self.kind != "softmax":
+            base = Band(None, 0) if self.causal else Everything()
+        else:
+            base = self.effective_mask
+        ctx = self.eval_context(nq, nk, q_offset, seg_q, seg_k, device=device)
+        ii = (torch.arange(nq, device=device) + ctx.q_offset).unsqueeze(-1)
+        jj = torch.arange(nk, device=device).unsqueeze(0)
+        return base.evaluate(ii, jj, ctx)
+
+
+def resolve_q_offset(nq: int, nk: int, q_offset: int | None) -> int:
+    """SPEC.md alignment: by default the last query lines up with the last key."""
+    if q_offset is None:
+        return nk - nq
+    if isinstance(q_offset, bool) or not isinstance(q_offset, int):
+        raise ShapeError(f"q_offset must be an int, got {q_offset!r}")
+    return q_offset
+
+
+def _segment_grids(seg_q, seg_k, nq, nk, device):
+    if seg_q is None or seg_k is None:
+        raise ShapeError("this spec has a segments mask: pass seg_q (Nq,) or (B, Nq) and seg_k "
+                         "(Nk,) or (B, Nk) integer tensors")
+    for name, seg, n in (("seg_q", seg_q, nq), ("seg_k", seg_k, nk)):
+        if not isinstance(seg, torch.Tensor) or seg.dtype.is_floating_point or seg.dtype == torch.bool:
+            raise ShapeError(f"{name} must be an integer tensor, got {getattr(seg, 'dtype', type(seg))}")
+        if seg.dim() not in (1, 2) or seg.shape[-1] != n:
+            raise ShapeError(f"{name} has shape {tuple(seg.shape)}, expected ({n},) or (B, {n})")
+    rows = seg_q.to(device=device, dtype=torch.int64).unsqueeze(-1)    # [.., nq, 1]
+    cols = seg_k.to(device=device, dtype=torch.int64).unsqueeze(-2)    # [.., 1, nk]
+    return rows, cols
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """The standard ALiBi slopes (Press et al.): geometric in 2**(-8/n), with the paper's rule for
+    head counts that are not powers of two. float64, (num_heads,)."""
+    def powers(n):
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (h + 1) for h in range(n)]
+
+    closest = 2 ** int(math.floor(math.log2(num_heads)))
+    slopes = powers(closest)
+    if closest != num_heads:
+        slopes += powers(2 * closest)[0::2][: num_heads - closest]
+    return torch.tensor(slopes, dtype=torch.float64)
