@@ -5,15 +5,16 @@
 
 The public API is re-exported here; every stage lives in its own subpackage.
 """
+from .api import compile, emit
 from .errors import CompileError, ShapeError, SpecError
 from .reference import reference
 from .spec import (FeatureMap, Predicate, Spec, band, blocks, causal, columns, global_tokens, load_spec,
                    load_specs, random, segments, stride)
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
-    "CompileError", "FeatureMap", "Predicate", "ShapeError", "Spec", "SpecError", "band", "blocks",
+    "CompileError", "FeatureMap", "compile", "emit", "Predicate", "ShapeError", "Spec", "SpecError", "band", "blocks",
     "causal", "columns", "global_tokens", "load_spec", "load_specs", "random", "reference", "segments",
     "stride", "__version__",
 ]

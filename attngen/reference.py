@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ShapeError
-from .spec import Spec, alibi_slopes, load_spec
+from .spec import Spec, alibi_slopes, load_spec, resolve_q_offset
 
 
 def check_qkv(spec: Spec, q, k, v) -> None:
@@ -35,6 +35,12 @@ def reference(spec, q, k, v, *, q_offset=None, seg_q=None, seg_k=None):
     """(out, lse) in float64. ``lse`` is (B, Hq, Nq) for the softmax kind and None for linear."""
     spec = load_spec(spec)
     check_qkv(spec, q, k, v)
+    for name, seg in (("seg_q", seg_q), ("seg_k", seg_k)):
+        # Batched ids must have q's batch: broadcasting (1, N) or (3, N) against B = 2 would
+        # silently reuse one document layout, or fail deep inside torch without naming the tensor.
+        if isinstance(seg, torch.Tensor) and seg.dim() == 2 and seg.shape[0] != q.shape[0]:
+            raise ShapeError(f"{name} has shape {tuple(seg.shape)}, expected ({seg.shape[1]},) or "
+                             f"(B, {seg.shape[1]}) with B = {q.shape[0]} (q's batch)")
     q64, k64, v64 = (t.detach().to(torch.float64) for t in (q, k, v))
     k64 = k64.repeat_interleave(spec.group, dim=1)
     v64 = v64.repeat_interleave(spec.group, dim=1)
@@ -53,7 +59,7 @@ def _softmax_reference(spec, q, k, v, q_offset, seg_q, seg_k):
     if spec.softcap is not None:
         scores = spec.softcap * torch.tanh(scores / spec.softcap)
     if spec.alibi:
-        offset = spec.eval_context(nq, nk, q_offset).q_offset
+        offset = resolve_q_offset(nq, nk, q_offset)   # not eval_context: it wants seg_q/seg_k
         distance = (torch.arange(nq, device=q.device) + offset)[:, None] - torch.arange(nk, device=q.device)[None]
         slopes = alibi_slopes(spec.query_heads).to(q.device)
         scores = scores - slopes[:, None, None] * distance.to(torch.float64)

@@ -1,13 +1,17 @@
-"""Turn generated Triton source into importable modules, once compiled and once interpreted.
+"""Turn generated Triton source into an importable module, and run its kernels interpreted.
 
 Triton's ``@triton.jit`` reads the function's source from its file, so generated source is written
-to a file named by its sha256 (written once, atomically) and imported from there. The same file is
-imported twice when both are needed: with ``TRITON_INTERPRET=1`` set during the import, every
-``@triton.jit`` in it (helpers included) becomes an interpreted function that runs on CPU tensors;
-without it, a JIT function that compiles for the GPU.
+to a file named by its sha256 (written once, atomically) and imported from there, once.
+
+On CPU tensors a kernel runs under Triton's interpreter: `interpreted(kernel)[grid](...)`. Triton
+turns ``@triton.jit`` functions into interpreted ones only when the interpreter was on at *import*
+time, which would rule out compiling for GPUs in the same process; so instead, while an interpreted
+launch runs, calls from it to other JIT functions (our helpers and Triton's own ``tl.zeros``,
+``tl.max``, ...) are routed through the interpreter too.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -17,10 +21,13 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
+
 from .. import env
 
 _IMPORT_LOCK = threading.Lock()
-_MODULES: dict[tuple[str, bool], ModuleType] = {}
+_MODULES: dict[str, ModuleType] = {}
 
 
 def source_dir() -> Path:
@@ -42,26 +49,57 @@ def write_source(source: str) -> Path:
     return path
 
 
-def load_source(source: str, *, interpret: bool) -> ModuleType:
-    """Import generated `source` as a module; interpreted (CPU) or compiled (GPU) flavour."""
+def load_source(source: str) -> ModuleType:
+    """Import generated `source` as a module (cached by the source's sha256)."""
     digest = hashlib.sha256(source.encode()).hexdigest()
-    key = (digest, interpret)
     with _IMPORT_LOCK:
-        if key in _MODULES:
-            return _MODULES[key]
+        if digest in _MODULES:
+            return _MODULES[digest]
         path = write_source(source)
-        name = f"attngen_kernels.k_{digest[:32]}_{'interp' if interpret else 'jit'}"
+        name = f"attngen_kernels.k_{digest[:32]}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
-        previous = os.environ.get("TRITON_INTERPRET")
-        os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
-        try:
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-        finally:
-            if previous is None:
-                os.environ.pop("TRITON_INTERPRET", None)
-            else:
-                os.environ["TRITON_INTERPRET"] = previous
-        _MODULES[key] = module
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        _MODULES[digest] = module
         return module
+
+
+_INTERPRETED: dict = {}
+_INTERPRET_LOCK = threading.RLock()
+
+
+def _as_interpreted(fn: JITFunction) -> InterpretedFunction:
+    # Keyed by identity: hashing a JITFunction computes its cache key, which fails mid-interpretation.
+    entry = _INTERPRETED.get(id(fn))
+    if entry is None or entry[0] is not fn:
+        entry = _INTERPRETED[id(fn)] = (fn, InterpretedFunction(fn.fn))
+    return entry[1]
+
+
+@contextlib.contextmanager
+def _jit_calls_interpreted():
+    original = JITFunction.__call__
+
+    def call(self, *args, **kwargs):          # a device-function call inside an interpreted kernel
+        return _as_interpreted(self)(*args, **kwargs)
+
+    JITFunction.__call__ = call
+    try:
+        yield
+    finally:
+        JITFunction.__call__ = original
+
+
+class interpreted:
+    """``interpreted(kernel)[grid](*args, **kwargs)`` runs a JIT kernel under the interpreter."""
+
+    def __init__(self, kernel: JITFunction):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        def launch(*args, num_warps=None, num_stages=None, **kwargs):
+            # Warps and stages mean nothing to the interpreter; the rest is the kernel's signature.
+            with _INTERPRET_LOCK, _jit_calls_interpreted():
+                return _as_interpreted(self.kernel)[grid](*args, **kwargs)
+        return launch

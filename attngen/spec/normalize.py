@@ -109,18 +109,18 @@ def bands_intersect(p: Predicate):
     return None
 
 
+def _union_band(a: "Band | Everything", b: Band) -> Predicate:
+    if isinstance(a, Everything):             # an earlier pair of the fold was already unbounded
+        return a
+    left, right = _max_side(a.left, b.left), _max_side(a.right, b.right)
+    # Unbounded on both sides allows everything (and Band refuses to be built that way).
+    return Everything() if left is None and right is None else Band(left, right)
+
+
 def bands_unite(p: Predicate):
     """any of bands is one band: every band holds j == i, so their union has no gap."""
     if isinstance(p, Any_):
-        return _merge_parts(p, Band, lambda a, b: Band(_max_side(a.left, b.left),
-                                                       _max_side(a.right, b.right)))
-    return None
-
-
-def unbounded_band(p: Predicate):
-    """A band unbounded on both sides (after merging) allows everything."""
-    if isinstance(p, Band) and p.left is None and p.right is None:
-        return Everything()
+        return _merge_parts(p, Band, _union_band)
     return None
 
 
@@ -167,7 +167,6 @@ RULES: tuple[Rule, ...] = (
     double_negation,
     bands_intersect,
     bands_unite,
-    unbounded_band,
     nested_blocks,
     strides_combine,
     canonical_order,

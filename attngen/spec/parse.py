@@ -171,7 +171,8 @@ def _locations(node, path="", out=None) -> dict:
     Also refuses duplicate keys, which PyYAML would otherwise resolve silently to the last one.
     """
     out = {} if out is None else out
-    out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    # A mapping's value keeps the place of its key (set by the caller): that is where people look.
+    out.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode):
         seen = set()
         for key_node, value_node in node.value:

@@ -316,6 +316,8 @@ class Random(Predicate):
         _int_field("per_row", self.per_row, minimum=1)
         _int_field("block", self.block, minimum=1)
         _int_field("seed", self.seed, minimum=0)
+        if self.seed >= 2**64:                     # the draw hashes the seed as a uint64
+            raise SpecError("seed", self.seed, "must be < 2**64")
 
     def to_dict(self):
         return {"random": {"per_row": self.per_row, "block": self.block, "seed": self.seed}}

@@ -26,7 +26,7 @@ SIGNED_FEATURE_MAPS = {
     "identity": "phi(x) = x can be negative",
     "linear": "phi(x) = x can be negative",
     "none": "no feature map means phi(x) = x, which can be negative",
-    "elu": "elu(x) reaches -1; use elu1 (elu(x) + 1)",
+    "elu": "elu(x) is negative for x < 0 (down to -1); use elu1 (elu(x) + 1)",
     "tanh": "tanh(x) is negative for x < 0",
 }
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
@@ -60,6 +60,8 @@ class FeatureMap:
     seed: int = 0
 
     def __post_init__(self):
+        if not isinstance(self.name, str):
+            raise SpecError("feature_map.name", self.name, f"must be one of {', '.join(FEATURE_MAPS)}")
         if self.name in SIGNED_FEATURE_MAPS:
             raise SpecError("feature_map", self.name,
                             f"is refused: {SIGNED_FEATURE_MAPS[self.name]}; linear attention needs "
@@ -120,7 +122,7 @@ class Spec:
         if self.eps is not None:
             raise SpecError("eps", self.eps, "applies to kind: linear only")
         if isinstance(self.effective_mask, Nothing):
-            raise SpecError("mask", self.mask.to_dict() if self.mask else None,
+            raise SpecError("mask", self.mask.to_dict() if self.mask is not None else None,
                             "allows no (i, j) pair at all")
 
     def _check_linear(self):

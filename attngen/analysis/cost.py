@@ -1,0 +1,426 @@
+"""What a spec costs at concrete sizes: allowed pairs, FLOPs, bytes, KV cache, receptive field.
+
+Allowed pairs are counted exactly without building the (nq, nk) mask. One query row's mask, read as
+a function of the key j, is *piecewise periodic*: the interval leaves (band, blocks, global tokens,
+random blocks, segments) change value only at a few breakpoints per row, and between two
+breakpoints the modular leaves (stride, columns) repeat with period M = lcm of their `every`. So a
+row's count is a sum over its pieces of "how many j in [a, b) pass", read from a prefix-sum table
+over one period, indexed by (which interval leaves hold, i mod M, j mod M). That is exact for every
+combination of any/all/not and costs O(rows × breakpoints), vectorised over rows.
+
+Band masks (causal and sliding windows included) also have a closed form, derived with sympy and
+printed in `n`; it gives the count when the sizes are the self-attention ones it was derived for.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from math import lcm
+
+import sympy
+import torch
+
+from ..spec.predicates import (All_, Any_, Band, Blocks, Causal, Columns, Everything, GlobalTokens,
+                               Not_, Nothing, Predicate, Random, Segments, Stride)
+from ..spec.normalize import normalize
+from ..spec.spec import Spec, resolve_q_offset
+
+ROW_CHUNK = 1 << 16            # rows counted at once: bounds memory at ~(ROW_CHUNK × breakpoints)
+MAX_TABLE = 1 << 24            # entries of the period table before falling back to dense row chunks
+DENSE_CHUNK = 1 << 24          # pairs evaluated at once by that fallback
+BACKWARD_FACTOR = 2.5          # dq, dk, dv and the recomputed scores: 2.5x the forward FLOPs
+LINEAR_STATE_BYTES = 4         # the linear-attention state is kept in float32
+
+n_symbol = sympy.Symbol("n", integer=True, positive=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact count of allowed pairs
+# ---------------------------------------------------------------------------------------------
+def counted_mask(spec: Spec, *, segments: bool) -> Predicate:
+    """The mask whose pairs are counted: linear kinds attend causally or to everything; a segments
+    leaf becomes Everything when no segment ids are given (one segment)."""
+    if spec.kind != "softmax":
+        return Band(None, 0) if spec.causal else Everything()
+    mask = spec.effective_mask
+    if segments:
+        return mask
+    return normalize(_replace_segments(mask))
+
+
+def _replace_segments(p: Predicate) -> Predicate:
+    if isinstance(p, Segments):
+        return Everything()
+    if isinstance(p, (Any_, All_)):
+        return type(p)(tuple(_replace_segments(c) for c in p.parts))
+    if isinstance(p, Not_):
+        return Not_(_replace_segments(p.part))
+    return p
+
+
+def allowed_pairs(spec: Spec, nq: int, nk: int, q_offset: int | None = None, *,
+                  seg_q: torch.Tensor | None = None, seg_k: torch.Tensor | None = None) -> int:
+    """Exact number of (query, key) pairs the mask allows, for one head and one batch element.
+
+    A segments mask without `seg_q`/`seg_k` counts as one segment. Segment ids are 1-D here.
+    """
+    segmented = seg_q is not None or seg_k is not None
+    mask = counted_mask(spec, segments=segmented)
+    q_offset = resolve_q_offset(nq, nk, q_offset)
+    if isinstance(mask, Everything):
+        return nq * nk
+    if isinstance(mask, Nothing) or nq == 0 or nk == 0:
+        return 0
+    formula = pairs_formula(mask)
+    if formula is not None and nq == nk and q_offset == 0 and nq >= formula.n_min:
+        return formula.value(nq)
+    ctx = spec.eval_context(nq, nk, q_offset, *((seg_q, seg_k) if segmented else (None, None)))
+    seg = _SegmentRuns(seg_q, seg_k, nq, nk) if segmented else None
+    return _count_rows(mask, nq, nk, ctx, seg)
+
+
+def _leaves(p: Predicate) -> list[Predicate]:
+    out = []
+    for node in p.walk():
+        if not node.children() and not isinstance(node, (Any_, All_, Not_)) and node not in out:
+            out.append(node)
+    return out
+
+
+def _is_modular(leaf: Predicate) -> bool:
+    return isinstance(leaf, (Stride, Columns))
+
+
+def _count_rows(mask, nq, nk, ctx, seg) -> int:
+    leaves = _leaves(mask)
+    interval = [leaf for leaf in leaves if not _is_modular(leaf)]
+    modular = [leaf for leaf in leaves if _is_modular(leaf)]
+    period = lcm(*[leaf.every for leaf in modular]) if modular else 1
+    if (1 << len(interval)) * period * (period + 1) > MAX_TABLE:
+        return _count_dense(mask, nq, nk, ctx)
+    table = _period_table(mask, interval, modular, period)           # [codes, M, M + 1]
+    total = 0
+    for start in range(0, nq, ROW_CHUNK):
+        rows = torch.arange(start, min(nq, start + ROW_CHUNK), dtype=torch.int64) + ctx.q_offset
+        ii = rows.unsqueeze(-1)                                        # [R, 1]
+        cuts = [torch.zeros_like(ii), torch.full_like(ii, nk)]
+        cuts += [_breakpoints(leaf, ii, ctx, seg).clamp(0, nk) for leaf in interval]
+        cuts = torch.cat(cuts, dim=1).sort(dim=1).values              # [R, K]
+        lo, hi = cuts[:, :-1], cuts[:, 1:]                             # pieces [lo, hi)
+        code = torch.zeros_like(lo)
+        for bit, leaf in enumerate(interval):
+            code |= _leaf_value(leaf, ii, lo, ctx, seg).to(torch.int64) << bit
+        phase = torch.remainder(ii, period)
+
+        def upto(x):   # keys j < x that pass, in this piece's code, for this row's phase
+            return (x // period) * table[code, phase, period] + table[code, phase, x % period]
+
+        total += int((upto(hi) - upto(lo)).sum())
+    return total
+
+
+def _period_table(mask, interval, modular, period) -> torch.Tensor:
+    """table[code, i mod M, x] = keys j in [0, x) of one period that pass, where bit k of code
+    says whether interval leaf k holds on the piece."""
+    ii = torch.arange(period).unsqueeze(-1)
+    jj = torch.arange(period).unsqueeze(0)
+    grids = {leaf: leaf.evaluate(ii, jj, None) for leaf in modular}
+    tables = []
+    for code in range(1 << len(interval)):
+        consts = {leaf: torch.tensor(bool(code >> bit & 1)) for bit, leaf in enumerate(interval)}
+        passes = _evaluate_tree(mask, {**consts, **grids}).expand(period, period)
+        tables.append(torch.nn.functional.pad(passes.to(torch.int64).cumsum(1), (1, 0)))
+    return torch.stack(tables)
+
+
+def _evaluate_tree(p: Predicate, values: dict) -> torch.Tensor:
+    if isinstance(p, Any_):
+        out = torch.tensor(False)
+        for c in p.parts:
+            out = out | _evaluate_tree(c, values)
+        return out
+    if isinstance(p, All_):
+        out = torch.tensor(True)
+        for c in p.parts:
+            out = out & _evaluate_tree(c, values)
+        return out
+    if isinstance(p, Not_):
+        return ~_evaluate_tree(p.part, values)
+    return values[p]
+
+
+def _breakpoints(leaf: Predicate, ii: torch.Tensor, ctx, seg) -> torch.Tensor:
+    """Keys where `leaf` may change value along row i: [R, m] (unclipped)."""
+    none = ii[:, :0]
+    if isinstance(leaf, (Everything, Nothing)):
+        return none
+    if isinstance(leaf, Causal):
+        return ii + 1
+    if isinstance(leaf, Band):
+        sides = ([ii - leaf.left] if leaf.left is not None else []) + \
+                ([ii + leaf.right + 1] if leaf.right is not None else [])
+        return torch.cat(sides, dim=1)
+    if isinstance(leaf, Blocks):
+        start = torch.div(ii, leaf.size, rounding_mode="floor") * leaf.size
+        return torch.cat([start, start + leaf.size], dim=1)
+    if isinstance(leaf, GlobalTokens):
+        if leaf.first is not None:
+            return torch.full_like(ii, leaf.first)
+        tokens = torch.tensor(leaf.tokens, dtype=torch.int64)
+        return torch.cat([tokens, tokens + 1]).expand(ii.shape[0], -1)
+    if isinstance(leaf, Random):
+        first, table = ctx.random_table(leaf)
+        drawn = table[torch.div(ii[:, 0], leaf.block, rounding_mode="floor") - first]   # [R, r]
+        return torch.cat([drawn * leaf.block, (drawn + 1) * leaf.block], dim=1)
+    if isinstance(leaf, Segments):
+        return seg.breakpoints(ii - ctx.q_offset)
+    raise NotImplementedError(f"no breakpoints for {leaf!r}")
+
+
+def _leaf_value(leaf, ii, jj, ctx, seg) -> torch.Tensor:
+    if isinstance(leaf, Segments):
+        return seg.same(ii - ctx.q_offset, jj)
+    return leaf.evaluate(ii, jj, ctx).expand(jj.shape)
+
+
+class _SegmentRuns:
+    """Segment ids as runs of equal keys, so that a row's keys in its segment are intervals."""
+
+    def __init__(self, seg_q, seg_k, nq, nk):
+        for name, seg, size in (("seg_q", seg_q, nq), ("seg_k", seg_k, nk)):
+            if not isinstance(seg, torch.Tensor) or seg.dim() != 1 or seg.shape[0] != size:
+                shape = tuple(seg.shape) if isinstance(seg, torch.Tensor) else None
+                raise ValueError(f"cost counts with 1-D segment ids: {name} has shape {shape}, "
+                                 f"expected ({size},)")
+        self.seg_q, self.seg_k = seg_q.to(torch.int64), seg_k.to(torch.int64)
+        starts = torch.cat([torch.tensor([True]), self.seg_k[1:] != self.seg_k[:-1]]).nonzero()[:, 0]
+        ends = torch.cat([starts[1:], torch.tensor([nk])])
+        run_value = self.seg_k[starts]
+        self.values, which = torch.unique(run_value, return_inverse=True)
+        order = torch.argsort(which, stable=True)
+        counts = torch.bincount(which, minlength=len(self.values))
+        slot = torch.arange(len(which)) - (torch.cumsum(counts, 0) - counts)[which[order]]
+        self.runs = torch.full((len(self.values), int(counts.max()), 2), nk, dtype=torch.int64)
+        self.runs[which[order], slot] = torch.stack([starts[order], ends[order]], dim=1)
+        self.nk = nk
+
+    def breakpoints(self, row_index):            # [R, 1] → [R, 2 × runs]
+        value = self.seg_q[row_index[:, 0]]
+        where = torch.searchsorted(self.values, value).clamp(max=len(self.values) - 1)
+        runs = self.runs[where]
+        runs[self.values[where] != value] = self.nk
+        return runs.flatten(1)
+
+    def same(self, row_index, jj):
+        key = self.seg_k[jj.clamp(0, self.nk - 1)]
+        return (key == self.seg_q[row_index]) & (jj < self.nk)
+
+
+def _count_dense(mask, nq, nk, ctx) -> int:
+    """Exact fallback for periods too long to tabulate: the mask in row chunks, never whole."""
+    rows_at_once = max(1, DENSE_CHUNK // max(nk, 1))
+    jj = torch.arange(nk).unsqueeze(0)
+    total = 0
+    for start in range(0, nq, rows_at_once):
+        ii = (torch.arange(start, min(nq, start + rows_at_once)) + ctx.q_offset).unsqueeze(-1)
+        total += int(mask.evaluate(ii, jj, ctx).sum())
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed form for bands
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PairsFormula:
+    """Allowed pairs of an n × n self-attention (q_offset 0) as a polynomial in n, for n >= n_min.
+
+    `general` is written in the band's widths (`symbols` maps each to its value); `expr` has them
+    substituted.
+    """
+
+    general: sympy.Expr
+    expr: sympy.Expr
+    symbols: tuple[tuple[str, int], ...]
+    n_min: int
+
+    def value(self, n: int) -> int:
+        return int(self.expr.subs(n_symbol, n))
+
+    def __str__(self) -> str:
+        concrete = sympy.sstr(self.expr)
+        if not self.symbols:
+            return f"{concrete} (n >= {self.n_min})"
+        names = ", ".join(f"{name} = {value}" for name, value in self.symbols)
+        general = sympy.sstr(sympy.collect(self.general, n_symbol, sympy.factor))
+        return f"{general} with {names}: {concrete} (n >= {self.n_min})"
+
+
+@lru_cache(maxsize=256)
+def pairs_formula(mask: Predicate) -> PairsFormula | None:
+    """The closed form of a band's pair count (causal and sliding windows included), else None."""
+    if isinstance(mask, Everything):
+        return PairsFormula(n_symbol ** 2, n_symbol ** 2, (), 0)
+    if isinstance(mask, Causal):
+        mask = Band(None, 0)
+    if not isinstance(mask, Band):
+        return None
+    sides = {"left": mask.left, "right": mask.right}
+    widths = {k: v for k, v in sides.items() if v}                # 0 and unbounded stay structural
+    if len(widths) == 2 and mask.left == mask.right:
+        names = {"left": "w", "right": "w"}
+    elif len(widths) == 1:
+        names = {k: "w" for k in widths}
+    else:
+        names = {k: k for k in widths}
+    syms = {k: sympy.Symbol(names[k], integer=True, positive=True) for k in widths}
+    left = None if mask.left is None else syms.get("left", 0)
+    right = None if mask.right is None else syms.get("right", 0)
+    general = sympy.expand(_band_sum(left, right))
+    values = {syms[k]: widths[k] for k in widths}
+    shown = tuple(sorted({(names[k], widths[k]) for k in widths}))
+    n_min = max([0, *widths.values()])
+    return PairsFormula(general, sympy.expand(general.subs(values)), shown, n_min)
+
+
+def _band_sum(left, right) -> sympy.Expr:
+    """Sum over rows i = 0..n-1 of the keys in [max(i - left, 0), min(i + right, n - 1)], for
+    n >= both widths (so each clip switches once). None is an unbounded side."""
+    i, n = sympy.Symbol("i", integer=True), n_symbol
+    if right is None:
+        upper = n * (n - 1)
+    else:   # min(i + right, n - 1): i + right up to row n - 1 - right, then n - 1
+        upper = sympy.summation(i + right, (i, 0, n - 1 - right)) + right * (n - 1)
+    if left is None:
+        lower = 0
+    else:   # max(i - left, 0): 0 up to row left, then i - left
+        lower = sympy.summation(i - left, (i, left, n - 1))
+    return upper - lower + n
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+# ---------------------------------------------------------------------------------------------
+def dtype_bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def linear_state_bytes(spec: Spec) -> int:
+    """Per layer and batch element: the float32 state S (d_phi × D) and normaliser z (d_phi) of
+    every kv head (phi(k) and v depend on the kv head only, so a group shares its state)."""
+    d_phi = spec.num_features
+    return spec.kv_heads * (d_phi * spec.head_dim + d_phi) * LINEAR_STATE_BYTES
+
+
+def kv_bytes_per_token(spec: Spec, *, dtype: torch.dtype = torch.float16) -> int:
+    """K and V of one token in one layer (0 for linear kinds, whose state does not grow)."""
+    if spec.kind == "linear":
+        return 0
+    return 2 * spec.kv_heads * spec.head_dim * dtype_bytes(dtype)
+
+
+def sliding_window(spec: Spec) -> int | None:
+    """w when the mask is a causal band of finite left width w: the cache then holds w + 1 tokens."""
+    mask = spec.effective_mask
+    if spec.kind == "softmax" and isinstance(mask, Band) and mask.left is not None and mask.right == 0:
+        return mask.left
+    return None
+
+
+def flops_forward(spec: Spec, *, pairs: int, n: int, nk: int, batch: int = 1, layers: int = 1) -> int:
+    """Forward FLOPs. Softmax: 4 * D per allowed pair and query head (q·k and p·v, a multiply-add
+    being 2). Linear: the state update phi(k) v^T per key and kv head, and the readout phi(q)^T S
+    per query and query head, 2 * d_phi * D each."""
+    if spec.kind == "linear":
+        per_layer = 2 * spec.num_features * spec.head_dim * (n * spec.query_heads + nk * spec.kv_heads)
+    else:
+        per_layer = 4 * spec.head_dim * pairs * spec.query_heads
+    return per_layer * batch * layers
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole picture
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cost:
+    """Costs of one spec at concrete sizes; `to_json` field names are stable (docs/cli.md)."""
+
+    spec: str
+    kind: str
+    n: int
+    nk: int
+    q_offset: int
+    batch: int
+    layers: int
+    dtype: str
+    query_heads: int
+    kv_heads: int
+    head_dim: int
+    allowed_pairs: int
+    flops_fwd: int
+    flops_bwd: int
+    bytes_min: int
+    arithmetic_intensity: float
+    kv_cache_bytes_per_token: int
+    kv_cache_bytes: int
+    receptive_field: int | None
+    layers_to_full_reach: int | None
+    formula: str | None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["notes"] = list(self.notes)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+def cost(spec: Spec, *, n: int, nk: int | None = None, batch: int = 1, layers: int = 1,
+         dtype: torch.dtype = torch.float16, q_offset: int | None = None,
+         seg_q: torch.Tensor | None = None, seg_k: torch.Tensor | None = None) -> Cost:
+    """Exact pair count and the costs that follow from it, for `layers` layers of `batch` sequences
+    of `n` queries against `nk` keys (default n)."""
+    from .reach import reach
+
+    for name, value, low in (("n", n, 1), ("nk", nk, 1), ("batch", batch, 1), ("layers", layers, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    nk = n if nk is None else nk
+    q_offset = resolve_q_offset(n, nk, q_offset)
+    notes = []
+    if spec.uses_segments and seg_q is None and seg_k is None:
+        notes.append("segments: counted as one segment (no segment ids given)")
+    pairs = allowed_pairs(spec, n, nk, q_offset, seg_q=seg_q, seg_k=seg_k)
+    heads, d, size = spec.query_heads, spec.head_dim, dtype_bytes(dtype)
+    flops = flops_forward(spec, pairs=pairs, n=n, nk=nk, batch=batch, layers=layers)
+    if spec.kind == "linear":
+        notes.append("linear: FLOPs are 2 * d_phi * D per key and kv head (state update) plus "
+                     "2 * d_phi * D per query and query head (readout)")
+    io = (2 * heads * n * d + 2 * spec.kv_heads * nk * d) * size
+    if spec.kind == "softmax":
+        io += heads * n * 4                                          # lse, float32
+    bytes_min = io * batch * layers
+    per_token = kv_bytes_per_token(spec, dtype=dtype) * layers
+    window = sliding_window(spec)
+    cached = nk if window is None else min(nk, window + 1)
+    if window is not None and nk > window + 1:
+        notes.append(f"sliding window {window}: the KV cache holds the last {window + 1} tokens")
+    if spec.kind == "linear":
+        kv_bytes = linear_state_bytes(spec) * layers * batch
+        notes.append("linear: the KV cache is the fixed float32 state (d_phi*D + d_phi per kv head)")
+    else:
+        kv_bytes = per_token * cached * batch
+    reached = reach(spec, n=n, layers=layers)
+    notes.extend(reached.notes)
+    formula = pairs_formula(counted_mask(spec, segments=False)) \
+        if n == nk and q_offset == 0 and not spec.uses_segments else None
+    return Cost(spec=spec.name, kind=spec.kind, n=n, nk=nk, q_offset=q_offset, batch=batch,
+                layers=layers, dtype=str(dtype).removeprefix("torch."), query_heads=heads,
+                kv_heads=spec.kv_heads, head_dim=d, allowed_pairs=pairs, flops_fwd=flops,
+                flops_bwd=int(flops * BACKWARD_FACTOR), bytes_min=bytes_min,
+                arithmetic_intensity=flops / bytes_min, kv_cache_bytes_per_token=per_token,
+                kv_cache_bytes=kv_bytes, receptive_field=reached.receptive_field,
+                layers_to_full_reach=reached.layers_to_full_reach,
+                formula=None if formula is None else str(formula), notes=tuple(notes))

@@ -1,0 +1,41 @@
+"""The whole lowering of a softmax spec: IR build, IR passes, then the passes that need analysis.
+
+    lower_forward(spec) = run_passes(build_forward(spec), IR_PASSES + ANALYSIS_PASSES)
+"""
+from __future__ import annotations
+
+import sympy
+
+from ..ir.graph import Graph
+from ..ir.passes import run_passes
+from ..ir.softmax import IR_PASSES, build_forward
+from ..spec import Spec, parse_mask
+from .configs import config_table, padded_head_dim
+from .intervals import key_interval
+
+
+def choose_iteration(g: Graph) -> Graph:
+    """Interval masks get key-tile ranges from formulas; the rest walk per-tile index lists."""
+    if "mask" not in g:
+        return g.with_facts(iteration="ranges", bounds=[str(-sympy.oo), str(sympy.oo)])
+    pred = parse_mask(g.node("mask").attrs["predicate"])
+    bounds = key_interval(pred)
+    if bounds is not None:
+        return g.with_facts(iteration="ranges", bounds=[sympy.srepr(b) for b in bounds])
+    return g.with_facts(iteration="lists", bounds=None)
+
+
+def choose_tiles(g: Graph) -> Graph:
+    """Tile sizes by shape class (padded head dim, dtype, arch): the table travels with the IR."""
+    head_dim = g.facts["head_dim"]
+    return g.with_facts(block_d=padded_head_dim(head_dim), tile_configs=config_table(head_dim))
+
+
+ANALYSIS_PASSES = (choose_iteration, choose_tiles)
+FORWARD_PASSES = IR_PASSES + ANALYSIS_PASSES
+
+
+def lower_forward(spec: Spec, *, check: bool | None = None) -> Graph:
+    if spec.kind != "softmax":
+        raise ValueError(f"lower_forward lowers softmax specs; {spec.name!r} is {spec.kind}")
+    return run_passes(build_forward(spec), FORWARD_PASSES, check=check)

@@ -1,0 +1,81 @@
+"""What the subcommands share: loading specs, argument types, and printing sizes for people."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..spec import Spec, load_spec
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class CommandError(Exception):
+    """A command cannot go on (a missing optional package, a missing compiler entry point); the
+    message says what to do. Printed as one ``attngen: error:`` line, exit status 2."""
+
+
+def add_command(subparsers, name: str, *, help: str, description: str, examples: str):
+    """A subcommand parser whose help ends with its examples."""
+    return subparsers.add_parser(name, help=help, description=description,
+                                 epilog="examples:\n" + examples.strip("\n"),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_sizes(parser, *, n_required: bool = True, n_default: int | None = None) -> None:
+    """--n / --nk / --q-offset, as every size-taking command spells them."""
+    parser.add_argument("--n", type=positive_int, required=n_required, default=n_default,
+                        help="number of queries" + (f" (default {n_default})" if n_default else ""))
+    parser.add_argument("--nk", type=positive_int, default=None,
+                        help="number of keys (default: --n)")
+    parser.add_argument("--q-offset", type=int, default=None,
+                        help="position of the first query (default nk - n: the last query lines "
+                             "up with the last key)")
+
+
+def load(path: str) -> Spec:
+    """The spec of a YAML file; FileNotFoundError and SpecError say which file."""
+    return load_spec(Path(path))
+
+
+def dtype_of(name: str) -> torch.dtype:
+    return DTYPES[name]
+
+
+def human_bytes(count: float) -> str:
+    """Binary units, as memory is sold: 2147483648 → '2.00 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(count) < 1024 or unit == "PiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.2f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_count(count: float, unit: str = "") -> str:
+    """Decimal units, as FLOPs are counted: 1.5e12 → '1.50 T'."""
+    for prefix in ("", "k", "M", "G", "T", "P", "E"):
+        if abs(count) < 1000 or prefix == "E":
+            return f"{count:.0f} {prefix}{unit}".rstrip() if prefix == "" else f"{count:.2f} {prefix}{unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def heads_line(spec: Spec) -> str:
+    """'32 query, 8 kv: GQA-4 (4 query heads per kv head)'."""
+    grouping = spec.grouping
+    if grouping == "GQA":
+        grouping = f"GQA-{spec.group} ({spec.group} query heads per kv head)"
+    elif grouping == "MQA":
+        grouping = f"MQA ({spec.group} query heads share one kv head)"
+    return f"{spec.query_heads} query, {spec.kv_heads} kv: {grouping}"

@@ -1,0 +1,70 @@
+"""``attngen cost SPEC --n N``: exact pair count, FLOPs, bytes, KV cache and receptive field."""
+from __future__ import annotations
+
+from ..analysis.cost import Cost, cost
+from .common import DTYPES, add_command, add_sizes, dtype_of, heads_line, human_bytes, human_count, \
+    load, positive_int
+
+EXAMPLES = """
+  attngen cost specs/mistral_sliding_window.yaml --n 32768 --layers 32
+  attngen cost specs/gqa.yaml --n 4096 --batch 8 --dtype bfloat16
+  attngen cost specs/longformer.yaml --n 4096 --json          # one JSON object (docs/cli.md)
+  attngen cost specs/mqa.yaml --n 1 --nk 8192                 # one decoding step
+"""
+
+
+def add_parser(subparsers):
+    parser = add_command(subparsers, "cost", help="FLOPs, bytes, KV cache and reach of a spec",
+                         description="Count the allowed (query, key) pairs exactly (never building "
+                                     "the mask) and derive forward/backward FLOPs, the minimum bytes "
+                                     "moved, the KV cache and the receptive field of stacked layers.",
+                         examples=EXAMPLES)
+    parser.add_argument("spec", metavar="SPEC", help="spec YAML file")
+    add_sizes(parser)
+    parser.add_argument("--batch", type=positive_int, default=1, help="sequences (default 1)")
+    parser.add_argument("--layers", type=positive_int, default=1,
+                        help="stacked layers: multiplies FLOPs, bytes and cache; sets the "
+                             "receptive field's depth (default 1)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16",
+                        help="element type of q, k, v, out and the cache (default float16)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def run(args) -> int:
+    spec = load(args.spec)
+    result = cost(spec, n=args.n, nk=args.nk, batch=args.batch, layers=args.layers,
+                  dtype=dtype_of(args.dtype), q_offset=args.q_offset)
+    print(result.to_json() if args.json else table(result, heads_line(spec)))
+    return 0
+
+
+def table(c: Cost, heads: str) -> str:
+    """The human form of a `Cost`."""
+    total = c.n * c.nk
+    reach = "not computed" if c.receptive_field is None else \
+        f"{c.receptive_field:,} tokens after {_layers(c.layers)}"
+    if c.layers_to_full_reach is not None:
+        reach += f"; every query reaches all it can after {_layers(c.layers_to_full_reach)}"
+    rows = [
+        ("spec", f"{c.spec} ({c.kind}; {heads}; head_dim {c.head_dim})"),
+        ("sizes", f"n={c.n:,} nk={c.nk:,} q_offset={c.q_offset:,} batch={c.batch} "
+                  f"layers={c.layers} dtype={c.dtype}"),
+        ("allowed pairs", f"{c.allowed_pairs:,} of {total:,} ({100 * c.allowed_pairs / total:.3g}%) "
+                          "per head and sequence"),
+        ("formula", c.formula or "none (counted row by row)"),
+        ("FLOPs forward", f"{c.flops_fwd:,} ({human_count(c.flops_fwd, 'FLOP')})"),
+        ("FLOPs backward", f"{c.flops_bwd:,} ({human_count(c.flops_bwd, 'FLOP')})"),
+        ("bytes at least", f"{c.bytes_min:,} ({human_bytes(c.bytes_min)}): q, k, v, out"
+                           + (", lse" if c.kind == "softmax" else "") + " once each"),
+        ("intensity", f"{c.arithmetic_intensity:.1f} FLOP/byte (forward)"),
+        ("KV cache", f"{human_bytes(c.kv_cache_bytes)} ({c.kv_cache_bytes:,} bytes); "
+                     f"{human_bytes(c.kv_cache_bytes_per_token)} per token over {c.layers} layers"),
+        ("receptive field", reach),
+    ]
+    rows += [("note", note) for note in c.notes]
+    return "\n".join(f"{key:<16} {value}" for key, value in rows)
+
+
+def _layers(count: int) -> str:
+    return f"{count} layer" + ("s" if count != 1 else "")

@@ -1,0 +1,46 @@
+"""``attngen emit SPEC``: print a generated kernel at any stage (Triton source, TTIR, TTGIR, PTX)."""
+from __future__ import annotations
+
+from .common import DTYPES, CommandError, add_command, dtype_of, load
+
+EXAMPLES = """
+  attngen emit specs/mha.yaml                                  # the Triton source of the forward
+  attngen emit specs/gqa.yaml --kernel decode --stage ptx --target sm_90
+  attngen emit specs/longformer.yaml --kernel bwd --stage ttgir --target sm_80 > bwd.ttgir
+"""
+
+
+def add_parser(subparsers):
+    parser = add_command(subparsers, "emit", help="print a generated kernel at any stage",
+                         description="Print the kernel generated for a spec: the Triton source, or "
+                                     "what Triton lowers it to for a GPU architecture (compiled ahead "
+                                     "of time: no GPU needed).",
+                         examples=EXAMPLES)
+    parser.add_argument("spec", metavar="SPEC", help="spec YAML file")
+    parser.add_argument("--kernel", choices=("fwd", "bwd", "decode"), default="fwd",
+                        help="which kernel (default fwd)")
+    parser.add_argument("--stage", choices=("triton", "ttir", "ttgir", "ptx"), default="triton",
+                        help="how far to lower it (default triton: the generated source)")
+    parser.add_argument("--target", choices=("sm_80", "sm_90"), default="sm_90",
+                        help="GPU architecture for ttir/ttgir/ptx (default sm_90)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16",
+                        help="input dtype the ttir/ttgir/ptx are compiled for (default float16)")
+    return parser
+
+
+def compiler_entry(name: str):
+    """`attngen.<name>` (compile, emit), or a CommandError saying it is not in this build."""
+    import attngen
+
+    entry = getattr(attngen, name, None)
+    if entry is None:
+        raise CommandError(f"attngen.{name} is not available in this version of attngen")
+    return entry
+
+
+def run(args) -> int:
+    spec = load(args.spec)
+    text = compiler_entry("emit")(spec, kernel=args.kernel, stage=args.stage, target=args.target,
+                                  dtype=dtype_of(args.dtype))
+    print(text, end="" if text.endswith("\n") else "\n")
+    return 0

@@ -1,0 +1,132 @@
+"""``attngen show SPEC --n N``: the tile map (full / partial / empty tiles) as text, or as a PNG
+beside the token mask."""
+from __future__ import annotations
+
+import torch
+
+from ..analysis.blockmap import block_map
+from ..spec import Spec
+from .common import CommandError, add_command, add_sizes, load, positive_int
+
+EXAMPLES = """
+  attngen show specs/longformer.yaml --n 4096                 # 64 × 64 tiles of 64
+  attngen show specs/bigbird.yaml --n 2048 --block 128
+  attngen show specs/sparse_strided.yaml --n 1024 --png strided.png   # needs attngen[plot]
+"""
+
+EMPTY, PARTIAL, FULL = 0, 1, 2    # the codes of BlockMap.dense_classes()
+GLYPHS = {FULL: "█", PARTIAL: "▒", EMPTY: "·"}
+MAX_TILES = 1 << 24              # tile pairs we hold as one int8 map
+MAX_DENSE_PAIRS = 1 << 24        # token pairs evaluated for the PNG's token mask
+PNG_SIZE = (12, 6)               # inches at PNG_DPI: the PNG is 1200 × 600 pixels
+PNG_DPI = 100
+
+
+def add_parser(subparsers):
+    parser = add_command(subparsers, "show", help="draw which tiles are full, partial, empty",
+                         description="Classify the tiles of the attention matrix (query tiles × key "
+                                     "tiles of --block) as full █, partial ▒ or empty ·, as the "
+                                     "kernels see them, and count each class.",
+                         examples=EXAMPLES)
+    parser.add_argument("spec", metavar="SPEC", help="spec YAML file")
+    add_sizes(parser)
+    parser.add_argument("--block", type=positive_int, default=64,
+                        help="tile size for queries and keys (default 64)")
+    parser.add_argument("--width", type=positive_int, default=64,
+                        help="characters per row at most; larger maps are drawn coarser (default 64)")
+    parser.add_argument("--png", metavar="FILE", help="also draw the token mask and the tile classes "
+                                                      "side by side into a PNG (needs matplotlib)")
+    return parser
+
+
+def run(args) -> int:
+    spec = load(args.spec)
+    nk = args.n if args.nk is None else args.nk
+    classes = tile_classes(spec, args.n, nk, args.block, args.q_offset)
+    print(render(spec, classes, n=args.n, nk=nk, block=args.block, width=args.width))
+    if args.png:
+        draw_png(spec, classes, args.png, n=args.n, nk=nk, q_offset=args.q_offset)
+        print(f"wrote {args.png}")
+    return 0
+
+
+def tile_classes(spec: Spec, nq: int, nk: int, block: int, q_offset: int | None = None) -> torch.Tensor:
+    """int8 (query tiles, key tiles) from the block map: EMPTY 0, PARTIAL 1, FULL 2, as the kernels
+    see them (a tile the map cannot prove full or empty is partial). Segments count as one."""
+    tiles = -(-nq // block) * -(-nk // block)
+    if tiles > MAX_TILES:
+        raise ValueError(f"{tiles:,} tiles is more than {MAX_TILES:,} to draw: use a larger --block "
+                         "or a smaller --n")
+    segments = _one_segment(nq, nk) if spec.uses_segments else {}
+    return block_map(spec, nq, nk, block, block, q_offset=q_offset, **segments).dense_classes()
+
+
+def _one_segment(nq: int, nk: int) -> dict:
+    """Segment ids of zeros: a picture has no call-time ids, so every pair is in one segment."""
+    return {"seg_q": torch.zeros(nq, dtype=torch.int64), "seg_k": torch.zeros(nk, dtype=torch.int64)}
+
+
+def _token_mask(spec: Spec, nq: int, nk: int, q_offset) -> torch.Tensor:
+    segments = _one_segment(nq, nk) if spec.uses_segments else {}
+    return spec.dense_mask(nq, nk, q_offset, **segments)
+
+
+def _coarsen(classes: torch.Tensor, factor: int) -> torch.Tensor:
+    """Cells of factor × factor tiles: full if all are full, empty if all are empty, else partial."""
+    if factor == 1:
+        return classes
+    tq, tk = classes.shape
+    rows, cols = -(-tq // factor), -(-tk // factor)
+    full = torch.ones(rows * factor, cols * factor, dtype=torch.bool)
+    empty = torch.ones_like(full)
+    full[:tq, :tk] = classes == FULL
+    empty[:tq, :tk] = classes == EMPTY
+    full = full.view(rows, factor, cols, factor).all(3).all(1)
+    empty = empty.view(rows, factor, cols, factor).all(3).all(1)
+    out = torch.full((rows, cols), PARTIAL, dtype=torch.int8)
+    out[full] = FULL
+    out[empty] = EMPTY
+    return out
+
+
+def render(spec: Spec, classes: torch.Tensor, *, n: int, nk: int, block: int, width: int = 64) -> str:
+    tq, tk = classes.shape
+    counts = {c: int((classes == c).sum()) for c in (FULL, PARTIAL, EMPTY)}
+    total = tq * tk
+    visited = counts[FULL] + counts[PARTIAL]
+    factor = -(-max(tq, tk) // width)
+    lines = [f"{spec.name}: {tq} × {tk} tiles of {block} × {block} (n={n:,}, nk={nk:,})",
+             f"{GLYPHS[FULL]} full {counts[FULL]:,}   {GLYPHS[PARTIAL]} partial {counts[PARTIAL]:,}   "
+             f"{GLYPHS[EMPTY]} empty {counts[EMPTY]:,}   (visited {visited:,} of {total:,} = "
+             f"{100 * visited / total:.3g}%)"]
+    if factor > 1:
+        lines.append(f"each character is {factor} × {factor} tiles (full or empty only if all are)")
+    for row in _coarsen(classes, factor).tolist():
+        lines.append("".join(GLYPHS[c] for c in row))
+    return "\n".join(lines)
+
+
+def draw_png(spec: Spec, classes: torch.Tensor, path: str, *, n: int, nk: int, q_offset) -> None:
+    """The token mask (left) and the tile classes (right), PNG_SIZE × PNG_DPI pixels."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise CommandError("--png needs matplotlib: pip install 'attngen[plot]'") from None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    if n * nk > MAX_DENSE_PAIRS:
+        raise ValueError(f"--png draws every token pair: n × nk = {n * nk:,} is more than "
+                         f"{MAX_DENSE_PAIRS:,}; use a smaller --n")
+    mask = _token_mask(spec, n, nk, q_offset)
+    fig, (left, right) = plt.subplots(1, 2, figsize=PNG_SIZE, dpi=PNG_DPI)
+    left.imshow(mask.numpy(), cmap="gray_r", interpolation="nearest", aspect="auto")
+    left.set(title=f"{spec.name}: token mask", xlabel="key j", ylabel="query row")
+    colours = ListedColormap(["white", "#e8a33d", "#2b5d8a"])          # empty, partial, full
+    right.imshow(classes.numpy(), cmap=colours, vmin=EMPTY, vmax=FULL, interpolation="nearest",
+                 aspect="auto")
+    right.set(title="tiles: full (blue), partial (orange), empty", xlabel="key tile",
+              ylabel="query tile")
+    fig.savefig(path, dpi=PNG_DPI)
+    plt.close(fig)

@@ -1,0 +1,121 @@
+"""From a lowered IR graph to the values a template is rendered with.
+
+Everything a template prints is decided here: names, the mask as Triton code, the key-range
+formulas, the modifier constants, the argument lists for call-time tables.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+from ..version import __version__
+from ..ir.graph import Graph
+from ..spec import Random, parse_mask
+from .printer import print_triton
+
+
+@dataclass(frozen=True)
+class RandomTableArgs:
+    """The kernel arguments of one random predicate's table."""
+
+    per_row: int
+    block: int
+    seed: int
+    index: int
+
+    @property
+    def names(self) -> tuple[str, str, str]:
+        n = self.index
+        return f"random_{n}_table", f"random_{n}_first", f"random_{n}_rows"
+
+
+def random_tables(g: Graph) -> list[RandomTableArgs]:
+    """The random predicates of the mask, in a fixed order: each needs a table at call time."""
+    if "mask" not in g:
+        return []
+    seen = []
+    for pred in parse_mask(g.node("mask").attrs["predicate"]).walk():
+        if isinstance(pred, Random) and (pred.per_row, pred.block, pred.seed) not in seen:
+            seen.append((pred.per_row, pred.block, pred.seed))
+    return [RandomTableArgs(r, b, s, n) for n, (r, b, s) in enumerate(seen)]
+
+
+def _bound_code(bound: sympy.Expr, position: str, *, clamp: str, limit: str) -> str:
+    """A key bound for the scalar `position`, clamped into [0, nk - 1]; ±oo become the limit."""
+    if bound in (sympy.oo, -sympy.oo):
+        return limit
+    code = print_triton(bound, query=position)
+    return f"tl.{clamp}({code}, {limit})"
+
+
+def _score_note(g: Graph) -> tuple[float, str, str]:
+    scale = g.node("scale").attrs
+    parts = [f"qk * {scale['value']!r}"]
+    if scale.get("folded_log2e"):
+        note = "softmax scale * log2(e): scores in log2 units for exp2"
+    else:
+        note = "softmax scale; log2(e) is applied after the softcap"
+    if "softcap" in g:
+        parts = [f"softcap {g.node('softcap').attrs['cap']} * tanh(scale * qk / cap)"]
+    if "alibi" in g:
+        parts.append("- slope[h] * (i - j) (ALiBi)")
+    return scale["value"], note, " ".join(parts)
+
+
+def forward_values(g: Graph, *, kernel_name: str) -> dict:
+    """Template values for templates/fwd.py.jinja from a lowered forward graph."""
+    spec = g.facts["spec"]
+    tables = random_tables(g)
+    random_map = {(t.per_row, t.block, t.seed): t.names for t in tables}
+    has_mask = "mask" in g
+    if has_mask:
+        mask = g.node("mask").attrs
+        pred = parse_mask(mask["predicate"])
+        mask_code = print_triton(pred.expr(), query="q_pos", key="k_pos", random_args=random_map)
+        mask_formula = mask["formula"]
+    else:
+        mask_code, mask_formula = "(q_pos == q_pos) & (k_pos == k_pos)", "True (every pair allowed)"
+    qk_scale, qk_note, score_note = _score_note(g)
+    values = dict(
+        kernel_title="forward kernel", template_name="fwd.py.jinja", kernel_kind="fwd",
+        spec_name=g.facts["spec_name"], version=__version__, kernel_name=kernel_name,
+        mask_formula=mask_formula, mask_code=mask_code, has_mask=has_mask,
+        query_heads=spec["heads"]["query"], kv_heads=spec["heads"]["kv"], group=g.facts["group"],
+        grouping=_grouping(spec), head_dim=g.facts["head_dim"], block_d=g.facts["block_d"],
+        qk_scale=repr(qk_scale), qk_scale_note=qk_note, score_note=score_note,
+        has_softcap="softcap" in g, softcap=repr(g.node("softcap").attrs["cap"]) if "softcap" in g else "1.0",
+        has_alibi="alibi" in g, has_segments=spec_uses_segments(g),
+        tile_configs=sorted(g.facts["tile_configs"].items()), ir_hash=g.content_hash(),
+        iteration=g.facts["iteration"],
+        random_args="".join(f", {a}, {b}, {c}" for a, b, c in (t.names for t in tables)),
+        random_kernel_params="".join(f"{a}, {b}, {c}, " for a, b, c in (t.names for t in tables)),
+    )
+    values.update(_iteration_values(g))
+    return values
+
+
+def spec_uses_segments(g: Graph) -> bool:
+    return "mask" in g and "segments" in repr(g.node("mask").attrs["predicate"])
+
+
+def _grouping(spec: dict) -> str:
+    q, kv = spec["heads"]["query"], spec["heads"]["kv"]
+    return "MHA" if q == kv else ("MQA" if kv == 1 else "GQA")
+
+
+def _iteration_values(g: Graph) -> dict:
+    if g.facts["iteration"] != "ranges":
+        return dict(iteration_note="per query tile, lists of partial and full key tiles (block map)",
+                    lower_formula="", upper_formula="", lo_key_code="", hi_key_code="",
+                    full_lo_key_code="", full_hi_key_code="")
+    lower, upper = (sympy.sympify(b) for b in g.facts["bounds"])   # stored with sympy.srepr
+    return dict(
+        iteration_note="closed-form key-tile ranges from the mask's interval bounds (no index lists)",
+        lower_formula=str(lower), upper_formula=str(upper),
+        lo_key_code=_bound_code(lower, "first_pos", clamp="maximum", limit="0"),
+        hi_key_code=_bound_code(upper, "last_pos", clamp="minimum", limit="nk - 1"),
+        full_lo_key_code=_bound_code(lower, "last_pos", clamp="maximum", limit="0"),
+        full_hi_key_code=_bound_code(upper, "first_pos", clamp="minimum", limit="nk - 1"),
+    )
+

@@ -1,0 +1,137 @@
+"""Predicates and bounds as Triton code: a strict subclass of SymPy's Python code printer.
+
+Strict: before printing, every node of the expression is checked against the node types this
+printer knows how to write as Triton; anything else raises `CompileError` rather than falling back
+to a Python function Triton cannot run. Integer floor division and modulo are written so that they
+are right for negative operands too (Triton's ``//`` and ``%`` truncate toward zero, as C does):
+they go through the helpers ``floor_div`` / ``floor_mod`` unless sympy knows the operand is not
+negative (key positions ``j`` never are).
+"""
+from __future__ import annotations
+
+import sympy
+from sympy.core.function import AppliedUndef
+from sympy.printing.pycode import PythonCodePrinter
+
+from ..errors import CompileError
+from ..spec.predicates import i, j, random_hit, seg_k, seg_q
+
+_ALLOWED = (
+    sympy.Symbol, sympy.Integer, sympy.Rational, sympy.Add, sympy.Mul, sympy.Mod, sympy.floor,
+    sympy.Max, sympy.Min, sympy.And, sympy.Or, sympy.Not, sympy.Eq, sympy.Ne, sympy.Lt, sympy.Le,
+    sympy.Gt, sympy.Ge, AppliedUndef, sympy.logic.boolalg.BooleanTrue, sympy.logic.boolalg.BooleanFalse,
+)
+
+
+class TritonPrinter(PythonCodePrinter):
+    """Prints integer/boolean sympy expressions over `i` and `j` as Triton expressions.
+
+    `query` / `key`: the Triton names standing for i and j (tile grids or scalars).
+    `random_args`: for each random predicate's (per_row, block, seed), the names of its table,
+    first query block and row count arguments.
+    """
+
+    def __init__(self, *, query: str, key: str | None = None, random_args: dict | None = None,
+                 seg_rows: str = "seg_q_rows", seg_cols: str = "seg_k_cols"):
+        super().__init__({"strict": True, "fully_qualified_modules": False})
+        self._names = {i: query, **({j: key} if key else {})}
+        self._random_args = random_args or {}
+        self._seg = {"seg_q": seg_rows, "seg_k": seg_cols}
+
+    def doprint(self, expr, assign_to=None):
+        self._check(expr)
+        return super().doprint(expr, assign_to)
+
+    def _check(self, expr):
+        for node in sympy.preorder_traversal(expr):
+            if not isinstance(node, _ALLOWED):
+                raise CompileError(f"cannot print {type(node).__name__} ({node}) as Triton code")
+            if isinstance(node, sympy.Symbol) and node not in self._names:
+                raise CompileError(f"symbol {node} has no Triton name here")
+
+    # -- leaves -------------------------------------------------------------------------------
+    def _print_Symbol(self, expr):
+        return self._names[expr]
+
+    def _print_BooleanTrue(self, expr):
+        return "True"
+
+    def _print_BooleanFalse(self, expr):
+        return "False"
+
+    def _print_Rational(self, expr):
+        raise CompileError(f"non-integer constant {expr} outside floor() in a mask")
+
+    # -- integer arithmetic --------------------------------------------------------------------
+    def _divisor(self, expr) -> tuple[sympy.Expr, int]:
+        """floor(x / d) arrives as floor(Mul(Rational(1, d), x)): split it back into (x, d)."""
+        numerator, denominator = sympy.fraction(sympy.together(expr))
+        if not denominator.is_Integer or denominator <= 0:
+            raise CompileError(f"floor({expr}) is not an integer division by a positive constant")
+        return numerator, int(denominator)
+
+    def _print_floor(self, expr):
+        numerator, divisor = self._divisor(expr.args[0])
+        if divisor == 1:
+            return self._print(numerator)
+        if numerator.is_nonnegative:
+            return f"({self._print(numerator)} // {divisor})"
+        return f"floor_div({self._print(numerator)}, {divisor})"
+
+    def _print_Mod(self, expr):
+        value, modulus = expr.args
+        if not modulus.is_Integer or modulus <= 0:
+            raise CompileError(f"{expr}: modulus must be a positive constant")
+        if value.is_nonnegative:
+            return f"({self._print(value)} % {modulus})"
+        return f"floor_mod({self._print(value)}, {modulus})"
+
+    def _print_Max(self, expr):
+        return self._fold("tl.maximum", expr.args)
+
+    def _print_Min(self, expr):
+        return self._fold("tl.minimum", expr.args)
+
+    def _fold(self, fn, args):
+        out = self._print(args[0])
+        for arg in args[1:]:
+            out = f"{fn}({out}, {self._print(arg)})"
+        return out
+
+    # -- booleans ------------------------------------------------------------------------------
+    def _print_And(self, expr):
+        return "(" + " & ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr):
+        return "(" + " | ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr):
+        return f"({self._print(expr.args[0])} == 0)"
+
+    def _print_Relational(self, expr):
+        if isinstance(expr, sympy.Eq) and isinstance(expr.lhs, AppliedUndef) \
+                and expr.lhs.func == random_hit and expr.rhs == 1:
+            return self._print_random_hit(expr.lhs)
+        op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
+        return f"({self._print(expr.lhs)} {op} {self._print(expr.rhs)})"
+
+    # -- call-time tables ----------------------------------------------------------------------
+    def _print_random_hit(self, call):
+        query_block, key_block, per_row, block, seed = call.args
+        names = self._random_args.get((int(per_row), int(block), int(seed)))
+        if names is None:
+            raise CompileError(f"no table argument for random predicate {call}")
+        table, first, rows = names
+        return (f"random_hit({self._print(query_block)}, {self._print(key_block)}, "
+                f"{table}, {first}, {rows}, {int(per_row)})")
+
+    def _print_Function(self, expr):
+        if isinstance(expr, AppliedUndef) and expr.func in (seg_q, seg_k):
+            return self._seg[expr.func.__name__]
+        raise CompileError(f"cannot print function {expr} as Triton code")
+
+    _print_AppliedUndef = _print_Function
+
+
+def print_triton(expr, **names) -> str:
+    return TritonPrinter(**names).doprint(expr)

@@ -1,0 +1,191 @@
+"""Launching generated softmax kernels: argument checks, call-time tables, grids.
+
+CPU tensors run the generated source under Triton's interpreter; CUDA tensors run it compiled.
+Per-shape call-time data (block-map lists, random tables) is cached per shape and tile size; segment
+block maps are rebuilt on every call from the ids passed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import triton
+
+from .. import env
+from ..analysis.configs import TileConfig, default_config
+from ..codegen.aot import compile_for_gpu
+from ..codegen.emit import GeneratedKernel
+from ..codegen.plan import random_tables
+from ..errors import ShapeError
+from ..reference import check_qkv
+from ..spec import Random, Spec, alibi_slopes, resolve_q_offset
+from .loader import interpreted, load_source
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_inputs(spec: Spec, q, k, v) -> None:
+    check_qkv(spec, q, k, v)
+    if q.dtype not in DTYPES:
+        raise ShapeError(f"q has dtype {q.dtype}; attngen kernels take float16, bfloat16 or float32")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise ShapeError(f"{name} has dtype {t.dtype}, expected q's dtype {q.dtype}")
+        if t.device != q.device:
+            raise ShapeError(f"{name} is on {t.device}, expected q's device {q.device}")
+
+
+def architecture(device: torch.device) -> str | None:
+    """'sm_XY' for a CUDA device, None where the interpreter runs."""
+    if device.type != "cuda" or env.force_interpreter():
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+def kernel_for(generated: GeneratedKernel, device: torch.device):
+    """The kernel function, launchable as ``kernel[grid](...)`` on this device's tensors."""
+    kernel = getattr(load_source(generated.source), generated.kernel_name)
+    return interpreted(kernel) if architecture(device) is None else kernel
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs must not silently drop to tf32 on GPUs: fp32 results are held to 1e-4.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+@lru_cache(maxsize=32)
+def _alibi(num_heads: int, device: str) -> torch.Tensor:
+    return alibi_slopes(num_heads).to(device=device, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class CallTables:
+    """Tensors a kernel reads besides q, k, v: block-map lists, random tables, segments, slopes."""
+
+    lists: tuple = ()
+    random: tuple = ()
+    segments: tuple = ()
+    alibi: torch.Tensor | None = None
+
+
+def _segments(seg_q, seg_k, device):
+    """Segment ids as int32 on `device` with batch strides (0 for 1-D ids shared by the batch)."""
+    out = []
+    for seg in (seg_q, seg_k):
+        seg = seg.to(device=device, dtype=torch.int32)
+        if seg.dim() == 1:
+            out += [seg, 0, seg.stride(0)]
+        else:
+            out += [seg, seg.stride(0), seg.stride(1)]
+    return tuple(out)
+
+
+class SoftmaxLauncher:
+    """Runs one generated softmax forward kernel; caches per-shape tables."""
+
+    def __init__(self, generated: GeneratedKernel):
+        self.generated = generated
+        self.spec = generated.spec
+        self.tables = random_tables(generated.graph)
+        self.iteration = generated.graph.facts["iteration"]
+        self._shape_cache: dict = {}
+
+    def config(self, head_dim: int, dtype: torch.dtype, device: torch.device) -> TileConfig:
+        return default_config(head_dim, dtype, architecture(device))
+
+    def call_tables(self, nq, nk, q_offset, cfg: TileConfig, device, seg_q, seg_k) -> CallTables:
+        spec = self.spec
+        if spec.uses_segments:
+            if seg_q is None or seg_k is None:
+                raise ShapeError(f"spec {spec.name!r} has a segments mask: pass seg_q and seg_k")
+            spec.eval_context(nq, nk, q_offset, seg_q, seg_k)         # validates shapes and dtypes
+            return CallTables(lists=self._lists(nq, nk, q_offset, cfg, device, seg_q, seg_k),
+                              segments=_segments(seg_q, seg_k, device), alibi=self._alibi(device))
+        if seg_q is not None or seg_k is not None:
+            raise ShapeError(f"spec {spec.name!r} has no segments mask, but seg_q/seg_k were given")
+        key = (nq, nk, q_offset, cfg.block_m, cfg.block_n, str(device))
+        if key not in self._shape_cache:
+            lists = self._lists(nq, nk, q_offset, cfg, device, None, None)
+            self._shape_cache[key] = CallTables(lists=lists, random=self._random(nq, nk, q_offset, device),
+                                                alibi=self._alibi(device))
+        return self._shape_cache[key]
+
+    def _alibi(self, device):
+        return _alibi(self.spec.query_heads, str(device)) if self.spec.alibi else None
+
+    def _lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k):
+        if self.iteration != "lists":
+            return ()
+        from ..analysis.blockmap import block_map
+
+        bm = block_map(self.spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset,
+                       seg_q=seg_q, seg_k=seg_k)
+        return tuple(t.to(device=device, dtype=torch.int32)
+                     for t in (bm.partial_ptr, bm.partial_idx, bm.full_ptr, bm.full_idx))
+
+    def _random(self, nq, nk, q_offset, device):
+        if not self.tables:
+            return ()
+        ctx = self.spec.eval_context(nq, nk, q_offset)
+        out = []
+        for t in self.tables:
+            first, table = ctx.random_table(Random(t.per_row, t.block, t.seed))
+            out += [table.to(device=device, dtype=torch.int32).contiguous(), first, table.shape[0]]
+        return tuple(out)
+
+    @staticmethod
+    def constexprs(cfg: TileConfig, dtype: torch.dtype, *, even_k: bool, interpreted: bool,
+                   count_tiles: bool = False) -> dict:
+        return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, EVEN_K=even_k, COUNT_TILES=count_tiles,
+                    DOT_PRECISION=dot_precision(dtype),
+                    UPCAST_DOT=interpreted and dtype == torch.bfloat16)
+
+    def compile_for(self, target: str, dtype: torch.dtype, config: TileConfig | None = None):
+        """Compile the kernel ahead of time for a GPU `target` ('sm_80', 'sm_90'); no GPU needed."""
+        cfg = config or default_config(self.spec.head_dim, dtype, target)
+        kernel = getattr(load_source(self.generated.source), self.generated.kernel_name)
+        return compile_for_gpu(kernel, dtype=dtype, target=target, num_warps=cfg.num_warps,
+                               num_stages=cfg.num_stages,
+                               constexprs=self.constexprs(cfg, dtype, even_k=False, interpreted=False))
+
+    def forward(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None,
+                config: TileConfig | None = None, count_tiles: bool = False):
+        """(out, lse[, tile_counts]): out like q's layout (B, Hq, Nq, D), lse float32 (B, Hq, Nq)."""
+        spec = self.spec
+        check_inputs(spec, q, k, v)
+        batch, _, nq, head_dim = q.shape
+        nk = k.shape[2]
+        q_offset = resolve_q_offset(nq, nk, q_offset)
+        cfg = config or self.config(head_dim, q.dtype, q.device)
+        tables = self.call_tables(nq, nk, q_offset, cfg, q.device, seg_q, seg_k)
+        interpreted = architecture(q.device) is None
+        # Under the interpreter, outputs start as NaN so that an element the kernel forgot fails.
+        fill = float("nan") if interpreted else None
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
+        if fill is not None:
+            out.fill_(fill)
+            lse.fill_(fill)
+        grid = (triton.cdiv(max(nq, 1), cfg.block_m), batch * spec.query_heads)
+        counts = torch.zeros(grid[1] * grid[0], dtype=torch.int32, device=q.device) if count_tiles else out
+        if nq == 0:
+            return (out, lse, counts) if count_tiles else (out, lse)
+        if nk == 0:                      # nothing to attend to: every row is empty
+            out.zero_()
+            lse.fill_(float("-inf"))
+            return (out, lse, counts.zero_()) if count_tiles else (out, lse)
+        seg = tables.segments or (out, 0, 0, out, 0, 0)
+        kernel = kernel_for(self.generated, q.device)
+        kernel[grid](
+            q, k, v, out, lse, tables.alibi if tables.alibi is not None else out, seg[0], seg[3],
+            *tables.lists, *tables.random, counts,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            seg[1], seg[2], seg[4], seg[5],
+            nq, nk, q_offset, spec.query_heads,
+            **self.constexprs(cfg, q.dtype, even_k=nk % cfg.block_n == 0, interpreted=interpreted,
+                              count_tiles=count_tiles),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        return (out, lse, counts) if count_tiles else (out, lse)

@@ -1,0 +1,90 @@
+"""attngen.analysis.reach: receptive fields of stacked layers, checked against networkx's BFS."""
+from __future__ import annotations
+
+import networkx as nx
+import pytest
+
+from attngen import load_spec
+from attngen.analysis.reach import MAX_GRAPH_N, allowed_graph, reach
+from attngen.spec import spec_from_dict
+
+
+def _spec(mask, causal=False):
+    return spec_from_dict({"heads": 1, "head_dim": 8, "causal": causal, "mask": mask})
+
+
+def _oracle(spec, n, layers):
+    """Plain BFS with networkx from every position, residual edges added."""
+    graph = allowed_graph(spec, n)
+    graph.add_edges_from((i, i) for i in range(n))
+    field, full = 0, 1
+    for i in range(n):
+        hops = nx.single_source_shortest_path_length(graph, i)
+        field = max([field] + [abs(i - j) for j, h in hops.items() if h <= layers])
+        full = max([full] + list(hops.values()))
+    return field, full
+
+
+def test_twelve_layers_of_a_128_window_reach_1536_tokens():
+    spec = load_spec("specs/mistral_sliding_window.yaml")   # band left 4096, causal
+    assert reach(spec, n=100_000, layers=12).receptive_field == 12 * 4096
+    window = _spec({"band": {"left": 128}}, causal=True)
+    result = reach(window, n=8192, layers=12)
+    assert result.receptive_field == 1536
+    assert result.layers_to_full_reach == -(-8191 // 128)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_strided_plus_band_reaches_every_pair_in_two_layers(causal):
+    spec = _spec({"any": [{"band": {"left": 15, "right": 0 if causal else 15}}, {"stride": {"every": 16}}]},
+                 causal)
+    one, two = reach(spec, n=256, layers=1), reach(spec, n=256, layers=2)
+    assert one.receptive_field == 255 - 255 % 16
+    assert two.receptive_field == 255
+    assert two.layers_to_full_reach == 2
+
+
+def test_shipped_sparse_strided_spec_reaches_everything_in_two_layers():
+    assert reach(load_spec("specs/sparse_strided.yaml"), n=1024, layers=2).layers_to_full_reach == 2
+
+
+MASKS = {
+    "stride4": {"stride": {"every": 4}},
+    "global1": {"global": {"first": 1}},
+    "blocks8": {"blocks": {"size": 8}},
+    "random": {"random": {"per_row": 1, "block": 4, "seed": 1}},
+    "columns": {"columns": {"every": 6, "width": 1}},
+    "band_or_random": {"any": [{"band": 2}, {"random": {"per_row": 1, "block": 8}}]},
+    "band_minus_stride": {"all": [{"band": 3}, {"not": {"stride": {"every": 2}}}]},
+}
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("name", sorted(MASKS))
+def test_graph_walk_matches_networkx_bfs(name, causal):
+    spec = _spec(MASKS[name], causal)
+    for n, layers in ((40, 1), (40, 3), (61, 2), (61, 7)):
+        got = reach(spec, n=n, layers=layers)
+        assert (got.receptive_field, got.layers_to_full_reach) == _oracle(spec, n, layers), (n, layers)
+
+
+@pytest.mark.parametrize("mask", [{"band": 3}, {"band": {"left": 5}}, {"band": {"right": 2}},
+                                  {"band": {"left": 0, "right": 4}}], ids=str)
+def test_band_closed_form_matches_networkx_bfs(mask):
+    for causal in (False, True):
+        spec = _spec(mask, causal)
+        for layers in (1, 2, 5, 30):
+            got = reach(spec, n=37, layers=layers)
+            assert (got.receptive_field, got.layers_to_full_reach) == _oracle(spec, 37, layers)
+
+
+def test_unmasked_and_single_position():
+    spec = spec_from_dict({"heads": 1, "head_dim": 8})
+    assert reach(spec, n=10, layers=1).receptive_field == 9
+    assert reach(_spec({"stride": {"every": 3}}), n=1, layers=4).receptive_field == 0
+
+
+def test_large_non_band_masks_are_not_walked():
+    result = reach(load_spec("specs/longformer.yaml"), n=MAX_GRAPH_N + 1, layers=2)
+    assert result.receptive_field is None and result.layers_to_full_reach is None
+    assert result.notes

@@ -1,0 +1,202 @@
+"""The ``attngen`` command line, called in-process through `main` (and once as a program)."""
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import attngen
+from attngen.cli import main as main_module
+from attngen.cli.main import COMMANDS, main
+
+GQA_YAML = """name: llama_like
+heads: {query: 32, kv: %d}
+head_dim: 128
+causal: true
+"""
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    def write(text: str, name: str = "spec.yaml"):
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+    return write
+
+
+def test_help_as_a_program_lists_every_command_with_examples():
+    done = subprocess.run([sys.executable, "-m", "attngen.cli.main", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0
+    for command in ("check", "cost", "show", "run", "emit"):
+        assert command in done.stdout
+    assert "examples:" in done.stdout
+
+
+@pytest.mark.parametrize("command", [m.__name__.rsplit(".", 1)[1] for m in COMMANDS])
+def test_every_command_has_help_with_examples(command, capsys):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"usage: attngen {command}" in out
+    assert "examples:" in out and f"attngen {command} " in out.split("examples:")[1]
+
+
+def test_no_command_is_a_usage_error(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+# -- check -------------------------------------------------------------------------------------
+def test_check_summarises_a_spec(capsys):
+    assert main(["check", "specs/gemma2_softcap.yaml", "specs/linear_favor.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "gemma2_softcap" in out and "GQA-2 (2 query heads per kv head)" in out
+    assert "i - 4095 <= j <= i" in out
+    assert "softcap 50" in out and "0.0625 (1/sqrt(256), the default)" in out
+    assert "8,192 bytes per token per layer" in out and "at most 4096 tokens" in out
+    assert "fixed state of 133,120 bytes" in out                         # 8 × (64×64 + 64) × 4
+
+
+def test_check_reads_a_folder(capsys):
+    assert main(["check", "specs"]) == 0
+    out = capsys.readouterr().out
+    assert "bigbird" in out and "j // 64 in drawn(i // 64; 3 per row, seed 0)" in out
+    assert "(i - j) % 128 == 0" in out
+
+
+def test_check_refuses_a_bad_spec_with_one_line(spec_file, capsys):
+    bad = spec_file("heads: {query: 6, kv: 4}\nhead_dim: 64\n", "bad.yaml")
+    assert main(["check", "specs/mha.yaml", bad]) == 2
+    captured = capsys.readouterr()
+    assert "mha" in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("attngen: error: ") and "bad.yaml:1" in err[0]
+    assert "Hq % Hkv" in err[0]
+
+
+def test_missing_file_is_one_error_line(capsys):
+    assert main(["cost", "nowhere.yaml", "--n", "8"]) == 2
+    assert capsys.readouterr().err == "attngen: error: spec file not found: nowhere.yaml\n"
+
+
+# -- cost --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kv, want", [(32, 2 << 30), (8, 512 << 20), (1, 64 << 20)], ids=["MHA", "GQA-4", "MQA"])
+def test_cost_json_worked_kv_cache(kv, want, spec_file, capsys):
+    path = spec_file(GQA_YAML % kv)
+    assert main(["cost", path, "--n", "4096", "--layers", "32", "--dtype", "float16", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["kv_cache_bytes"] == want
+    assert data["allowed_pairs"] == 4096 * 4097 // 2
+    assert data["flops_fwd"] == 4 * 128 * data["allowed_pairs"] * 32 * 32
+    assert data["formula"].startswith("n**2/2 + n/2")
+    assert data["layers"] == 32 and data["dtype"] == "float16" and data["notes"] == []
+
+
+def test_cost_table_for_a_sliding_window(capsys):
+    assert main(["cost", "specs/mistral_sliding_window.yaml", "--n", "65536", "--layers", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "49,152 tokens after 12 layers" in out                      # 12 × 4096
+    assert "4097*n - 8390656" in out
+    assert "KV cache         192.05 MiB (201,375,744 bytes)" in out   # 12 layers × 4097 tokens × 4 KiB
+    assert "holds the last 4097 tokens" in out
+
+
+def test_cost_refuses_bad_numbers(capsys):
+    assert main(["cost", "specs/mha.yaml", "--n", "0"]) == 2
+    assert "--n: must be >= 1" in capsys.readouterr().err
+
+
+# -- show --------------------------------------------------------------------------------------
+def test_show_draws_the_tile_map_with_counts(capsys):
+    assert main(["show", "specs/mistral_sliding_window.yaml", "--n", "256", "--block", "64"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("█ full 6   ▒ partial 4   · empty 6")
+    assert lines[2:] == ["▒···", "█▒··", "██▒·", "███▒"]
+
+
+def test_show_coarsens_wide_maps(capsys):
+    assert main(["show", "specs/gqa.yaml", "--n", "2048", "--block", "16", "--width", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "each character is 4 × 4 tiles" in out
+    assert len(out.splitlines()[-1]) == 32
+
+
+def test_show_png_has_the_expected_size(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "map.png"
+    assert main(["show", "specs/bigbird.yaml", "--n", "512", "--png", str(path)]) == 0
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", header[16:24]) == (1200, 600)
+
+
+def test_show_png_without_matplotlib_says_what_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["show", "specs/mha.yaml", "--n", "64", "--png", str(tmp_path / "x.png")]) == 2
+    assert "pip install 'attngen[plot]'" in capsys.readouterr().err
+
+
+# -- run and emit: with stand-ins for the compiler where a failure must be provoked --------------
+def _reference_compile(scale: float = 1.0):
+    def compile_(spec):
+        def attn(q, k, v, *, return_lse=False, **kwargs):
+            out, lse = attngen.reference(spec, q, k, v, **kwargs)
+            out = (out * scale).to(q.dtype)
+            return (out, lse.float()) if return_lse else out
+        return attn
+    return compile_
+
+
+def test_run_passes_with_a_correct_kernel_and_fails_with_a_wrong_one(monkeypatch, capsys):
+    monkeypatch.setattr(attngen, "compile", _reference_compile())
+    assert main(["run", "specs/packed_documents.yaml", "--n", "48", "--nk", "64"]) == 0
+    captured = capsys.readouterr()
+    assert "compiling packed_documents" in captured.err
+    assert "out    relative error" in captured.out and "FLOP/s" in captured.out
+    monkeypatch.setattr(attngen, "compile", _reference_compile(scale=1.01))
+    assert main(["run", "specs/mha.yaml", "--n", "16"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_run_and_emit_without_the_compiler_say_so(monkeypatch, capsys):
+    monkeypatch.delattr(attngen, "compile")
+    monkeypatch.delattr(attngen, "emit")
+    assert main(["run", "specs/mha.yaml", "--n", "8"]) == 2
+    assert "attngen.compile is not available" in capsys.readouterr().err
+    assert main(["emit", "specs/mha.yaml"]) == 2
+    assert "attngen.emit is not available" in capsys.readouterr().err
+
+
+def test_emit_passes_its_options_through(monkeypatch, capsys):
+    seen = {}
+
+    def emit(spec, **options):
+        seen.update(options, name=spec.name)
+        return "// kernel"
+    monkeypatch.setattr(attngen, "emit", emit)
+    assert main(["emit", "specs/gqa.yaml", "--kernel", "decode", "--stage", "ptx", "--target", "sm_80"]) == 0
+    assert capsys.readouterr().out == "// kernel\n"
+    assert seen == {"name": "gqa", "kernel": "decode", "stage": "ptx", "target": "sm_80",
+                    "dtype": torch.float16}
+
+
+needs_compiler = pytest.mark.skipif(not hasattr(attngen, "compile"), reason="attngen.compile has not landed")
+
+
+@needs_compiler
+def test_run_end_to_end_on_the_interpreter(capsys):
+    assert main(["run", "specs/longformer.yaml", "--n", "40", "--nk", "56", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "lse    relative error" in out and "FAILED" not in out
+
+
+@needs_compiler
+def test_emit_end_to_end_prints_the_triton_source(capsys):
+    assert main(["emit", "specs/mha.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "mha" in out and "@triton.jit" in out
