@@ -5,7 +5,7 @@
 
 The public API is re-exported here; every stage lives in its own subpackage.
 """
-from .api import compile, emit
+from .api import compile, emit, load
 from .errors import CompileError, ShapeError, SpecError
 from .reference import reference
 from .spec import (FeatureMap, Predicate, Spec, band, blocks, causal, columns, global_tokens, load_spec,
@@ -14,7 +14,19 @@ from .spec import (FeatureMap, Predicate, Spec, band, blocks, causal, columns, g
 from .version import __version__
 
 __all__ = [
-    "CompileError", "FeatureMap", "compile", "emit", "Predicate", "ShapeError", "Spec", "SpecError", "band", "blocks",
-    "causal", "columns", "global_tokens", "load_spec", "load_specs", "random", "reference", "segments",
+    "CompileError", "FeatureMap", "block_map", "compile", "emit", "Predicate", "ShapeError", "Spec", "SpecError", "band", "blocks",
+    "causal", "columns", "global_tokens", "load", "load_spec", "load_specs", "random", "reference", "segments",
     "stride", "__version__",
 ]
+
+
+def __getattr__(name):
+    # The compiler pulls in Triton and the code generator; `import attngen` stays light for the
+    # spec tools and the CLI's analysis commands, and loads them on first use.
+    if name in ("compile", "emit"):
+        from . import api
+        return getattr(api, name)
+    if name == "block_map":
+        from .analysis.blockmap import block_map
+        return block_map
+    raise AttributeError(f"module 'attngen' has no attribute {name!r}")

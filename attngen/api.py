@@ -9,6 +9,7 @@ import torch
 from .codegen.aot import DTYPE_NAMES, STAGES
 from .codegen.emit import generate
 from .runtime.autograd import CompiledAttention
+from .runtime.registry import load  # noqa: F401 - re-exported: attngen.load(path) → torch ops
 from .spec import load_spec
 
 

@@ -4,6 +4,10 @@ ATTNGEN_CACHE_DIR   where compiled kernels are cached (default: $XDG_CACHE_HOME/
 ATTNGEN_VERIFY      "1" runs the IR verifier between lowering passes (tests always do)
 ATTNGEN_INTERPRET   "1" forces Triton's interpreter even for CUDA tensors (debugging)
 ATTNGEN_SLOW        "1" runs the test cases marked slow
+ATTNGEN_LOG         a level (debug, info, warning) at which the "attngen" logger prints to stderr;
+                    unset: nothing is printed (records still reach handlers the application adds)
+TRITON_CACHE_DIR    Triton's own compile cache; attngen sets it to $ATTNGEN_CACHE_DIR/triton when
+                    the runtime is imported, unless it is already set (`point_triton_cache`)
 """
 from __future__ import annotations
 
@@ -33,3 +37,26 @@ def force_interpreter() -> bool:
 
 def run_slow_tests() -> bool:
     return _flag("ATTNGEN_SLOW")
+
+
+def log_level() -> str | None:
+    """The level named by ATTNGEN_LOG ('DEBUG', 'INFO', ...), or None when unset."""
+    value = os.environ.get("ATTNGEN_LOG", "").strip().upper()
+    return value or None
+
+
+def triton_cache_dir() -> Path:
+    """Where Triton caches its compiled kernels: TRITON_CACHE_DIR, else inside attngen's cache."""
+    explicit = os.environ.get("TRITON_CACHE_DIR")
+    return Path(explicit).expanduser() if explicit else cache_dir() / "triton"
+
+
+def point_triton_cache() -> Path:
+    """Point Triton's cache inside attngen's (unless the user chose a place): called when the
+    runtime is imported, before any kernel is compiled, since Triton reads the variable then."""
+    os.environ.setdefault("TRITON_CACHE_DIR", str(cache_dir() / "triton"))
+    return triton_cache_dir()
+
+
+def update_golden() -> bool:
+    return _flag("ATTNGEN_UPDATE_GOLDEN")

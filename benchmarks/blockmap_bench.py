@@ -6,7 +6,9 @@
 2. 16K and 64K for causal, sliding window, Longformer, BigBird and Sparse Transformer strided,
    beside torch's flex_attention `create_block_mask` on the CPU at 16K when it is importable
    (it evaluates the mask on every pair; its FULL/PARTIAL counts double as a cross-check).
-Times are the best of `--repeat` runs after a warm-up: the machine may be shared.
+Times are the best of `--repeat` runs after a warm-up: the machine may be shared. On a busy
+machine with few cores, torch's intra-op thread pool adds stalls of tens of ms to these small
+operations; `--threads 1` (or OMP_NUM_THREADS=1) gives steadier numbers, for flex as well.
 """
 from __future__ import annotations
 
@@ -116,29 +118,34 @@ def flex_run(name: str, n: int):
 
 
 def table(sizes: list[int], flex_sizes: list[int], repeat: int) -> None:
-    try:
-        import torch.nn.attention.flex_attention  # noqa: F401
-        have_flex = True
-    except ImportError:
-        have_flex = False
-    print(f"\n{'spec':24} {'n':>6} {'attngen ms':>10} {'full':>7} {'partial':>7} {'empty':>7}"
-          f"{'  flex ms':>10} {'full':>7} {'partial':>7}")
-    flex_spent = 0.0
+    """attngen's times first, then flex's (its CPU threads would disturb the short timings)."""
+    rows = {}
     for name, spec in SPECS.items():
         block_map(spec, 2048, 2048, BLOCK, BLOCK)          # warm-up
         for n in sizes:
-            seconds, bm = best_time(lambda: block_map(spec, n, n, BLOCK, BLOCK), repeat)
-            line = (f"{name:24} {n:>6} {seconds * 1e3:>10.2f} {bm.num_full:>7} {bm.num_partial:>7} "
-                    f"{bm.num_empty:>7}")
-            if have_flex and n in flex_sizes:
-                if flex_spent < FLEX_TIME_LIMIT_S:
-                    fs, ff, fp = flex_run(name, n)
-                    flex_spent += fs
-                    agree = "" if (ff, fp) == (bm.num_full, bm.num_partial) else "  (counts differ)"
-                    line += f"{fs * 1e3:>10.1f} {ff:>7} {fp:>7}{agree}"
-                else:
-                    line += f"{'skipped':>10}"
-            print(line, flush=True)
+            rows[name, n] = best_time(lambda: block_map(spec, n, n, BLOCK, BLOCK), repeat)
+    flex = {}
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        flex_sizes = []
+    spent = 0.0
+    for name, n in rows:
+        if n in flex_sizes and spent < FLEX_TIME_LIMIT_S:
+            flex[name, n] = flex_run(name, n)
+            spent += flex[name, n][0]
+    print(f"\n{'spec':24} {'n':>6} {'attngen ms':>10} {'full':>7} {'partial':>7} {'empty':>7}"
+          f"{'  flex ms':>10} {'full':>7} {'partial':>7}")
+    for (name, n), (seconds, bm) in rows.items():
+        line = (f"{name:24} {n:>6} {seconds * 1e3:>10.2f} {bm.num_full:>7} {bm.num_partial:>7} "
+                f"{bm.num_empty:>7}")
+        if (name, n) in flex:
+            fs, ff, fp = flex[name, n]
+            agree = "" if (ff, fp) == (bm.num_full, bm.num_partial) else "  (counts differ)"
+            line += f"{fs * 1e3:>10.1f} {ff:>7} {fp:>7}{agree}"
+        elif n in flex_sizes:
+            line += f"{'skipped':>10}"
+        print(line)
 
 
 def main() -> None:
@@ -146,8 +153,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[16384, 65536])
     parser.add_argument("--flex-sizes", type=int, nargs="*", default=[16384],
                         help="sizes at which to time flex_attention's create_block_mask (CPU)")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     headline(args.repeat)
     table(args.sizes, args.flex_sizes, args.repeat)

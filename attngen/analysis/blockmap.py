@@ -15,17 +15,21 @@ Two paths:
   are settled by evaluating the predicate on them, within a budget. O(candidates); candidates are
   every tile pair only where a leaf cannot name fewer (stride narrower than a key tile, not, ...).
 
-Exact (map == brute force; ``unresolved == 0``), by construction:
+Exact (map == brute force; ``unresolved == 0``) by construction, with no refinement:
 - every leaf alone: band, causal, blocks, stride, columns, global (first and tokens), random, and
-  segments with sorted ids (any batch); unsorted segment ids while the id join is small
+  segments with sorted ids (1-D or batched); unsorted segment ids too while their id join is small
   (`tiles_tables.SEGMENT_JOIN_LIMIT`);
-- interval specs; any/all/not of band, causal and stride (d-only: settled on the tile's d-range);
-  any/all/not of columns (j-only);
-- any/all/not of anything, on the tiles where at most one part of each any/all is PARTIAL;
-- everything else, e.g. Longformer, BigBird, fixed, packed documents with causal: exact as long as
-  the tiles where two parts are PARTIAL fit `refine_budget` pair evaluations (default
-  `classify.REFINE_BUDGET` = 8M, ~500 tiles of 128x128); past it those tiles stay PARTIAL and
-  `BlockMap.unresolved` counts them.
+- interval specs (band, causal, blocks and all of them: the closed-form path);
+- any/all/not of band, causal and stride (d-only: settled on each tile's d-range, e.g. Sparse
+  Transformer strided); any/all/not of columns (j-only);
+- any/all/not of these on every tile where each `any` has at most one non-empty part (or a full
+  one) and each `all` at most one non-full part (or an empty one): then the combination is that
+  part.
+Everything else (Longformer, BigBird, Sparse Transformer fixed with misaligned tiles, packed
+documents with causal, ...) is exact once the remaining tiles are settled by evaluating the
+predicate on them (`classify.refine`: witnesses first, then every pair), within `refine_budget`
+pair evaluations (default `classify.REFINE_BUDGET`, 8M: at least ~500 tiles of 128x128, far more
+when witnesses settle them). Past the budget those tiles stay PARTIAL and `unresolved` counts them.
 """
 from __future__ import annotations
 
@@ -151,7 +155,6 @@ def _general_map(pred, geom: Geometry, budget: int) -> BlockMap:
     for start in range(0, geom.num_q_tiles if geom.num_k_tiles else 0, step):
         stop = min(start + step, geom.num_q_tiles)
         keys = candidates(pred, geom, start, stop)
-        keys = geom.all_keys(start, stop) if keys is None else keys
         qt, kt = geom.split(keys)
         verdict = classify(pred, geom, qt, kt)
         verdict, spent = refine(pred, geom, qt, kt, verdict, budget)

@@ -11,10 +11,11 @@ Unproven tiles are then settled, so that the map is exact:
 1. A subtree that depends on d = i - j alone (band, causal, stride, and any/all/not of them) is
    evaluated on the tile's d-range, every d of which occurs: ``BQ + BK - 1`` values per tile.
    One that depends on j alone (columns) is evaluated on the tile's keys. Both eagerly, per node.
-2. What is left at the root is evaluated pair by pair on the tile with the predicate's own
-   `evaluate` (the ground truth), for at most `budget` pair evaluations per map; tiles past the
-   budget stay PARTIAL (never wrong, only slower). This runs on the CPU: the tiles are few, and the
-   predicates' `evaluate` builds CPU tensors.
+2. What is left at the root is evaluated with the predicate's own `evaluate` (the ground truth):
+   first on a sparse grid of witness pairs per tile (one allowed and one not prove PARTIAL), then,
+   for the tiles still open, on every pair; at most `budget` pair evaluations per map. Tiles past
+   the budget stay PARTIAL (never wrong, only slower). This runs on the CPU: the tiles are few, and
+   the predicates' `evaluate` builds CPU tensors.
 """
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ import torch
 from ..spec.predicates import (All_, Any_, Band, Causal, Columns, EvalContext, Everything, Not_, Nothing,
                                Predicate, Random, Stride)
 from . import tiles_leaves, tiles_tables  # noqa: F401  (they register the leaf classifiers)
-from .tiles_base import (Geometry, Verdict, candidates_for, candidates_of, classifier_for,
-                         sorted_unique, verdict_of)
+from .tiles_base import (Geometry, RowRanges, Verdict, as_keys, candidates_for, candidates_of,
+                         classifier_for, in_ranges, sorted_unique, verdict_of)
 
-# Pair evaluations a map may spend settling unproven tiles densely (step 2 above).
+# Pair evaluations a map may spend settling unproven tiles at the root (step 2 above).
 REFINE_BUDGET = 1 << 23
 # Elements (pairs, or d values) evaluated at once while settling: bounds the working memory.
 _CHUNK_ELEMENTS = 1 << 20
@@ -40,10 +41,10 @@ def classify(pred: Predicate, geom: Geometry, qt: torch.Tensor, kt: torch.Tensor
     return verdict_of(pred, geom, qt, kt)
 
 
-def candidates(pred: Predicate, geom: Geometry, start: int, stop: int) -> torch.Tensor | None:
+def candidates(pred: Predicate, geom: Geometry, start: int, stop: int) -> torch.Tensor:
     """Sorted keys (t * num_k_tiles + u) of a superset of the non-empty tile pairs among query
-    tiles start .. stop-1, or None for "every key tile"."""
-    return candidates_of(pred, geom, start, stop)
+    tiles start .. stop-1 (every pair of them where the predicate cannot name fewer)."""
+    return as_keys(geom, start, stop, candidates_of(pred, geom, start, stop))
 
 
 # -- combinators ----------------------------------------------------------------------------
@@ -51,13 +52,13 @@ def candidates(pred: Predicate, geom: Geometry, start: int, stop: int) -> torch.
 def _any(pred: Any_, geom, qt, kt):
     nonempty = torch.zeros_like(qt, dtype=torch.bool)
     full = torch.zeros_like(nonempty)
-    open_parts = torch.zeros_like(qt, dtype=torch.int8)     # parts that may hold an allowed pair
+    open_parts = torch.zeros_like(qt, dtype=torch.int32)     # parts that may hold an allowed pair
     proven = torch.zeros_like(nonempty)                      # ... and the one of them is proven
     for part in pred.parts:
         v = verdict_of(part, geom, qt, kt)
         nonempty |= v.nonempty
         full |= v.full
-        open_parts += v.nonempty.to(torch.int8)
+        open_parts += v.nonempty.to(torch.int32)
         proven |= v.nonempty & v.exact_mask()
     exact = full | ~nonempty | ((open_parts == 1) & proven)
     return _settle(pred, geom, qt, kt, Verdict(nonempty, full, exact))
@@ -67,13 +68,13 @@ def _any(pred: Any_, geom, qt, kt):
 def _all(pred: All_, geom, qt, kt):
     nonempty = torch.ones_like(qt, dtype=torch.bool)
     full = torch.ones_like(nonempty)
-    open_parts = torch.zeros_like(qt, dtype=torch.int8)     # parts that may miss a pair
+    open_parts = torch.zeros_like(qt, dtype=torch.int32)     # parts that may miss a pair
     proven = torch.zeros_like(nonempty)
     for part in pred.parts:
         v = verdict_of(part, geom, qt, kt)
         nonempty &= v.nonempty
         full &= v.full
-        open_parts += (~v.full).to(torch.int8)
+        open_parts += (~v.full).to(torch.int32)
         proven |= ~v.full & v.exact_mask()
     exact = full | ~nonempty | ((open_parts == 1) & proven)
     return _settle(pred, geom, qt, kt, Verdict(nonempty, full, exact))
@@ -90,17 +91,25 @@ def _any_candidates(pred: Any_, geom, start, stop):
     parts = [candidates_of(p, geom, start, stop) for p in pred.parts]
     if any(p is None for p in parts):
         return None
-    return sorted_unique(torch.cat(parts))
+    return sorted_unique(torch.cat([as_keys(geom, start, stop, p) for p in parts]))
 
 
 @candidates_for(All_)
 def _all_candidates(pred: All_, geom, start, stop):
-    parts = sorted((p for p in (candidates_of(c, geom, start, stop) for c in pred.parts) if p is not None),
-                   key=len)
-    if not parts:
-        return None
-    keys = parts[0]
-    for other in parts[1:]:
+    """The smallest key set, filtered by every range (O(keys)) and every other key set; ranges
+    alone intersect as ranges."""
+    parts = [p for p in (candidates_of(c, geom, start, stop) for c in pred.parts) if p is not None]
+    ranges = [p for p in parts if isinstance(p, RowRanges)]
+    key_sets = sorted((p for p in parts if not isinstance(p, RowRanges)), key=len)
+    if not key_sets:
+        if not ranges:
+            return None
+        return RowRanges(torch.stack([r.first for r in ranges]).amax(0),
+                         torch.stack([r.last for r in ranges]).amin(0))
+    keys = key_sets[0]
+    for r in ranges:
+        keys = keys[in_ranges(geom, start, keys, r)]
+    for other in key_sets[1:]:
         keys = keys[torch.isin(keys, other)]
     return keys
 
@@ -159,33 +168,71 @@ def _run_1d(pred, geom: Geometry, low, high, values) -> tuple[torch.Tensor, torc
 
 
 def refine(pred: Predicate, geom: Geometry, qt, kt, verdict: Verdict, budget: int) -> tuple[Verdict, int]:
-    """Settle the root's unproven tiles by evaluating them pair by pair, within `budget` pair
-    evaluations. Returns the verdict (exact where settled) and the budget spent."""
-    todo = torch.nonzero(~verdict.exact_mask()).flatten()
-    area = geom.block_q * geom.block_k * _batch(geom)
-    todo = todo[: budget // area].cpu()
+    """Settle the root's unproven tiles within `budget` pair evaluations; returns the verdict (exact
+    where settled) and the evaluations spent.
+
+    First a sparse grid of witnesses per tile (``_WITNESSES`` rows x columns): a tile where one is
+    allowed and one is not is PARTIAL, proven; that settles most of them (a diagonal, a document
+    boundary, a random block beside a band) for a fraction of the cost. The rest, FULL or EMPTY in
+    truth or with a pattern finer than the grid, are evaluated on every pair.
+    """
+    todo = torch.nonzero(~verdict.exact_mask()).flatten().cpu()
     if len(todo) == 0:
         return verdict, 0
+    batch = _batch(geom)
     ctx = _cpu_context(geom)
-    per_chunk = max(1, _CHUNK_ELEMENTS // (area * _random_width(pred)))
-    q_lo, q_hi, k_lo, k_hi = (x.cpu() for x in (geom.q_lo, geom.q_hi, geom.k_lo, geom.k_hi))
+    grid_rows, grid_cols = _grid(geom.block_q), _grid(geom.block_k)
+    area = len(grid_rows) * len(grid_cols) * batch
+    todo = todo[: budget // area]
+    spent = len(todo) * area
+    allowed_any, allowed_all = _evaluate_tiles(pred, geom, ctx, qt, kt, todo, grid_rows, grid_cols)
+    proven = allowed_any & ~allowed_all
+    _record(verdict, todo[proven], torch.ones_like(proven[proven]), torch.zeros_like(proven[proven]))
+    todo = todo[~proven]
+    area = geom.block_q * geom.block_k * batch
+    todo = todo[: (budget - spent) // area]
+    spent += len(todo) * area
     rows, cols = torch.arange(geom.block_q), torch.arange(geom.block_k)
-    qt_cpu, kt_cpu = qt.cpu(), kt.cpu()
+    _record(verdict, todo, *_evaluate_tiles(pred, geom, ctx, qt, kt, todo, rows, cols))
+    return verdict, spent
+
+
+_WITNESSES = 9
+
+
+def _grid(block: int) -> torch.Tensor:
+    """Up to `_WITNESSES` offsets spread over a tile side, both ends included."""
+    return torch.unique(torch.linspace(0, block - 1, min(block, _WITNESSES)).round().to(torch.int64))
+
+
+def _record(verdict: Verdict, at: torch.Tensor, nonempty: torch.Tensor, full: torch.Tensor) -> None:
+    at = at.to(verdict.nonempty.device)
+    verdict.nonempty[at] = nonempty.to(verdict.nonempty.device)
+    verdict.full[at] = full.to(verdict.full.device)
+    verdict.exact[at] = True
+
+
+def _evaluate_tiles(pred, geom: Geometry, ctx, qt, kt, todo, rows, cols) -> tuple[torch.Tensor, torch.Tensor]:
+    """(any allowed, all allowed) over the pairs (q_lo + rows, k_lo + cols) of each tile `todo`.
+
+    Offsets past a ragged tile's end are clamped onto its last row or key: a repeated existing pair
+    changes neither any nor all. Batched segments: any over the batch rows, all over them."""
+    if len(todo) == 0:
+        none = torch.zeros(0, dtype=torch.bool)
+        return none, none
+    q_lo, q_hi, k_lo, k_hi = (x.cpu() for x in (geom.q_lo, geom.q_hi, geom.k_lo, geom.k_hi))
+    t_all, u_all = qt.cpu()[todo], kt.cpu()[todo]
+    per_chunk = max(1, _CHUNK_ELEMENTS // (len(rows) * len(cols) * _batch(geom) * _random_width(pred)))
+    out_any, out_all = [], []
     for at in range(0, len(todo), per_chunk):
-        n = todo[at:at + per_chunk]
-        t, u = qt_cpu[n], kt_cpu[n]
-        ii = (q_lo[t, None] + rows)[:, :, None]                    # [n, BQ, 1]
-        jj = (k_lo[u, None] + cols)[:, None, :]                    # [n, 1, BK]
-        valid = (ii <= q_hi[t, None, None]) & (jj <= k_hi[u, None, None])
-        ii, jj = torch.minimum(ii, q_hi[t, None, None]), torch.minimum(jj, k_hi[u, None, None])
+        t, u = t_all[at:at + per_chunk, None, None], u_all[at:at + per_chunk, None, None]
+        ii = torch.minimum(q_lo[t] + rows[:, None], q_hi[t])             # [n, R, 1]
+        jj = torch.minimum(k_lo[u] + cols[None, :], k_hi[u])             # [n, 1, C]
         allowed = pred.evaluate(ii, jj, _tile_context(ctx, geom, ii, jj))
-        allowed = allowed.reshape(-1, len(n), geom.block_q * geom.block_k)   # [B, n, BQ*BK]
-        valid = valid.reshape(1, len(n), -1)
-        n = n.to(verdict.nonempty.device)
-        verdict.nonempty[n] = (allowed & valid).any(-1).any(0).to(verdict.nonempty.device)
-        verdict.full[n] = (allowed | ~valid).all(-1).all(0).to(verdict.full.device)
-        verdict.exact[n] = True
-    return verdict, len(todo) * area
+        allowed = allowed.reshape(-1, len(t), len(rows) * len(cols))    # [B, n, R*C]
+        out_any.append(allowed.any(-1).any(0))
+        out_all.append(allowed.all(-1).all(0))
+    return torch.cat(out_any), torch.cat(out_all)
 
 
 def _batch(geom: Geometry) -> int:

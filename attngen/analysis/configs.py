@@ -6,6 +6,7 @@ no register spills (checked by tests/codegen/test_compile.py).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -38,32 +39,61 @@ def padded_head_dim(head_dim: int) -> int:
     return max(16, 1 << (head_dim - 1).bit_length())
 
 
-# (padded head dim upper bound, 16-bit config, fp32 config), for GPUs.
-_GPU_TABLE = (
-    (64, TileConfig(128, 64, 4, 3), TileConfig(64, 32, 4, 2)),
-    (128, TileConfig(128, 64, 8, 3), TileConfig(64, 32, 4, 2)),
-    (256, TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1)),
-)
+# Candidates per architecture family, dtype class and padded head dim, in order of preference
+# (largest tiles first). Register allocation depends on the whole kernel (mask, iteration strategy,
+# modifiers), so no single entry is spill-free for every spec: the launcher compiles the candidates
+# in order and keeps the first with no spills (`runtime.launch.SoftmaxLauncher.spill_free_config`).
+# float32 runs tl.dot in full "ieee" precision on CUDA cores, which needs far more registers.
+_16BIT = {
+    64: (TileConfig(128, 64, 8, 3), TileConfig(128, 64, 8, 2), TileConfig(64, 64, 4, 2),
+         TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 2)),
+    128: (TileConfig(128, 64, 8, 2), TileConfig(128, 32, 8, 2), TileConfig(64, 64, 8, 2),
+          TileConfig(64, 32, 4, 1), TileConfig(32, 32, 4, 2), TileConfig(32, 32, 8, 1)),
+    256: (TileConfig(64, 32, 8, 2), TileConfig(32, 32, 8, 2), TileConfig(32, 32, 8, 1),
+          TileConfig(16, 32, 4, 1), TileConfig(16, 16, 4, 1)),
+}
+_FP32 = {
+    64: (TileConfig(64, 32, 8, 2), TileConfig(32, 32, 4, 2), TileConfig(32, 16, 4, 1), TileConfig(16, 16, 4, 1)),
+    128: (TileConfig(32, 16, 4, 1), TileConfig(16, 16, 4, 1)),
+    256: (TileConfig(32, 16, 4, 1), TileConfig(16, 16, 4, 1)),
+}
 # The interpreter runs every tile op in numpy: mid-sized tiles keep both the op count and the
 # wasted padding low at the small sizes it is used for.
 INTERPRETER_CONFIG = TileConfig(32, 32, 4, 1)
 
 
-def default_config(head_dim: int, dtype: torch.dtype, arch: str | None) -> TileConfig:
-    """The tile configuration for this shape class; `arch` None means the CPU interpreter."""
+def arch_family(arch: str) -> str:
+    """Hopper and later share one family; Ampere and Ada the other."""
+    match = re.fullmatch(r"sm_?(\d+)\d", arch)
+    if not match:
+        raise ValueError(f"target must look like sm_80 or sm_90, got {arch!r}")
+    return "sm_90" if int(match.group(1)) >= 9 else "sm_80"
+
+
+def candidate_configs(head_dim: int, dtype: torch.dtype, arch: str | None) -> tuple[TileConfig, ...]:
+    """Tile configurations to try for this shape class, preferred first; `arch` None is the CPU
+    interpreter. (Both GPU families share the lists today; the family is part of the key so that a
+    measured table for one does not move the other.)"""
     if arch is None:
-        return INTERPRETER_CONFIG
+        return (INTERPRETER_CONFIG,)
+    arch_family(arch)                       # refuses a malformed target early
     padded = padded_head_dim(head_dim)
-    for bound, half, single in _GPU_TABLE:
+    by_dim = _FP32 if dtype == torch.float32 else _16BIT
+    for bound in sorted(by_dim):
         if padded <= bound:
-            return single if dtype == torch.float32 else half
+            return by_dim[bound]
     raise ValueError(f"head_dim {head_dim} is above the largest supported (256)")
 
 
+def default_config(head_dim: int, dtype: torch.dtype, arch: str | None) -> TileConfig:
+    """The preferred configuration of the shape class (before the spill check)."""
+    return candidate_configs(head_dim, dtype, arch)[0]
+
+
 def config_table(head_dim: int) -> dict:
-    """Every default configuration for a head dim, for the kernel's header."""
-    table = {"interpreter": INTERPRETER_CONFIG.as_dict()}
+    """Every candidate configuration for a head dim, by target and dtype class, for the header."""
+    table = {"interpreter": [INTERPRETER_CONFIG.as_dict()]}
     for arch in ARCHS:
-        for dtype in (torch.float16, torch.bfloat16, torch.float32):
-            table[f"{arch}/{str(dtype).removeprefix('torch.')}"] = default_config(head_dim, dtype, arch).as_dict()
+        for label, dtype in (("16-bit", torch.float16), ("float32", torch.float32)):
+            table[f"{arch}/{label}"] = [c.as_dict() for c in candidate_configs(head_dim, dtype, arch)]
     return table

@@ -14,6 +14,7 @@ printed in `n`; it gives the count when the sizes are the self-attention ones it
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from math import lcm
@@ -21,8 +22,8 @@ from math import lcm
 import sympy
 import torch
 
-from ..spec.predicates import (All_, Any_, Band, Blocks, Causal, Columns, Everything, GlobalTokens,
-                               Not_, Nothing, Predicate, Random, Segments, Stride)
+from ..spec.predicates import (LEAF_TYPES, All_, Any_, Band, Blocks, Causal, Columns, Everything,
+                               GlobalTokens, Not_, Nothing, Predicate, Random, Segments, Stride)
 from ..spec.normalize import normalize
 from ..spec.spec import Spec, resolve_q_offset
 
@@ -33,6 +34,7 @@ BACKWARD_FACTOR = 2.5          # dq, dk, dv and the recomputed scores: 2.5x the 
 LINEAR_STATE_BYTES = 4         # the linear-attention state is kept in float32
 
 n_symbol = sympy.Symbol("n", integer=True, positive=True)
+MODULAR = (Stride, Columns)    # leaves that repeat along a row; every other leaf is intervals
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,47 +79,54 @@ def allowed_pairs(spec: Spec, nq: int, nk: int, q_offset: int | None = None, *,
         return formula.value(nq)
     ctx = spec.eval_context(nq, nk, q_offset, *((seg_q, seg_k) if segmented else (None, None)))
     seg = _SegmentRuns(seg_q, seg_k, nq, nk) if segmented else None
-    return _count_rows(mask, nq, nk, ctx, seg)
+    with _one_thread():
+        return _count_rows(mask, nq, nk, ctx, seg)
 
 
-def _leaves(p: Predicate) -> list[Predicate]:
-    out = []
-    for node in p.walk():
-        if not node.children() and not isinstance(node, (Any_, All_, Not_)) and node not in out:
-            out.append(node)
-    return out
-
-
-def _is_modular(leaf: Predicate) -> bool:
-    return isinstance(leaf, (Stride, Columns))
+@contextmanager
+def _one_thread():
+    """The counting is many small elementwise ops: torch's thread pool synchronises more than it
+    saves, several times over on shared cores (measured: 0.1 s alone, 1-2 s with 2 busy threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _count_rows(mask, nq, nk, ctx, seg) -> int:
-    leaves = _leaves(mask)
-    interval = [leaf for leaf in leaves if not _is_modular(leaf)]
-    modular = [leaf for leaf in leaves if _is_modular(leaf)]
+    leaves = list(dict.fromkeys(p for p in mask.walk() if isinstance(p, LEAF_TYPES)))
+    interval = [leaf for leaf in leaves if not isinstance(leaf, MODULAR)]
+    modular = [leaf for leaf in leaves if isinstance(leaf, MODULAR)]
     period = lcm(*[leaf.every for leaf in modular]) if modular else 1
     if (1 << len(interval)) * period * (period + 1) > MAX_TABLE:
         return _count_dense(mask, nq, nk, ctx)
-    table = _period_table(mask, interval, modular, period)           # [codes, M, M + 1]
+    table = _period_table(mask, interval, modular, period).flatten()   # [codes × M × (M + 1)]
     total = 0
     for start in range(0, nq, ROW_CHUNK):
         rows = torch.arange(start, min(nq, start + ROW_CHUNK), dtype=torch.int64) + ctx.q_offset
-        ii = rows.unsqueeze(-1)                                        # [R, 1]
-        cuts = [torch.zeros_like(ii), torch.full_like(ii, nk)]
-        cuts += [_breakpoints(leaf, ii, ctx, seg).clamp(0, nk) for leaf in interval]
-        cuts = torch.cat(cuts, dim=1).sort(dim=1).values              # [R, K]
-        lo, hi = cuts[:, :-1], cuts[:, 1:]                             # pieces [lo, hi)
-        code = torch.zeros_like(lo)
-        for bit, leaf in enumerate(interval):
-            code |= _leaf_value(leaf, ii, lo, ctx, seg).to(torch.int64) << bit
-        phase = torch.remainder(ii, period)
-
-        def upto(x):   # keys j < x that pass, in this piece's code, for this row's phase
-            return (x // period) * table[code, phase, period] + table[code, phase, x % period]
-
-        total += int((upto(hi) - upto(lo)).sum())
+        total += _count_chunk(rows.unsqueeze(-1), interval, table, period, nk, ctx, seg)
     return total
+
+
+def _count_chunk(ii, interval, table, period, nk, ctx, seg) -> int:
+    """Allowed pairs of the rows at positions ii [R, 1]."""
+    cuts = [torch.zeros_like(ii), torch.full_like(ii, nk)]
+    cuts += [_breakpoints(leaf, ii, ctx, seg).clamp(0, nk) for leaf in interval]
+    cuts = torch.cat(cuts, dim=1).sort(dim=1).values                  # [R, K]
+    lo, hi = cuts[:, :-1], cuts[:, 1:]                                 # pieces [lo, hi)
+    code = torch.zeros_like(lo)
+    for bit, leaf in enumerate(interval):
+        code |= _leaf_value(leaf, ii, lo, ctx, seg).to(torch.int64) << bit
+    base = (code * period + torch.remainder(ii, period)) * (period + 1)   # each piece's table row
+    if period == 1:              # no stride/columns: a piece passes whole or not at all
+        return int(((hi - lo) * table.take(base + 1)).sum())
+
+    def upto(x):                 # keys j < x that pass, for the piece's code and the row's phase
+        return (x // period) * table.take(base + period) + table.take(base + x % period)
+
+    return int((upto(hi) - upto(lo)).sum())
 
 
 def _period_table(mask, interval, modular, period) -> torch.Tensor:
@@ -152,11 +161,6 @@ def _evaluate_tree(p: Predicate, values: dict) -> torch.Tensor:
 
 def _breakpoints(leaf: Predicate, ii: torch.Tensor, ctx, seg) -> torch.Tensor:
     """Keys where `leaf` may change value along row i: [R, m] (unclipped)."""
-    none = ii[:, :0]
-    if isinstance(leaf, (Everything, Nothing)):
-        return none
-    if isinstance(leaf, Causal):
-        return ii + 1
     if isinstance(leaf, Band):
         sides = ([ii - leaf.left] if leaf.left is not None else []) + \
                 ([ii + leaf.right + 1] if leaf.right is not None else [])
@@ -193,7 +197,7 @@ class _SegmentRuns:
                 shape = tuple(seg.shape) if isinstance(seg, torch.Tensor) else None
                 raise ValueError(f"cost counts with 1-D segment ids: {name} has shape {shape}, "
                                  f"expected ({size},)")
-        self.seg_q, self.seg_k = seg_q.to(torch.int64), seg_k.to(torch.int64)
+        self.seg_q, self.seg_k = seg_q.to("cpu", torch.int64), seg_k.to("cpu", torch.int64)
         starts = torch.cat([torch.tensor([True]), self.seg_k[1:] != self.seg_k[:-1]]).nonzero()[:, 0]
         ends = torch.cat([starts[1:], torch.tensor([nk])])
         run_value = self.seg_k[starts]

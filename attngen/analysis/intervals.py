@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sympy
 
-from ..spec.predicates import All_, Band, Blocks, Everything, Predicate, i
+from ..spec.predicates import All_, Band, Blocks, Everything, Predicate, i, j
 
 Bounds = tuple[sympy.Expr, sympy.Expr]
 
@@ -30,6 +30,33 @@ def key_interval(pred: Predicate) -> Bounds | None:
         return start, start + pred.size - 1
     if isinstance(pred, All_):
         bounds = [key_interval(part) for part in pred.parts]
+        if any(b is None for b in bounds):
+            return None
+        return sympy.Max(*[b[0] for b in bounds]), sympy.Min(*[b[1] for b in bounds])
+    return None
+
+
+def query_interval(pred: Predicate) -> Bounds | None:
+    """The transposed interval: (Linv(j), Rinv(j)) as sympy expressions in `j` such that the query
+    positions that see key j are exactly Linv(j) <= i <= Rinv(j); None where `key_interval` is None.
+
+    Linv(j) = min{i: R(i) >= j} and Rinv(j) = max{i: L(i) <= j}; both never decrease as j grows
+    (L and R never decrease), and every interval holds j itself (every key interval holds i), so the
+    key-major backward kernel takes closed-form query-tile ranges from them exactly as the forward
+    takes key-tile ranges from (L, R). Band(left a, right b) gives [j - b, j + a]; blocks(s) gives
+    j's block; an ``all`` intersects its parts' intervals (Max of the lower bounds, Min of the
+    upper), since a query sees j under all parts iff it lies in each part's transposed interval."""
+    if isinstance(pred, Everything):
+        return -sympy.oo, sympy.oo
+    if isinstance(pred, Band):
+        low = -sympy.oo if pred.right is None else j - pred.right
+        high = sympy.oo if pred.left is None else j + pred.left
+        return low, high
+    if isinstance(pred, Blocks):
+        start = pred.size * sympy.floor(j / pred.size)
+        return start, start + pred.size - 1
+    if isinstance(pred, All_):
+        bounds = [query_interval(part) for part in pred.parts]
         if any(b is None for b in bounds):
             return None
         return sympy.Max(*[b[0] for b in bounds]), sympy.Min(*[b[1] for b in bounds])

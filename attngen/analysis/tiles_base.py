@@ -12,8 +12,9 @@ Words used throughout the block-map analysis:
 
 The registries map a predicate class to two vectorised functions (the spec stage never imports
 this package; analysis registers here):
-- ``candidates(pred, geom, start, stop)``: sorted unique keys of a superset of the non-empty tile
-  pairs among query tiles ``start .. stop-1``, or None meaning "every key tile";
+- ``candidates(pred, geom, start, stop)``: a superset of the non-empty tile pairs among query tiles
+  ``start .. stop-1``: sorted unique keys, `RowRanges` (one key-tile range per row: what interval
+  leaves give, kept unexpanded so that ``all`` filters by it in O(keys)), or None ("every key tile");
 - ``classify(pred, geom, qt, kt)``: a `Verdict` for arrays of tile pairs.
 """
 from __future__ import annotations
@@ -157,6 +158,29 @@ def range_keys(geom: Geometry, rows: torch.Tensor, first: torch.Tensor, last: to
     return owner * geom.num_k_tiles + cols
 
 
+class RowRanges(NamedTuple):
+    """Candidate key tiles ``first[r] .. last[r]`` of query tile ``start + r`` (int64)."""
+
+    first: torch.Tensor
+    last: torch.Tensor
+
+
+def as_keys(geom: Geometry, start: int, stop: int, cand) -> torch.Tensor:
+    """A candidate set of query tiles start .. stop-1 as sorted keys."""
+    if cand is None:
+        return geom.all_keys(start, stop)
+    if isinstance(cand, RowRanges):
+        return range_keys(geom, rows_of(geom, start, stop), cand.first, cand.last)
+    return cand
+
+
+def in_ranges(geom: Geometry, start: int, keys: torch.Tensor, ranges: RowRanges) -> torch.Tensor:
+    """Which keys (of query tiles from `start`) lie in their row's range."""
+    row, col = geom.split(keys)
+    row = row - start
+    return (col >= ranges.first[row]) & (col <= ranges.last[row])
+
+
 def sorted_unique(keys: torch.Tensor) -> torch.Tensor:
     return torch.unique(keys, sorted=True)
 
@@ -190,7 +214,7 @@ def verdict_of(pred: Predicate, geom: Geometry, qt: torch.Tensor, kt: torch.Tens
     return fn(pred, geom, qt, kt)
 
 
-def candidates_of(pred: Predicate, geom: Geometry, start: int, stop: int) -> torch.Tensor | None:
+def candidates_of(pred: Predicate, geom: Geometry, start: int, stop: int):
     """Dispatch to the registered candidates function (None, "every key tile", if there is none)."""
     fn = CANDIDATES.get(type(pred))
     return None if fn is None else fn(pred, geom, start, stop)

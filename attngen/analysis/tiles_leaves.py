@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..spec.predicates import Band, Blocks, Causal, Columns, Everything, GlobalTokens, Nothing, Stride
-from .tiles_base import (BIG, Geometry, Verdict, candidates_for, classifier_for, expand_ranges,
+from .tiles_base import (BIG, Geometry, RowRanges, Verdict, candidates_for, classifier_for, expand_ranges,
                          floor_div, key_tile_span, range_keys, rows_of, sorted_unique)
 
 
@@ -64,8 +64,7 @@ def _band_candidates(pred, geom: Geometry, start, stop):
     low, high = _band_sides(pred)
     rows = rows_of(geom, start, stop)
     # j = i - d: the keys of query tile t lie in [q_lo - high, q_hi - low].
-    first, last = key_tile_span(geom, geom.q_lo[rows] - high, geom.q_hi[rows] - low)
-    return range_keys(geom, rows, first, last)
+    return RowRanges(*key_tile_span(geom, geom.q_lo[rows] - high, geom.q_hi[rows] - low))
 
 
 # -- blocks ---------------------------------------------------------------------------------
@@ -85,7 +84,7 @@ def _blocks_candidates(pred, geom: Geometry, start, stop):
     rows = rows_of(geom, start, stop)
     lo = floor_div(geom.q_lo[rows], b) * b
     hi = floor_div(geom.q_hi[rows], b) * b + b - 1
-    return range_keys(geom, rows, *key_tile_span(geom, lo, hi))
+    return RowRanges(*key_tile_span(geom, lo, hi))
 
 
 # -- stride ---------------------------------------------------------------------------------

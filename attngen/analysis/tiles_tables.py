@@ -22,7 +22,7 @@ import torch
 
 from ..errors import ShapeError
 from ..spec.predicates import Random, Segments
-from .tiles_base import (Geometry, Verdict, candidates_for, classifier_for, expand_ranges, floor_div,
+from .tiles_base import (Geometry, RowRanges, Verdict, candidates_for, classifier_for, expand_ranges, floor_div,
                          key_slice, key_tile_span, lookup, range_keys, rows_of, sorted_unique)
 
 # Most (query tile, key tile, id) incidences the exact join of unsorted segment ids may build.
@@ -92,7 +92,8 @@ def _segment_ids(geom: Geometry) -> tuple[torch.Tensor, torch.Tensor, int]:
         batch = max(seg_q.shape[0], seg_k.shape[0])     # a 1-D one is shared by every row
         seg_q, seg_k = seg_q.expand(batch, -1), seg_k.expand(batch, -1)
     values = torch.unique(torch.cat([seg_q.flatten(), seg_k.flatten()]))
-    return torch.searchsorted(values, seg_q), torch.searchsorted(values, seg_k), len(values)
+    return (torch.searchsorted(values, seg_q.contiguous()), torch.searchsorted(values, seg_k.contiguous()),
+            len(values))
 
 
 def _is_sorted(seg: torch.Tensor) -> bool:
@@ -175,5 +176,6 @@ def _segments_candidates(pred, geom: Geometry, start, stop):
     q_max = tab["q_max"][:, rows].contiguous()
     first = torch.searchsorted(tab["k_max"].contiguous(), q_min)
     last = torch.searchsorted(tab["k_min"].contiguous(), q_max, right=True) - 1
-    keys = range_keys(geom, rows.repeat(first.shape[0]), first.flatten(), last.flatten())
-    return keys if first.shape[0] == 1 else sorted_unique(keys)
+    if first.shape[0] == 1:
+        return RowRanges(first[0], last[0])
+    return sorted_unique(range_keys(geom, rows.repeat(first.shape[0]), first.flatten(), last.flatten()))

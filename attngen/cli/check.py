@@ -59,8 +59,7 @@ def summary(spec: Spec, path: Path | None = None) -> str:
     """The lines `check` prints for one valid spec."""
     rows = [("kind", spec.kind), ("heads", heads_line(spec)), ("head_dim", str(spec.head_dim)),
             ("scale", _scale(spec)), ("modifiers", _modifiers(spec)), ("kv cache", _kv_cache(spec)),
-            ("mask", readable_mask(spec.effective_mask) if spec.kind == "softmax"
-             else ("j <= i" if spec.causal else "every pair")),
+            ("mask", readable_mask(spec.effective_mask)),
             ("content hash", spec.content_hash()[:16])]
     head = f"{spec.name}" + (f"  ({path})" if path is not None else "") + ": ok"
     return "\n".join([head] + [f"  {key:<13} {value}" for key, value in rows])

@@ -28,7 +28,7 @@ DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp
 INPUT_POINTERS = {"q", "k", "v", "out", "dout", "dq", "dk", "dv", "k_cache", "v_cache",
                   "partial_out"}
 FLOAT32_POINTERS = {"lse", "alibi_slopes", "delta", "partial_lse", "dq_accum", "features",
-                    "state", "state_z", "lse_out"}
+                    "state", "state_z", "lse_out", "state_max", "chunk_max", "row_rden", "row_dden"}
 INT32_POINTERS = {"seg_q", "seg_k", "tile_counts", "cache_seqlens", "block_table"}
 STAGES = ("ttir", "ttgir", "llir", "ptx", "cubin")
 
@@ -90,6 +90,11 @@ class ResourceUsage:
     local: int      # bytes of local memory per thread: register spills and stack arrays
     stack: int
     dynamic_shared: int = 0     # bytes of shared memory Triton allocates at launch
+
+    @property
+    def spills(self) -> int:
+        """Bytes of local memory and stack frame: register spills (0 for a healthy kernel)."""
+        return self.local + self.stack
 
 
 def _cuobjdump() -> Path:

@@ -4,9 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..analysis.lowering import lower_forward
+from ..analysis.lowering_backward import lower_backward
+from ..analysis.lowering_linear import lower_linear
 from ..ir.graph import Graph
 from ..spec import Spec, load_spec
 from .plan import forward_values
+from .plan_backward import backward_values
+from .plan_linear import kernel_names, linear_values
 from .render import render
 
 
@@ -28,11 +32,32 @@ def forward_kernel(spec: Spec, *, check: bool | None = None) -> GeneratedKernel:
     return GeneratedKernel(spec, "fwd", source, graph, name)
 
 
-GENERATORS = {"fwd": forward_kernel}
+def backward_kernel(spec: Spec, *, check: bool | None = None) -> GeneratedKernel:
+    """One source holding the three backward kernels, `{kernel_name}_{preprocess,dkdv,dq}`."""
+    graph = lower_backward(spec, check=check)
+    name = f"attngen_bwd_{spec.name}"
+    source = render("bwd.py.jinja", **backward_values(graph, kernel_name=name))
+    return GeneratedKernel(spec, "bwd", source, graph, name)
+
+
+def linear_kernel(spec: Spec, kernel: str, *, check: bool | None = None) -> GeneratedKernel:
+    """One source holding a linear spec's forward (`kernel='fwd'`) or backward kernels."""
+    graph = lower_linear(spec, kernel, check=check)
+    source = render(f"linear_{kernel}.py.jinja", **linear_values(graph))
+    return GeneratedKernel(spec, f"linear_{kernel}", source, graph, kernel_names(graph)["main"])
+
+
+GENERATORS = {"fwd": forward_kernel, "bwd": backward_kernel,
+              "linear_fwd": lambda spec, *, check=None: linear_kernel(spec, "fwd", check=check),
+              "linear_bwd": lambda spec, *, check=None: linear_kernel(spec, "bwd", check=check)}
 
 
 def generate(spec, kind: str = "fwd", *, check: bool | None = None) -> GeneratedKernel:
     spec = load_spec(spec)
+    if spec.kind == "linear" and kind in ("fwd", "bwd"):      # a linear spec's own kernels
+        kind = f"linear_{kind}"
+    elif spec.kind != "linear" and kind.startswith("linear_"):
+        raise ValueError(f"kernel {kind!r} is for kind: linear; spec {spec.name!r} is {spec.kind}")
     if kind not in GENERATORS:
         raise ValueError(f"unknown kernel kind {kind!r}; one of {', '.join(GENERATORS)}")
     return GENERATORS[kind](spec, check=check)

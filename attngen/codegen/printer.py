@@ -109,9 +109,12 @@ class TritonPrinter(PythonCodePrinter):
         return f"({self._print(expr.args[0])} == 0)"
 
     def _print_Relational(self, expr):
-        if isinstance(expr, sympy.Eq) and isinstance(expr.lhs, AppliedUndef) \
-                and expr.lhs.func == random_hit and expr.rhs == 1:
-            return self._print_random_hit(expr.lhs)
+        if isinstance(expr.lhs, AppliedUndef) and expr.lhs.func == random_hit and expr.rhs == 1:
+            # random_hit(..) == 1 is the table lookup itself; sympy writes its negation as != 1.
+            if isinstance(expr, sympy.Eq):
+                return self._print_random_hit(expr.lhs)
+            if isinstance(expr, sympy.Ne):
+                return f"({self._print_random_hit(expr.lhs)} == 0)"
         op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
         return f"({self._print(expr.lhs)} {op} {self._print(expr.rhs)})"
 

@@ -1,4 +1,11 @@
-"""`CompiledAttention`: a compiled spec as a callable, with autograd."""
+"""`CompiledAttention`: a compiled spec as a callable, with autograd.
+
+The seam every runtime piece plugs into:
+- `forward_impl(q, k, v, q_offset, seg_q, seg_k)` → (out, lse); lse is None for linear kinds;
+- `backward_impl(q, k, v, out, lse, dout, q_offset, seg_q, seg_k)` → (dq, dk, dv);
+softmax kinds run the generated kernels of `launch.py` / `launch_backward.py`, linear kinds those of
+`linear.py`. `__call__` goes through a torch.autograd.Function built on these two.
+"""
 from __future__ import annotations
 
 import torch
@@ -6,22 +13,34 @@ import torch
 from ..codegen.emit import generate
 from ..spec import Spec
 from .launch import SoftmaxLauncher
+from .launch_backward import BackwardLauncher, reference_forward
 
 
-class _SoftmaxAttention(torch.autograd.Function):
+class _Attention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, launcher: SoftmaxLauncher, q, k, v, q_offset, seg_q, seg_k):
-        out, lse = launcher.forward(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k)
+    def forward(ctx, attn: "CompiledAttention", q, k, v, q_offset, seg_q, seg_k):
+        out, lse = attn.forward_impl(q, k, v, q_offset, seg_q, seg_k)
+        ctx.attn, ctx.q_offset = attn, q_offset
+        ctx.save_for_backward(q, k, v, out, lse if lse is not None else out.new_empty(0), seg_q, seg_k)
+        ctx.has_lse = lse is not None
+        if lse is None:
+            return out, out.new_empty(0)
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
-    def backward(ctx, dout, dlse):
-        raise NotImplementedError("the backward kernels are not generated yet")
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse, seg_q, seg_k = ctx.saved_tensors
+        dq, dk, dv = ctx.attn.backward_impl(q, k, v, out, lse if ctx.has_lse else None, dout,
+                                            ctx.q_offset, seg_q, seg_k)
+        return None, dq, dk, dv, None, None, None
 
 
 class CompiledAttention:
-    """A spec compiled to kernels. Call it like an attention op."""
+    """A spec compiled to kernels. Call it like an attention op:
+
+        attn(q, k, v, *, q_offset=None, seg_q=None, seg_k=None, return_lse=False)
+    """
 
     def __init__(self, spec: Spec):
         self.spec = spec
@@ -29,15 +48,36 @@ class CompiledAttention:
 
     def launcher(self, kind: str = "fwd"):
         if kind not in self._launchers:
-            self._launchers[kind] = SoftmaxLauncher(generate(self.spec, kind))
+            launcher = BackwardLauncher if kind == "bwd" else SoftmaxLauncher
+            self._launchers[kind] = launcher(generate(self.spec, kind))
         return self._launchers[kind]
 
     def compile_for(self, target: str, dtype: torch.dtype, *, kernel: str = "fwd"):
+        """Ahead-of-time compilation of one kernel for a GPU target (no GPU needed)."""
         return self.launcher(kernel).compile_for(target, dtype)
 
+    def forward_impl(self, q, k, v, q_offset=None, seg_q=None, seg_k=None):
+        if self.spec.kind == "linear":
+            from .linear import linear_forward
+            return linear_forward(self, q, k, v, q_offset=q_offset), None
+        if isinstance(q, torch.Tensor) and q.dtype == torch.float64:   # reference precision (gradcheck)
+            return reference_forward(self.spec, q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k)
+        return self.launcher("fwd").forward(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k)
+
+    def backward_impl(self, q, k, v, out, lse, dout, q_offset=None, seg_q=None, seg_k=None):
+        if self.spec.kind == "linear":
+            from .linear import linear_backward
+            return linear_backward(self, q, k, v, out, dout, q_offset=q_offset)
+        from .launch_backward import softmax_backward
+        return softmax_backward(self, q, k, v, out, lse, dout, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k)
+
     def __call__(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, return_lse=False):
-        out, lse = _SoftmaxAttention.apply(self.launcher("fwd"), q, k, v, q_offset, seg_q, seg_k)
-        return (out, lse) if return_lse else out
+        out, lse = _Attention.apply(self, q, k, v, q_offset, seg_q, seg_k)
+        if return_lse:
+            if self.spec.kind == "linear":
+                raise ValueError(f"spec {self.spec.name!r} is linear attention: it has no lse")
+            return out, lse
+        return out
 
     def __repr__(self) -> str:
-        return f"CompiledAttention({self.spec.name!r}, {self.spec.grouping}, mask={self.spec.effective_mask!r})"
+        return f"CompiledAttention({self.spec.name!r}, {self.spec.kind}, {self.spec.grouping})"

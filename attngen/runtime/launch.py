@@ -6,6 +6,7 @@ block maps are rebuilt on every call from the ids passed.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -13,8 +14,8 @@ import torch
 import triton
 
 from .. import env
-from ..analysis.configs import TileConfig, default_config
-from ..codegen.aot import compile_for_gpu
+from ..analysis.configs import TileConfig, candidate_configs
+from ..codegen.aot import compile_for_gpu, resource_usage
 from ..codegen.emit import GeneratedKernel
 from ..codegen.plan import random_tables
 from ..errors import ShapeError
@@ -23,6 +24,7 @@ from ..spec import Random, Spec, alibi_slopes, resolve_q_offset
 from .loader import interpreted, load_source
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+log = logging.getLogger("attngen")
 
 
 def check_inputs(spec: Spec, q, k, v) -> None:
@@ -91,9 +93,34 @@ class SoftmaxLauncher:
         self.tables = random_tables(generated.graph)
         self.iteration = generated.graph.facts["iteration"]
         self._shape_cache: dict = {}
+        self._configs: dict = {}
 
     def config(self, head_dim: int, dtype: torch.dtype, device: torch.device) -> TileConfig:
-        return default_config(head_dim, dtype, architecture(device))
+        arch = architecture(device)
+        if arch is None:
+            return candidate_configs(head_dim, dtype, None)[0]
+        return self.spill_free_config(arch, dtype)
+
+    def spill_free_config(self, target: str, dtype: torch.dtype) -> TileConfig:
+        """The first candidate configuration whose compiled kernel has no spills on `target`.
+
+        Decided once per (kernel, dtype, target) by compiling ahead of time and reading the
+        cubin's resource usage; register allocation depends on the whole kernel, so no fixed
+        table can promise this for every spec.
+        """
+        key = (target, dtype)
+        if key not in self._configs:
+            candidates = candidate_configs(self.spec.head_dim, dtype, target)
+            chosen = candidates[-1]
+            for cfg in candidates:
+                if resource_usage(self.compile_for(target, dtype, cfg)).spills == 0:
+                    chosen = cfg
+                    break
+            else:
+                log.warning("%s: every tile configuration spills on %s/%s; using %s",
+                            self.generated.kernel_name, target, dtype, chosen)
+            self._configs[key] = chosen
+        return self._configs[key]
 
     def call_tables(self, nq, nk, q_offset, cfg: TileConfig, device, seg_q, seg_k) -> CallTables:
         spec = self.spec
@@ -144,7 +171,7 @@ class SoftmaxLauncher:
 
     def compile_for(self, target: str, dtype: torch.dtype, config: TileConfig | None = None):
         """Compile the kernel ahead of time for a GPU `target` ('sm_80', 'sm_90'); no GPU needed."""
-        cfg = config or default_config(self.spec.head_dim, dtype, target)
+        cfg = config or self.spill_free_config(target, dtype)
         kernel = getattr(load_source(self.generated.source), self.generated.kernel_name)
         return compile_for_gpu(kernel, dtype=dtype, target=target, num_warps=cfg.num_warps,
                                num_stages=cfg.num_stages,

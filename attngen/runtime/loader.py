@@ -1,7 +1,10 @@
 """Turn generated Triton source into an importable module, and run its kernels interpreted.
 
-Triton's ``@triton.jit`` reads the function's source from its file, so generated source is written
-to a file named by its sha256 (written once, atomically) and imported from there, once.
+Triton's ``@triton.jit`` reads the function's source from its file, so generated source is imported
+from a file, once per process: the kernel file of its cache entry when `cache.generated` found or
+wrote one (see cache.py), else ``$ATTNGEN_CACHE_DIR/sources/k_<sha256>.py``, written atomically.
+Importing this module points Triton's own cache inside attngen's (`env.point_triton_cache`), before
+any kernel is compiled.
 
 On CPU tensors a kernel runs under Triton's interpreter: `interpreted(kernel)[grid](...)`. Triton
 turns ``@triton.jit`` functions into interpreted ones only when the interpreter was on at *import*
@@ -14,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import os
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +26,9 @@ from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
 from .. import env
+from . import cache
+
+env.point_triton_cache()
 
 _IMPORT_LOCK = threading.Lock()
 _MODULES: dict[str, ModuleType] = {}
@@ -35,17 +39,16 @@ def source_dir() -> Path:
 
 
 def write_source(source: str) -> Path:
-    """The path of a file holding `source`, written atomically if it is not there yet."""
+    """The path of a file holding `source`: its cache entry's kernel file, or one under
+    sources/ written atomically if it is not there yet."""
+    entry_file = cache.entry_file_for(source)
+    if entry_file is not None and entry_file.is_file() and entry_file.read_text() == source:
+        return entry_file
     digest = hashlib.sha256(source.encode()).hexdigest()
-    folder = source_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"k_{digest[:32]}.py"
+    path = source_dir() / f"k_{digest[:32]}.py"
     if path.exists() and path.read_text() == source:
         return path
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".py")
-    with os.fdopen(fd, "w") as f:
-        f.write(source)
-    os.replace(tmp, path)
+    cache.atomic_write(path, source.encode())
     return path
 
 

@@ -127,7 +127,7 @@ class Everything(Predicate):
         return sympy.true
 
     def evaluate(self, ii, jj, ctx):
-        return torch.ones(torch.broadcast_shapes(ii.shape, jj.shape), dtype=torch.bool)
+        return torch.ones(torch.broadcast_shapes(ii.shape, jj.shape), dtype=torch.bool, device=ii.device)
 
 
 @dataclass(frozen=True, repr=False)
@@ -141,7 +141,7 @@ class Nothing(Predicate):
         return sympy.false
 
     def evaluate(self, ii, jj, ctx):
-        return torch.zeros(torch.broadcast_shapes(ii.shape, jj.shape), dtype=torch.bool)
+        return torch.zeros(torch.broadcast_shapes(ii.shape, jj.shape), dtype=torch.bool, device=ii.device)
 
 
 @dataclass(frozen=True, repr=False)
@@ -186,7 +186,7 @@ class Band(Predicate):
         return sympy.And(*parts)
 
     def evaluate(self, ii, jj, ctx):
-        ok = torch.ones(torch.broadcast_shapes(ii.shape, jj.shape), dtype=torch.bool)
+        ok = torch.ones(torch.broadcast_shapes(ii.shape, jj.shape), dtype=torch.bool, device=ii.device)
         if self.left is not None:
             ok = ok & (jj >= ii - self.left)
         if self.right is not None:

@@ -57,9 +57,9 @@ def check_map(bm, want: torch.Tensor, *, exact: bool, what: str) -> None:
     assert bm.num_empty == int((got == EMPTY).sum())
     for ptr, idx in ((bm.partial_ptr, bm.partial_idx), (bm.full_ptr, bm.full_idx)):
         assert ptr.dtype == torch.int32 and idx.dtype == torch.int32 and len(ptr) == bm.num_rows + 1
-        for r in range(bm.num_rows):        # ascending within each row
-            row = idx[ptr[r]:ptr[r + 1]]
-            assert bool((row[1:] > row[:-1]).all()), f"{what}: row {r} not ascending"
+        rows = torch.repeat_interleave(torch.arange(bm.num_rows), (ptr[1:] - ptr[:-1]).long())
+        ascending = (idx[1:] > idx[:-1]) | (rows[1:] != rows[:-1])
+        assert bool(ascending.all()), f"{what}: a row is not ascending"
     if exact:
         assert bm.unresolved == 0, f"{what}: {bm.unresolved} tiles unresolved"
         diff = (got != want).nonzero().tolist()
@@ -181,8 +181,7 @@ def test_rows_without_pairs_are_empty():
     spec = spec_of(None, is_causal=True)
     bm = block_map(spec, 200, 50, 16, 16, q_offset=-150)
     assert bm.tiles_of(0) == ([], []) and bm.tiles_of(5) == ([], [])
-    r = bm.ranges()
-    assert (r.first[0].item(), r.last[0].item(), r.full_first[0].item(), r.full_last[0].item()) == (0, -1, 0, -1)
+    assert [int(x[0]) for x in bm.ranges()] == [0, -1, 0, -1]
     check_map(bm, brute_classes(spec, 200, 50, 16, 16, -150), exact=True, what="causal before keys")
 
 
@@ -195,7 +194,7 @@ def _segment_ids(gen, shape, num_ids, ordered):
 @pytest.mark.parametrize("is_causal", [False, True], ids=["plain", "causal"])
 @pytest.mark.parametrize("batch", [None, 3], ids=["1d", "batched"])
 @pytest.mark.parametrize("ordered", [True, False], ids=["sorted", "unsorted"])
-@pytest.mark.parametrize("geometry", GEOMETRIES[:6])
+@pytest.mark.parametrize("geometry", GEOMETRIES[1:5])
 def test_segments(geometry, ordered, batch, is_causal, torch_rng):
     nq, nk, bq, bk, q_offset = geometry
     spec = spec_of(segments(), is_causal=is_causal)

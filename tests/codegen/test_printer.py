@@ -52,6 +52,8 @@ def test_random_and_segments_print_as_table_lookups():
     code = print_triton(normalize(A.random(2, 4, 1) & A.segments()).expr(), **NAMES)
     assert "random_hit(floor_div(q_pos, 4), (k_pos // 4), rt, rf, rn, 2)" in code
     assert "seg_q_rows == seg_k_cols" in code
+    negated = print_triton(normalize(~A.random(2, 4, 1)).expr(), **NAMES)
+    assert negated == "(random_hit(floor_div(q_pos, 4), (k_pos // 4), rt, rf, rn, 2) == 0)"
 
 
 def test_printer_is_strict():

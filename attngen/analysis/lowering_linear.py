@@ -1,0 +1,84 @@
+"""The whole lowering of a linear spec: IR build, IR passes, then the passes that need analysis.
+
+    lower_linear(spec, "fwd") = run_passes(build_forward(spec), IR_PASSES + ANALYSIS_PASSES)
+
+The analysis passes choose the padded widths and the chunk size. The chunk size is a shape-class
+decision (padded head dim, padded feature count, architecture), never a sequence length: the
+chunk's quadratic tile costs chunk² · (m + D), the carried state m · D stays in registers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir.graph import Graph
+from ..ir.linear import IR_PASSES, build_backward, build_forward
+from ..ir.passes import run_passes
+from ..spec import Spec
+from .configs import ARCHS, padded_head_dim
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """One launch configuration of the linear kernels: `chunk` keys (and query rows) per step."""
+
+    chunk: int
+    num_warps: int
+    num_stages: int
+
+    def __post_init__(self):
+        if self.chunk < 16 or self.chunk & (self.chunk - 1):
+            raise ValueError(f"chunk={self.chunk} must be a power of two >= 16 (tl.dot needs 16)")
+
+    def as_dict(self) -> dict:
+        return {"chunk": self.chunk, "num_warps": self.num_warps, "num_stages": self.num_stages}
+
+
+# The interpreter runs every tile op in numpy: fewer, larger steps are faster there.
+INTERPRETER_CHUNK = ChunkConfig(32, 4, 1)
+# (largest padded width of state, config) for GPUs. The state (block_f × block_d, float32) and
+# the chunk's tiles share the registers: wider states get smaller chunks and more warps.
+_GPU_TABLE = (
+    (64, ChunkConfig(64, 4, 2)),
+    (128, ChunkConfig(32, 8, 1)),
+    (256, ChunkConfig(16, 8, 1)),
+)
+
+
+def chunk_config(block_d: int, block_f: int, arch: str | None) -> ChunkConfig:
+    """The chunk configuration for a shape class; `arch` None means the CPU interpreter."""
+    if arch is None:
+        return INTERPRETER_CHUNK
+    width = max(block_d, block_f)
+    for bound, cfg in _GPU_TABLE:
+        if width <= bound:
+            return cfg
+    raise ValueError(f"linear state {block_f} × {block_d} is above the largest supported (256 × 256)")
+
+
+def choose_widths(g: Graph) -> Graph:
+    """tl.dot needs power-of-two tiles of at least 16: pad the head dim and the feature count."""
+    return g.with_facts(block_d=padded_head_dim(g.facts["head_dim"]),
+                        block_f=padded_head_dim(g.facts["num_features"]))
+
+
+def choose_chunk(g: Graph) -> Graph:
+    """Chunk size by shape class (padded widths, architecture): the table travels with the IR."""
+    block_d, block_f = g.facts["block_d"], g.facts["block_f"]
+    table = {"interpreter": INTERPRETER_CHUNK.as_dict()}
+    for arch in ARCHS:
+        table[arch] = chunk_config(block_d, block_f, arch).as_dict()
+    return g.with_facts(chunk_configs=table)
+
+
+ANALYSIS_PASSES = (choose_widths, choose_chunk)
+LINEAR_PASSES = IR_PASSES + ANALYSIS_PASSES
+
+
+def lower_linear(spec: Spec, kernel: str = "fwd", *, check: bool | None = None) -> Graph:
+    """The lowered IR of a linear spec's forward (`kernel='fwd'`) or backward (`'bwd'`)."""
+    if spec.kind != "linear":
+        raise ValueError(f"lower_linear lowers linear specs; {spec.name!r} is {spec.kind}")
+    builders = {"fwd": build_forward, "bwd": build_backward}
+    if kernel not in builders:
+        raise ValueError(f"kernel must be 'fwd' or 'bwd', got {kernel!r}")
+    return run_passes(builders[kernel](spec), LINEAR_PASSES, check=check)

@@ -1,0 +1,62 @@
+"""From a lowered backward IR graph to the values templates/bwd.py.jinja is rendered with.
+
+The score chain, the mask and the dQ kernel's key-tile walk are the forward's (`plan.forward_values`
+on the same node names); added here: the three kernels' names, the natural-units scale of the
+gradient, and the dK/dV kernel's query-row bounds from the transposed interval [Linv(j), Rinv(j)].
+"""
+from __future__ import annotations
+
+import sympy
+
+from ..ir.graph import Graph
+from .plan import forward_values
+from .printer import print_triton
+
+# The kernels of one backward source, by role: `{kernel_name}_{suffix}`, launched in this order.
+KERNEL_SUFFIXES = ("preprocess", "dkdv", "dq")
+
+
+def kernel_names(kernel_name: str) -> dict[str, str]:
+    """{role: function name} of the three kernels generated under the prefix `kernel_name`."""
+    return {role: f"{kernel_name}_{role}" for role in KERNEL_SUFFIXES}
+
+
+def _row_code(bound: sympy.Expr, key: str, *, clamp: str, limit: str) -> str:
+    """A query position bound at the scalar key `key`, as a row (position - q_offset) clamped into
+    [0, nq - 1]; ±oo become the limit."""
+    if bound in (sympy.oo, -sympy.oo):
+        return limit
+    # Transposed bounds are expressions in j alone: a stray i would print as an undefined name.
+    code = print_triton(bound, query="NO_QUERY_POSITION_HERE", key=key)
+    return f"tl.{clamp}({code} - q_offset, {limit})"
+
+
+def _key_major_values(g: Graph) -> dict:
+    if g.facts["iteration"] != "ranges":
+        return dict(key_major_note="per key tile, lists of partial and full query tiles (transposed "
+                                   "block map)",
+                    lower_inv_formula="", upper_inv_formula="", lo_row_code="", hi_row_code="",
+                    full_lo_row_code="", full_hi_row_code="")
+    lower, upper = (sympy.sympify(b) for b in g.facts["query_bounds"])   # stored with sympy.srepr
+    return dict(
+        key_major_note="closed-form query-tile ranges from the transposed interval (no index lists)",
+        lower_inv_formula=str(lower), upper_inv_formula=str(upper),
+        lo_row_code=_row_code(lower, "first_key", clamp="maximum", limit="0"),
+        hi_row_code=_row_code(upper, "last_key", clamp="minimum", limit="nq - 1"),
+        full_lo_row_code=_row_code(lower, "last_key", clamp="maximum", limit="0"),
+        full_hi_row_code=_row_code(upper, "first_key", clamp="minimum", limit="nq - 1"),
+    )
+
+
+def backward_values(g: Graph, *, kernel_name: str) -> dict:
+    """Template values for templates/bwd.py.jinja from a lowered backward graph."""
+    values = forward_values(g, kernel_name=kernel_name)
+    names = kernel_names(kernel_name)
+    values.update(
+        kernel_title="backward kernels", template_name="bwd.py.jinja", kernel_kind="bwd",
+        iteration_note="dQ kernel: " + values["iteration_note"],
+        preprocess_name=names["preprocess"], dkdv_name=names["dkdv"], dq_name=names["dq"],
+        sm_scale=repr(g.node("scale_grad").attrs["value"]),
+    )
+    values.update(_key_major_values(g))
+    return values

@@ -1,0 +1,207 @@
+"""Launching the generated backward kernels: `softmax_backward` and its `BackwardLauncher`.
+
+Three launches (templates/bwd.py.jinja): the delta preprocess over query tiles, the key-major dK/dV
+kernel over (key tile, batch * kv head) — each program loops over the GROUP query heads of its kv
+head and sums their dK, dV in registers, so nothing is atomic and the result is deterministic — and
+the query-major dQ kernel over (query tile, batch * query head). Masks that are not intervals walk
+block-map lists: the forward's map (rows = query tiles) for dQ, its `transposed()` map (rows = key
+tiles) for dK/dV, each at its kernel's tile sizes.
+
+float64 inputs (for `torch.autograd.gradcheck`) take a reference-precision path: the kernels take
+float16, bfloat16 and float32 only, so the gradients are torch autograd through the float64 dense
+reference (`attngen.reference`), with no generated kernel involved.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import triton
+
+from ..analysis.lowering_backward import BackwardConfig, default_backward_config
+from ..codegen.aot import compile_for_gpu
+from ..codegen.emit import GeneratedKernel
+from ..codegen.plan_backward import kernel_names
+from ..errors import ShapeError
+from ..reference import _softmax_reference, reference
+from ..spec import Spec, resolve_q_offset
+from .launch import SoftmaxLauncher, architecture, check_inputs, dot_precision
+from .loader import interpreted, load_source
+
+if TYPE_CHECKING:
+    from .autograd import CompiledAttention
+
+
+def softmax_backward(attn: "CompiledAttention", q, k, v, out, lse, dout, *, q_offset=None, seg_q=None,
+                     seg_k=None, config: BackwardConfig | None = None):
+    """(dq, dk, dv) of a softmax spec's attention, given the forward's `out` and `lse` and the
+    gradient `dout` of `out`; each gradient has its input's shape, dtype and layout.
+
+    float64 inputs take the reference-precision path (see the module docstring); `config` picks the
+    tiles of both tile-walking kernels (default: `default_backward_config` by shape class).
+    """
+    if q.dtype == torch.float64:
+        return reference_gradients(attn.spec, q, k, v, dout, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k)
+    return attn.launcher("bwd").backward(q, k, v, out, lse, dout, q_offset=q_offset, seg_q=seg_q,
+                                         seg_k=seg_k, config=config)
+
+
+def reference_forward(spec: Spec, q, k, v, *, q_offset=None, seg_q=None, seg_k=None):
+    """(out, lse) of the float64 reference: the forward of the reference-precision path."""
+    return reference(spec, q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k)
+
+
+def reference_gradients(spec: Spec, q, k, v, dout, *, q_offset=None, seg_q=None, seg_k=None):
+    """(dq, dk, dv) by torch autograd through the float64 reference, in q's dtype. K and V are
+    repeated per query head inside the graph, so autograd sums dK, dV over each group."""
+    with torch.enable_grad():
+        leaves = [t.detach().to(torch.float64).requires_grad_(True) for t in (q, k, v)]
+        q64, k64, v64 = leaves
+        out, _ = _softmax_reference(spec, q64, k64.repeat_interleave(spec.group, dim=1),
+                                    v64.repeat_interleave(spec.group, dim=1), q_offset, seg_q, seg_k)
+        grads = torch.autograd.grad(out, leaves, dout.to(torch.float64), allow_unused=True)
+    return tuple(torch.zeros_like(t) if g is None else g.to(t.dtype) for g, t in zip(grads, (q, k, v)))
+
+
+class _JoinedAsm:
+    """``compiled.asm[stage]`` for the three backward kernels: their texts one after the other."""
+
+    _COMMENT = {"llir": ";"}
+
+    def __init__(self, kernels: dict):
+        self._kernels = kernels
+
+    def __getitem__(self, stage: str) -> str:
+        if stage == "cubin":
+            raise KeyError("the backward is three cubins: read CompiledBackward.kernels[role].asm['cubin']")
+        mark = self._COMMENT.get(stage, "//")
+        return "\n".join(f"{mark} ---- {role}: {compiled.name} ----\n{compiled.asm[stage]}"
+                         for role, compiled in self._kernels.items())
+
+
+@dataclass(frozen=True)
+class CompiledBackward:
+    """The three backward kernels compiled ahead of time: `kernels` maps each role (preprocess,
+    dkdv, dq) to its Triton CompiledKernel; `asm[stage]` joins their text stages."""
+
+    kernels: dict
+
+    @property
+    def asm(self) -> _JoinedAsm:
+        return _JoinedAsm(self.kernels)
+
+
+class BackwardLauncher(SoftmaxLauncher):
+    """Runs one generated backward source (three kernels); caches per-shape tables."""
+
+    def __init__(self, generated: GeneratedKernel):
+        super().__init__(generated)
+        self.names = kernel_names(generated.kernel_name)
+        self._by_key_cache: dict = {}
+
+    def config(self, head_dim: int, dtype: torch.dtype, device: torch.device) -> BackwardConfig:
+        return default_backward_config(head_dim, dtype, architecture(device))
+
+    def kernels(self, device: torch.device) -> dict:
+        """{role: kernel launchable as ``kernel[grid](...)`` on this device's tensors}."""
+        module = load_source(self.generated.source)
+        wrap = interpreted if architecture(device) is None else (lambda kernel: kernel)
+        return {role: wrap(getattr(module, name)) for role, name in self.names.items()}
+
+    def by_key_lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k) -> tuple:
+        """The transposed block map's CSR lists at the key-major tile sizes (non-interval masks)."""
+        if self.iteration != "lists":
+            return ()
+        key = (nq, nk, q_offset, cfg.block_m, cfg.block_n, str(device))
+        if self.spec.uses_segments or key not in self._by_key_cache:
+            from ..analysis.blockmap import block_map
+
+            bm = block_map(self.spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset,
+                           seg_q=seg_q, seg_k=seg_k).transposed()
+            lists = tuple(t.to(device=device, dtype=torch.int32)
+                          for t in (bm.partial_ptr, bm.partial_idx, bm.full_ptr, bm.full_idx))
+            if self.spec.uses_segments:
+                return lists
+            self._by_key_cache[key] = lists
+        return self._by_key_cache[key]
+
+    @staticmethod
+    def kernel_constexprs(cfg: BackwardConfig, dtype: torch.dtype, *, even_k: bool, interpreted: bool) -> dict:
+        """{role: constexpr arguments} of the three kernels."""
+        dots = dict(DOT_PRECISION=dot_precision(dtype), UPCAST_DOT=interpreted and dtype == torch.bfloat16)
+        km, qm = cfg.key_major, cfg.query_major
+        return {"preprocess": dict(BLOCK_M=qm.block_m),
+                "dkdv": dict(BLOCK_M=km.block_m, BLOCK_N=km.block_n, **dots),
+                "dq": dict(BLOCK_M=qm.block_m, BLOCK_N=qm.block_n, EVEN_K=even_k, **dots)}
+
+    def compile_for(self, target: str, dtype: torch.dtype, config: BackwardConfig | None = None):
+        """The three kernels compiled ahead of time for a GPU `target`; no GPU needed."""
+        cfg = config or default_backward_config(self.spec.head_dim, dtype, target)
+        module = load_source(self.generated.source)
+        constexprs = self.kernel_constexprs(cfg, dtype, even_k=False, interpreted=False)
+        tiles = {"preprocess": cfg.query_major, "dkdv": cfg.key_major, "dq": cfg.query_major}
+        return CompiledBackward({
+            role: compile_for_gpu(getattr(module, name), dtype=dtype, target=target,
+                                  num_warps=tiles[role].num_warps, num_stages=tiles[role].num_stages,
+                                  constexprs=constexprs[role])
+            for role, name in self.names.items()})
+
+    def backward(self, q, k, v, out, lse, dout, *, q_offset=None, seg_q=None, seg_k=None,
+                 config: BackwardConfig | None = None):
+        """(dq, dk, dv), each like its input (shape, dtype, strides)."""
+        spec = self.spec
+        check_inputs(spec, q, k, v)
+        _check_saved(spec, q, out, lse, dout)
+        batch, _, nq, head_dim = q.shape
+        nk = k.shape[2]
+        q_offset = resolve_q_offset(nq, nk, q_offset)
+        cfg = config or self.config(head_dim, q.dtype, q.device)
+        interpreted = architecture(q.device) is None
+        dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
+        if interpreted:            # poisoned: an element the kernels forget to write fails the tests
+            for t in (dq, dk, dv):
+                t.fill_(float("nan"))
+        if nq == 0 or nk == 0:     # no pair at all: every gradient is 0
+            return dq.zero_(), dk.zero_(), dv.zero_()
+        dout = dout.to(q.dtype)
+        lse = lse.to(torch.float32).contiguous()
+        qm, km = cfg.query_major, cfg.key_major
+        tables = self.call_tables(nq, nk, q_offset, qm, q.device, seg_q, seg_k)
+        by_key = self.by_key_lists(nq, nk, q_offset, km, q.device, seg_q, seg_k)
+        seg = tables.segments or (q, 0, 0, q, 0, 0)
+        alibi = tables.alibi if tables.alibi is not None else lse
+        constexprs = self.kernel_constexprs(cfg, q.dtype, even_k=nk % qm.block_n == 0, interpreted=interpreted)
+        kernels = self.kernels(q.device)
+
+        delta = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
+        query_grid = (triton.cdiv(nq, qm.block_m), batch * spec.query_heads)
+        kernels["preprocess"][query_grid](
+            out, dout, delta, *out.stride(), *dout.stride(), nq, spec.query_heads,
+            **constexprs["preprocess"], num_warps=qm.num_warps, num_stages=qm.num_stages)
+        common = (q, k, v, dout, lse, delta)
+        strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
+        seg_strides = (seg[1], seg[2], seg[4], seg[5])
+        kernels["dkdv"][(triton.cdiv(nk, km.block_n), batch * spec.kv_heads)](
+            *common, dk, dv, alibi, seg[0], seg[3], *by_key, *tables.random,
+            *strides, *dk.stride(), *dv.stride(), *seg_strides, nq, nk, q_offset, spec.kv_heads,
+            **constexprs["dkdv"], num_warps=km.num_warps, num_stages=km.num_stages)
+        kernels["dq"][query_grid](
+            *common, dq, alibi, seg[0], seg[3], *tables.lists, *tables.random,
+            *strides, *dq.stride(), *seg_strides, nq, nk, q_offset, spec.query_heads,
+            **constexprs["dq"], num_warps=qm.num_warps, num_stages=qm.num_stages)
+        return dq, dk, dv
+
+
+def _check_saved(spec: Spec, q, out, lse, dout) -> None:
+    """The forward's saved tensors and the incoming gradient must fit q."""
+    for name, t in (("out", out), ("dout", dout)):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(q.shape):
+            raise ShapeError(f"{name} has shape {tuple(getattr(t, 'shape', ()))}, expected q's shape "
+                             f"{tuple(q.shape)}")
+    want = (q.shape[0], spec.query_heads, q.shape[2])
+    if not isinstance(lse, torch.Tensor) or tuple(lse.shape) != want:
+        raise ShapeError(f"lse has shape {tuple(getattr(lse, 'shape', ()))}, expected (B, Hq, Nq) = {want}")
+    for name, t in (("out", out), ("lse", lse), ("dout", dout)):
+        if t.device != q.device:
+            raise ShapeError(f"{name} is on {t.device}, expected q's device {q.device}")

@@ -1,0 +1,190 @@
+"""Compiled specs as torch operators: ``torch.ops.attngen.<name>``, seen whole by torch.compile.
+
+Each spec is registered with `torch.library.custom_op` as two operators in the ``attngen``
+namespace:
+
+    attngen::<name>(Tensor q, Tensor k, Tensor v, SymInt q_offset, Tensor? seg_q, Tensor? seg_k)
+        -> (Tensor out, Tensor lse)
+    attngen::<name>_backward(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dout,
+                             SymInt q_offset, Tensor? seg_q, Tensor? seg_k) -> (Tensor, Tensor, Tensor)
+
+Both have fake (meta) implementations that only compute shapes, so torch.compile and torch.export
+trace a model calling them without running a kernel and without a graph break; the forward's
+autograd formula (`torch.library.register_autograd`) calls the backward operator, so AOTAutograd
+traces the backward as one opaque call too. Real calls go to `CompiledAttention.forward_impl` /
+`backward_impl`, with the kernels taken from the disk cache (cache.py).
+
+- ``q_offset`` is always an integer in the schema: `AttentionOp.__call__` resolves None to
+  ``Nk - Nq`` (SPEC.md's bottom-right default) before calling the operator, so under dynamic shapes
+  it is a symbolic ``k.shape[2] - q.shape[2]`` and no sentinel value exists.
+- ``out`` has q's shape and dtype, contiguous; ``lse`` is (B, Hq, Nq) float32. Linear kinds have no
+  lse: the operator returns an empty float32 tensor in its place.
+- ``lse`` is not differentiable (as in `CompiledAttention`): a gradient flowing into it is ignored.
+- The operator's name is the spec's name. A second, different spec with a name already taken gets
+  ``<name>_<first 8 hex digits of its content hash>`` (a warning is logged); registering the same
+  spec again returns the operator already made.
+- Shapes may change from call to call: kernels are generated once per spec, tile configurations
+  are chosen by shape class at call time, and per-shape tables are cached in memory.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import torch
+
+from ..reference import check_qkv
+from ..spec import Spec, load_spec
+from . import cache
+from .autograd import CompiledAttention
+from .launch import SoftmaxLauncher
+from .loader import load_source
+
+NAMESPACE = "attngen"
+FORWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, SymInt q_offset, Tensor? seg_q, Tensor? seg_k)"
+                  " -> (Tensor, Tensor)")
+BACKWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dout, "
+                   "SymInt q_offset, Tensor? seg_q, Tensor? seg_k) -> (Tensor, Tensor, Tensor)")
+# The kernel kinds compiled ahead of the first call, when codegen knows them (forward, backward).
+KINDS = {"softmax": ("fwd", "bwd"), "linear": ("linear_fwd", "linear_bwd")}
+
+log = logging.getLogger("attngen.runtime")
+_LOCK = threading.Lock()
+_BY_SPEC: dict[tuple[str, str], "AttentionOp"] = {}     # (name, content hash) → its operator
+_TAKEN: set[str] = set()                                 # operator names used in this process
+
+
+class CachedAttention(CompiledAttention):
+    """`CompiledAttention` whose forward kernel comes from the disk cache: creating it and its
+    launcher never lowers nor renders when the cache holds the spec."""
+
+    def launcher(self, kind: str = "fwd"):
+        if kind == "fwd" and kind not in self._launchers:
+            self._launchers[kind] = SoftmaxLauncher(cache.generated(self.spec, kind))
+        return super().launcher(kind)
+
+
+class AttentionOp:
+    """A compiled spec as a torch operator; call it like `CompiledAttention`:
+
+        op(q, k, v, *, q_offset=None, seg_q=None, seg_k=None, return_lse=False)
+
+    ``op.op`` is ``torch.ops.attngen.<name>.default``, ``op.attn`` the CompiledAttention behind it.
+    """
+
+    def __init__(self, spec: Spec, name: str):
+        self.spec = spec
+        self.name = name
+        self.attn = CachedAttention(spec)
+        _define(self)
+        namespace = getattr(torch.ops, NAMESPACE)
+        self.op = getattr(namespace, name).default
+        self.backward_op = getattr(namespace, f"{name}_backward").default
+
+    def prepare(self) -> None:
+        """Generate every kernel kind codegen knows for this spec, into the disk cache, so that
+        first calls find them (`attngen.load` calls this)."""
+        from ..codegen.emit import GENERATORS
+
+        for kind in KINDS[self.spec.kind]:
+            if kind == "fwd":
+                kernel = self.attn.launcher(kind).generated
+            elif kind in GENERATORS:
+                kernel = cache.generated(self.spec, kind)
+            else:
+                continue
+            start = time.perf_counter()
+            load_source(kernel.source)
+            log.debug("imported %s %s in %.1f ms", self.spec.name, kind, (time.perf_counter() - start) * 1e3)
+
+    def __call__(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, return_lse=False):
+        if q_offset is None:
+            q_offset = k.shape[-2] - q.shape[-2]
+        out, lse = self.op(q, k, v, q_offset, seg_q, seg_k)
+        if return_lse:
+            if self.spec.kind == "linear":
+                raise ValueError(f"spec {self.spec.name!r} is linear attention: it has no lse")
+            return out, lse
+        return out
+
+    def __repr__(self) -> str:
+        return f"AttentionOp(torch.ops.{NAMESPACE}.{self.name}, {self.spec.kind}, {self.spec.grouping})"
+
+
+def register(spec) -> AttentionOp:
+    """The operator of `spec`, registered on first use (see the module's docstring for names)."""
+    spec = load_spec(spec)
+    identity = (spec.name, spec.content_hash())
+    with _LOCK:
+        if identity in _BY_SPEC:
+            return _BY_SPEC[identity]
+        name = _free_name(spec)
+        op = AttentionOp(spec, name)
+        _BY_SPEC[identity] = op
+        _TAKEN.update((name, f"{name}_backward"))
+        return op
+
+
+def _free_name(spec: Spec) -> str:
+    digest = spec.content_hash()
+    for name in (spec.name, f"{spec.name}_{digest[:8]}", f"{spec.name}_{digest[:16]}"):
+        if name not in _TAKEN and f"{name}_backward" not in _TAKEN:
+            if name != spec.name:
+                log.warning("operator name %s.%s is taken by a different spec: registering spec "
+                            "%r as %s.%s", NAMESPACE, spec.name, spec.name, NAMESPACE, name)
+            return name
+    raise ValueError(f"no free operator name for spec {spec.name!r} (content {digest[:16]})")
+
+
+# -- the operators ---------------------------------------------------------------------------
+def _contiguous(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    # Real outputs must match the fake ones exactly: `like`'s dtype, contiguous.
+    return t.to(like.dtype).contiguous()
+
+
+def _define(op: AttentionOp) -> None:
+    attn, spec = op.attn, op.spec
+    linear = spec.kind == "linear"
+
+    def forward(q, k, v, q_offset, seg_q, seg_k):
+        out, lse = attn.forward_impl(q, k, v, q_offset, seg_q, seg_k)
+        lse = q.new_empty((0,), dtype=torch.float32) if lse is None else lse.contiguous()
+        return _contiguous(out, q), lse
+
+    def forward_fake(q, k, v, q_offset, seg_q, seg_k):
+        check_qkv(spec, q, k, v)
+        lse_shape = (0,) if linear else (q.shape[0], q.shape[1], q.shape[2])
+        return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=torch.float32)
+
+    def backward(q, k, v, out, lse, dout, q_offset, seg_q, seg_k):
+        dq, dk, dv = attn.backward_impl(q, k, v, out, None if linear else lse, dout, q_offset,
+                                        seg_q, seg_k)
+        return _contiguous(dq, q), _contiguous(dk, k), _contiguous(dv, v)
+
+    def backward_fake(q, k, v, out, lse, dout, q_offset, seg_q, seg_k):
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+    forward_op = torch.library.custom_op(f"{NAMESPACE}::{op.name}", forward, mutates_args=(),
+                                         schema=FORWARD_SCHEMA)
+    forward_op.register_fake(forward_fake)
+    backward_op = torch.library.custom_op(f"{NAMESPACE}::{op.name}_backward", backward,
+                                          mutates_args=(), schema=BACKWARD_SCHEMA)
+    backward_op.register_fake(backward_fake)
+    forward_op.register_autograd(_autograd_backward(backward_op), setup_context=_setup_context)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, q_offset, seg_q, seg_k = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, seg_q, seg_k)
+    ctx.q_offset = q_offset
+    ctx.mark_non_differentiable(lse)
+
+
+def _autograd_backward(backward_op):
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse, seg_q, seg_k = ctx.saved_tensors
+        dq, dk, dv = backward_op(q, k, v, out, lse, dout, ctx.q_offset, seg_q, seg_k)
+        return dq, dk, dv, None, None, None
+    return backward

@@ -1,0 +1,200 @@
+"""Generated forward kernels under Triton's interpreter against the float64 reference.
+
+Every case draws fresh random inputs at odd sizes; outputs start as NaN (the launcher poisons them
+under the interpreter), so an element the kernel forgot to write fails.
+"""
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import attngen as A
+from attngen.analysis.blockmap import block_map
+from attngen.analysis.configs import INTERPRETER_CONFIG, TileConfig
+from attngen.checking import TOLERANCE, check_close
+from attngen.errors import ShapeError
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def small(name, *, hq=4, hkv=2, d=32, **kw):
+    return A.Spec(name=name, query_heads=hq, kv_heads=hkv, head_dim=d, **kw)
+
+
+# Every predicate and combinator of SPEC.md, at widths that make tiles full, partial and empty.
+SPECS = [
+    small("dense"),
+    small("causal_mqa", hq=4, hkv=1, causal=True),
+    small("sliding_window", causal=True, mask=A.band(left=20)),
+    small("band_asym", mask=A.band(left=5, right=9)),
+    small("block_local", mask=A.blocks(24)),
+    small("block_causal", causal=True, mask=A.blocks(40)),
+    small("longformer", mask=A.band(8) | A.global_tokens(3)),
+    small("global_list", causal=True, mask=A.band(left=4) | A.global_tokens(tokens=[5, 70, 71])),
+    small("bigbird", mask=A.band(6) | A.global_tokens(2) | A.random(2, 16, seed=3)),
+    small("strided", causal=True, mask=A.band(left=12) | A.stride(12)),
+    small("fixed", causal=True, mask=A.blocks(16) | A.columns(16, 4)),
+    small("negated", causal=True, mask=~A.band(left=4, right=0)),
+    small("packed_docs", causal=True, mask=A.segments()),
+    small("softcap", causal=True, softcap=5.0),
+    small("alibi", hq=6, hkv=3, causal=True, alibi=True),
+    small("everything_mods", mask=A.band(30) | A.global_tokens(1), softcap=8.0, alibi=True, scale=0.3),
+]
+SHAPES = [(77, 190, None), (100, 60, None), (64, 96, 5), (33, 33, -7)]
+
+
+def inputs(spec, nq, nk, dtype, *, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, spec.query_heads, nq, spec.head_dim, generator=g).to(dtype)
+    k = torch.randn(batch, spec.kv_heads, nk, spec.head_dim, generator=g).to(dtype)
+    v = torch.randn(batch, spec.kv_heads, nk, spec.head_dim, generator=g).to(dtype)
+    return q, k, v
+
+
+def segments_for(spec, nq, nk, batch=2, seed=0):
+    if not spec.uses_segments:
+        return {}
+    g = torch.Generator().manual_seed(seed)
+    # Packed documents: sorted ids; the query rows are the last nq tokens of the key sequence.
+    seg_k = torch.sort(torch.randint(0, 4, (batch, nk), generator=g), dim=1).values
+    seg_q = seg_k[:, nk - nq:] if nq <= nk else torch.randint(0, 4, (batch, nq), generator=g)
+    return {"seg_q": seg_q, "seg_k": seg_k}
+
+
+def check_forward(spec, nq, nk, dtype, q_offset=None, *, batch=2, layout=None, config=None):
+    q, k, v = inputs(spec, nq, nk, dtype, batch=batch)
+    if layout == "bnhd":   # transposed views of (B, N, H, D) tensors: no copy, any strides
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+        assert not q.is_contiguous()
+    segs = segments_for(spec, nq, nk, batch)
+    launcher = A.compile(spec).launcher()
+    out, lse = launcher.forward(q, k, v, q_offset=q_offset, config=config, **segs)
+    want_out, want_lse = A.reference(spec, q, k, v, q_offset=q_offset, **segs)
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    check_close("out", out, want_out, dtype)
+    check_close("lse", lse, want_lse, dtype)
+    return out, lse
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"nq{s[0]}-nk{s[1]}-off{s[2]}")
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_every_predicate_fp32(spec, shape):
+    check_forward(spec, *shape[:2], torch.float32, shape[2])
+
+
+@pytest.mark.parametrize("dtype", DTYPES[1:], ids=str)
+@pytest.mark.parametrize("spec", [SPECS[2], SPECS[8], SPECS[12], SPECS[15]], ids=lambda s: s.name)
+def test_half_precision(spec, dtype):
+    check_forward(spec, 77, 190, dtype)
+
+
+def shrunk(spec):
+    """A shipped spec with its mask and head dim but few heads (keeping the group size)."""
+    group = min(spec.group, 4)
+    return A.Spec(name=spec.name, query_heads=group, kv_heads=1, head_dim=spec.head_dim,
+                  mask=spec.effective_mask if not isinstance(spec.effective_mask, A.spec.Everything) else None,
+                  softcap=spec.softcap, alibi=spec.alibi, scale=spec.scale)
+
+
+SHIPPED = [s for s in A.load_specs("specs") if s.kind == "softmax"]
+
+
+@pytest.mark.parametrize("spec", SHIPPED, ids=lambda s: s.name)
+def test_shipped_specs(spec):
+    check_forward(shrunk(spec), 77, 190, torch.float32, batch=1)
+
+
+@pytest.mark.parametrize("spec", [SPECS[6], SPECS[9], SPECS[12]], ids=lambda s: s.name)
+def test_non_contiguous_bnhd_views(spec):
+    check_forward(spec, 45, 70, torch.float16, layout="bnhd")
+
+
+@pytest.mark.parametrize("head_dim", [16, 80, 96, 112, 160, 192, 256])
+def test_head_dims_are_padded_internally(head_dim):
+    spec = small(f"d{head_dim}", hq=2, hkv=1, d=head_dim, causal=True, mask=A.band(left=9))
+    check_forward(spec, 37, 41, torch.float32, batch=1)
+
+
+def test_rows_with_no_allowed_key_give_zero_and_minus_inf():
+    spec = small("causal", causal=True, mask=A.band(left=3))
+    out, lse = check_forward(spec, 50, 20, torch.float16)   # rows 0..29 sit before key 0
+    assert torch.all(out[:, :, :30] == 0) and torch.all(lse[:, :, :30] == float("-inf"))
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+
+
+def test_tile_sizes_do_not_change_the_meaning():
+    spec = SPECS[8]
+    for cfg in (TileConfig(16, 16, 4, 1), TileConfig(16, 64, 4, 1), TileConfig(64, 32, 4, 1)):
+        check_forward(spec, 77, 150, torch.float32, config=cfg)
+
+
+@pytest.mark.parametrize("spec", SPECS + [shrunk(s) for s in SHIPPED], ids=lambda s: s.name)
+def test_tiles_visited_equal_non_empty_tiles(spec):
+    """Tile efficiency 1.0: the kernel's own count of visited key tiles per query tile equals the
+    number of non-empty tiles of the exact block map."""
+    nq, nk, batch = 150, 211, 1
+    q, k, v = inputs(spec, nq, nk, torch.float32, batch=batch)
+    segs = segments_for(spec, nq, nk, batch)
+    launcher = A.compile(spec).launcher()
+    *_, counts = launcher.forward(q, k, v, count_tiles=True, **segs)
+    cfg = INTERPRETER_CONFIG
+    bm = block_map(spec, nq, nk, cfg.block_m, cfg.block_n, **segs)
+    non_empty = torch.tensor([len(p) + len(f) for p, f in map(bm.tiles_of, range(bm.geometry.num_q_tiles))])
+    visited = counts.view(batch * spec.query_heads, -1)
+    assert torch.equal(visited, non_empty.expand_as(visited).to(visited.dtype)), (visited[0], non_empty)
+
+
+def test_decoding_alignment_and_explicit_offset():
+    spec = SPECS[2]
+    check_forward(spec, 1, 190, torch.float32)          # one new token against a cache
+    check_forward(spec, 5, 190, torch.float32, 100)     # a chunk placed mid-sequence
+
+
+def test_bad_inputs_are_refused_with_the_tensor_named():
+    spec = SPECS[0]
+    attn = A.compile(spec)
+    q, k, v = inputs(spec, 8, 8, torch.float32)
+    with pytest.raises(ShapeError, match="k has dtype"):
+        attn(q, k.half(), v)
+    with pytest.raises(ShapeError, match="q has dtype torch.float64"):
+        A.compile(spec).launcher().forward(q.double(), k.double(), v.double())
+    with pytest.raises(ShapeError, match=r"q has shape \(2, 3, 8, 32\)"):
+        attn(q[:, :3], k, v)
+    with pytest.raises(ShapeError, match="no segments mask"):
+        attn(q, k, v, seg_q=torch.zeros(8, dtype=torch.int64), seg_k=torch.zeros(8, dtype=torch.int64))
+    with pytest.raises(ShapeError, match="segments"):
+        A.compile(SPECS[12])(q, k, v)
+
+
+def test_empty_key_sequence():
+    spec = SPECS[0]
+    q, k, v = inputs(spec, 5, 0, torch.float32)
+    out, lse = A.compile(spec)(q, k, v, return_lse=True)
+    assert torch.all(out == 0) and torch.all(lse == float("-inf"))
+
+
+LEAVES = st.sampled_from([
+    A.band(left=3), A.band(right=5), A.band(2), A.stride(5), A.columns(7, 2), A.global_tokens(2),
+    A.global_tokens(tokens=[4, 19]), A.blocks(9), A.random(1, 8, seed=5), A.causal(),
+])
+TREES = st.recursive(LEAVES, lambda sub: st.one_of(
+    st.builds(lambda a, b: a | b, sub, sub), st.builds(lambda a, b: a & b, sub, sub),
+    st.builds(lambda a: ~a, sub)), max_leaves=4)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mask=TREES, nq=st.integers(1, 70), nk=st.integers(1, 70), offset=st.integers(-20, 20))
+def test_random_specs(mask, nq, nk, offset):
+    try:
+        spec = small("random_spec", hq=2, hkv=1, d=16, mask=mask)
+    except A.SpecError:      # a tree that allows no pair at all is refused at load
+        return
+    try:
+        spec.eval_context(nq, nk, offset)
+    except A.SpecError:      # per_row larger than the key blocks at this size
+        return
+    check_forward(spec, nq, nk, torch.float32, offset, batch=1)
+
+
+def test_tolerance_table_is_the_contract():
+    assert TOLERANCE[torch.float32] == 1e-4
+    assert TOLERANCE[torch.float16] == TOLERANCE[torch.bfloat16] == 1e-2

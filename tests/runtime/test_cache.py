@@ -1,0 +1,161 @@
+"""The on-disk cache: what the key covers, the entry layout, corruption, listing and clearing.
+No kernel runs here."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+import attngen
+from attngen.codegen import emit, render
+from attngen.runtime import cache
+from attngen.runtime.loader import write_source
+
+
+def key_of(spec, kind="fwd"):
+    return cache.cache_key(emit.generate(attngen.load_spec(spec), kind).graph, kind, "interpreter")
+
+
+# -- the key ---------------------------------------------------------------------------------
+def test_key_changes_when_a_template_changes(small_spec, monkeypatch):
+    spec = small_spec("k_template", causal=True)
+    before = key_of(spec)
+    assert key_of(spec) == before
+    monkeypatch.setattr(render, "template_digest", lambda: "0" * 64)
+    assert key_of(spec) != before
+
+
+def test_template_digest_follows_the_template_text(tmp_path, monkeypatch):
+    copy = tmp_path / "templates"
+    copy.mkdir()
+    for path in render.TEMPLATE_DIR.glob("*.jinja"):
+        (copy / path.name).write_text(path.read_text())
+    monkeypatch.setattr(render, "TEMPLATE_DIR", copy)
+    before = render.template_digest()
+    (copy / "common.py.jinja").write_text((copy / "common.py.jinja").read_text() + "\n# edited\n")
+    assert render.template_digest() != before
+
+
+@pytest.mark.parametrize("changed", [
+    pytest.param({"causal": True}, id="causal"),
+    pytest.param({"mask": {"band": 4}}, id="mask"),
+    pytest.param({"softcap": 20.0}, id="softcap"),
+    pytest.param({"scale": 0.5}, id="scale"),
+    pytest.param({"head_dim": 32}, id="head_dim"),
+    pytest.param({"heads": {"query": 2, "kv": 2}}, id="heads"),
+])
+def test_key_changes_when_the_meaning_changes(small_spec, changed):
+    assert key_of(small_spec("k_meaning")) != key_of(small_spec("k_meaning", **changed))
+
+
+@pytest.mark.parametrize("a, b", [
+    pytest.param({"mask": {"band": 8}}, {"mask": {"band": {"left": 8, "right": 8}}}, id="band-spelling"),
+    pytest.param({"causal": True}, {"mask": {"band": {"right": 0}}}, id="causal-as-band"),
+    pytest.param({"mask": {"band": 3}}, {"mask": {"all": [{"band": 3}, {"band": 5}]}}, id="redundant-and"),
+    pytest.param({"mask": {"any": [{"band": 2}, {"global": {"first": 1}}]}},
+                 {"mask": {"any": [{"global": {"first": 1}}, {"band": 2}]}}, id="any-order"),
+])
+def test_key_ignores_how_the_yaml_says_it(small_spec, a, b):
+    assert attngen.load_spec(small_spec("k_same", **a)) == attngen.load_spec(small_spec("k_same", **b))
+    assert key_of(small_spec("k_same", **a)) == key_of(small_spec("k_same", **b))
+
+
+def test_key_changes_with_the_name_the_source_carries(small_spec):
+    # The generated kernel is named after the spec, so two names never share a folder.
+    assert key_of(small_spec("k_one")) != key_of(small_spec("k_two"))
+
+
+def test_key_parts_name_every_ingredient(small_spec):
+    graph = emit.generate(attngen.load_spec(small_spec("k_parts")), "fwd").graph
+    parts = cache.key_parts(graph, "fwd", "sm_90")
+    assert parts["ir"] == graph.content_hash()
+    assert parts["templates"] == render.template_digest()
+    assert {"attngen", "torch", "triton", "arch", "constants"} <= set(parts)
+    assert cache.cache_key(graph, "fwd", "sm_90") != cache.cache_key(graph, "fwd", "sm_80")
+    assert cache.cache_key(graph, "fwd", "sm_90") != cache.cache_key(graph, "bwd", "sm_90")
+
+
+# -- layout and hits -------------------------------------------------------------------------
+def test_entry_layout_and_checksums(small_spec, cache_dir):
+    spec = attngen.load_spec(small_spec("layout", mask={"band": 3}))
+    kernel = cache.generated(spec, "fwd", arch="interpreter")
+    key = cache.cache_key(kernel.graph, "fwd", "interpreter")
+    folder = cache_dir / "v1" / "interpreter" / f"layout-{key[:16]}"
+    assert sorted(p.name for p in folder.iterdir()) == ["ir.json", "kernel_fwd.py", "meta.json", "spec.yaml"]
+    assert (folder / "kernel_fwd.py").read_text() == kernel.source
+    assert attngen.load_spec(yaml.safe_load((folder / "spec.yaml").read_text())) == spec
+    assert json.loads((folder / "ir.json").read_text()) == json.loads(json.dumps(kernel.graph.to_json()))
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["key"] == key and meta["kind"] == "fwd" and meta["spec_name"] == "layout"
+    assert set(meta["files"]) == {"ir.json", "kernel_fwd.py", "spec.yaml"}
+    assert write_source(kernel.source) == folder / "kernel_fwd.py"      # imported from the entry
+    assert not any(p.name.startswith(".") and any(p.iterdir()) for p in folder.parent.iterdir()
+                   if p.name in (".staging", ".trash"))
+
+
+def test_second_lookup_skips_lowering_and_codegen(small_spec, monkeypatch):
+    spec = attngen.load_spec(small_spec("warm", mask={"band": 5}))
+    cold = cache.generated(spec, "fwd", arch="interpreter")
+    assert cache.STATS["builds"] == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a warm lookup lowered the spec again")
+    monkeypatch.setattr(cache, "generate", refuse)
+    warm = cache.generated(spec, "fwd", arch="interpreter")
+    assert cache.STATS["index_hits"] == 1
+    assert warm.source == cold.source and warm.kernel_name == cold.kernel_name
+    assert warm.graph.content_hash() == cold.graph.content_hash()
+    assert warm.graph.facts == json.loads(json.dumps(cold.graph.facts))
+
+
+def test_stale_index_falls_back_to_the_key(small_spec, cache_dir):
+    spec = attngen.load_spec(small_spec("stale"))
+    cache.generated(spec, "fwd", arch="interpreter")
+    for index in cache_dir.glob("v1/interpreter/index/*.json"):
+        index.write_text("{not json")
+    cache.generated(spec, "fwd", arch="interpreter")
+    assert cache.STATS["key_hits"] == 1 and cache.STATS["builds"] == 1
+
+
+# -- corruption ------------------------------------------------------------------------------
+def _truncate(folder):
+    path = folder / "kernel_fwd.py"
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _bad_meta(folder):
+    (folder / "meta.json").write_text('{"key": "')
+
+
+def _missing_ir(folder):
+    (folder / "ir.json").unlink()
+
+
+@pytest.mark.parametrize("damage", [_truncate, _bad_meta, _missing_ir], ids=["truncated-kernel",
+                                                                              "bad-meta-json", "missing-ir"])
+def test_corrupt_entry_is_rebuilt_with_a_warning(small_spec, cache_dir, damage):
+    spec = attngen.load_spec(small_spec("corrupt", causal=True))
+    kernel = cache.generated(spec, "fwd", arch="interpreter")
+    (folder,) = [p for p in (cache_dir / "v1" / "interpreter").iterdir() if p.name.startswith("corrupt-")]
+    damage(folder)
+    with pytest.warns(cache.CacheWarning, match="corrupt"):
+        again = cache.generated(spec, "fwd", arch="interpreter")
+    assert cache.STATS["discarded"] == 1 and cache.STATS["builds"] == 2
+    assert again.source == kernel.source
+    assert cache.read_entry(folder).source == kernel.source
+
+
+def test_list_and_clear(small_spec, cache_dir):
+    for name in ("listed_a", "listed_b"):
+        cache.generated(attngen.load_spec(small_spec(name)), "fwd", arch="interpreter")
+    entries = cache.list_entries()
+    assert [(e.spec_name, e.kind, e.arch, e.problem) for e in entries] == [
+        ("listed_a", "fwd", "interpreter", None), ("listed_b", "fwd", "interpreter", None)]
+    assert all(e.size > 1000 for e in entries)
+    _truncate(entries[0].path)
+    assert cache.list_entries()[0].problem is not None
+    assert cache.clear("listed_a") == 1
+    assert [e.spec_name for e in cache.list_entries()] == ["listed_b"]
+    assert cache.clear() == 1
+    assert cache.list_entries() == [] and not (cache_dir / "v1").exists()

@@ -1,0 +1,168 @@
+"""Compiled specs as torch operators: torch.compile(fullgraph=True), autograd, torch.export.
+Kernels run under Triton's interpreter on CPU at tiny shapes."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import attngen
+from attngen.runtime import cache
+from attngen.runtime.ops import register
+
+HAS_BACKWARD = importlib.util.find_spec("attngen.runtime.launch_backward") is not None
+
+
+class Block(torch.nn.Module):
+    """A model that uses an attngen operator between two torch ops."""
+
+    def __init__(self, attention):
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, q, k, v):
+        return self.attention(q * 1.5, k, v) * 2.0
+
+
+def qkv(n: int, nk: int | None = None, *, seed: int = 0, grad: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, 2, n, 16, generator=g)
+    k, v = (torch.randn(1, 1, nk or n, 16, generator=g) for _ in range(2))
+    return tuple(t.requires_grad_(grad) for t in (q, k, v))
+
+
+def expected(spec, q, k, v):
+    out, _ = attngen.reference(spec, q.detach() * 1.5, k.detach(), v.detach())
+    return (out * 2.0).float()
+
+
+def differentiable_reference(spec, q, k, v, q_offset=None):
+    """Dense float64 softmax attention with autograd (attngen.reference detaches its inputs);
+    masks and scale only: the specs here use no softcap or ALiBi."""
+    q, k, v = q.double(), k.double().repeat_interleave(spec.group, 1), v.double().repeat_interleave(spec.group, 1)
+    mask = spec.dense_mask(q.shape[2], k.shape[2], q_offset)
+    scores = (q @ k.transpose(-1, -2) * spec.softmax_scale).masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v
+
+
+def reference_backward(spec):
+    """A stand-in for `backward_impl`: dense float64 gradients in closed form (operators run
+    below autograd, so it cannot differentiate the reference)."""
+    calls = []
+
+    def backward_impl(q, k, v, out, lse, dout, q_offset=None, seg_q=None, seg_k=None):
+        calls.append((tuple(lse.shape), q_offset))
+        batch, group, scale = q.shape[0], spec.group, spec.softmax_scale
+        q64, do = q.double(), dout.double()
+        k64, v64 = (t.double().repeat_interleave(group, 1) for t in (k, v))
+        mask = spec.dense_mask(q.shape[2], k.shape[2], q_offset)
+        p = torch.softmax((q64 @ k64.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf")), -1)
+        p = p.nan_to_num(0.0)
+        dp = do @ v64.transpose(-1, -2)
+        ds = p * (dp - (dp * p).sum(-1, keepdim=True))
+        dq = ds @ k64 * scale
+        dk, dv = ds.transpose(-1, -2) @ q64 * scale, p.transpose(-1, -2) @ do
+        fold = lambda t: t.view(batch, spec.kv_heads, group, *t.shape[2:]).sum(2)   # noqa: E731
+        return dq.to(q.dtype), fold(dk).to(k.dtype), fold(dv).to(v.dtype)
+    return backward_impl, calls
+
+
+def test_compile_fullgraph_forward_with_varying_shapes(small_spec):
+    op = register(small_spec("op_fwd", causal=True, mask={"band": 9}))
+    model = torch.compile(Block(op), fullgraph=True, backend="aot_eager")
+    for n, nk in ((32, 32), (24, 40)):            # bottom-right alignment: q_offset = nk - n
+        q, k, v = qkv(n, nk)
+        torch.testing.assert_close(model(q, k, v), expected(op.spec, q, k, v), atol=1e-4, rtol=1e-4)
+    assert cache.STATS["builds"] == 1, "a new shape generated the kernel again"
+
+
+def test_compile_fullgraph_backward_wiring(small_spec, monkeypatch):
+    """dout, q_offset and lse reach backward_impl; its gradients reach the leaves. The kernel
+    behind backward_impl is replaced by the reference here (the real one: next test)."""
+    op = register(small_spec("op_bwd_wiring", mask={"band": 5}))
+    stand_in, calls = reference_backward(op.spec)
+    monkeypatch.setattr(op.attn, "backward_impl", stand_in)
+    model = torch.compile(Block(op), fullgraph=True, backend="aot_eager")
+    q, k, v = qkv(24, 32, grad=True)
+    (model(q, k, v) * torch.linspace(-1, 1, 16)).sum().backward()
+    assert calls == [((1, 2, 24), 8)]
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = differentiable_reference(op.spec, leaves[0] * 1.5, *leaves[1:])
+    ((ref * 2.0) * torch.linspace(-1, 1, 16).double()).sum().backward()
+    for name, got, want in zip("qkv", (q, k, v), leaves):
+        torch.testing.assert_close(got.grad, want.grad.float(), atol=1e-4, rtol=1e-4, msg=f"d{name}")
+
+
+@pytest.mark.skipif(not HAS_BACKWARD, reason="the backward kernels (runtime/launch_backward.py) "
+                                             "have not landed yet")
+def test_compile_fullgraph_backward_kernels(small_spec):
+    op = register(small_spec("op_bwd_kernels", causal=True))
+    model = torch.compile(Block(op), fullgraph=True, backend="aot_eager")
+    q, k, v = qkv(32, grad=True, seed=3)
+    model(q, k, v).sum().backward()
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    (differentiable_reference(op.spec, leaves[0] * 1.5, *leaves[1:]) * 2.0).sum().backward()
+    for name, got, want in zip("qkv", (q, k, v), leaves):
+        torch.testing.assert_close(got.grad, want.grad.float(), atol=1e-4, rtol=1e-4, msg=f"d{name}")
+
+
+def test_inductor_fullgraph_forward(small_spec):
+    op = register(small_spec("op_inductor", mask={"band": 4}))
+    model = torch.compile(Block(op), fullgraph=True)
+    q, k, v = qkv(32)
+    torch.testing.assert_close(model(q, k, v), expected(op.spec, q, k, v), atol=1e-4, rtol=1e-4)
+
+
+def test_export_with_a_dynamic_length(small_spec):
+    op = register(small_spec("op_export", causal=True))
+    n = torch.export.Dim("n", min=2, max=64)
+    shapes = {"q": {2: n}, "k": {2: n}, "v": {2: n}}
+    program = torch.export.export(Block(op), qkv(32), dynamic_shapes=shapes)
+    targets = [node.target for node in program.graph.nodes if node.op == "call_function"]
+    assert torch.ops.attngen.op_export.default in targets
+    for length in (32, 17):
+        q, k, v = qkv(length, seed=length)
+        torch.testing.assert_close(program.module()(q, k, v), expected(op.spec, q, k, v),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_operator_outputs_and_fake_shapes(small_spec):
+    op = register(small_spec("op_shapes", mask={"band": 2}))
+    q, k, v = qkv(20, 28)
+    out, lse = torch.ops.attngen.op_shapes(q, k, v, 8, None, None)
+    want_out, want_lse = attngen.reference(op.spec, q, k, v)
+    torch.testing.assert_close(out, want_out.float(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lse, want_lse.float(), atol=1e-4, rtol=1e-4)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(t) for t in (q, k, v)]
+        f_out, f_lse = torch.ops.attngen.op_shapes(*fake, 8, None, None)
+    assert (f_out.shape, f_out.dtype, f_out.stride()) == (out.shape, out.dtype, out.stride())
+    assert (f_lse.shape, f_lse.dtype) == (lse.shape, lse.dtype) == ((1, 2, 20), torch.float32)
+    assert torch.library.opcheck(torch.ops.attngen.op_shapes.default, (q, k, v, 8, None, None),
+                                 test_utils=("test_schema", "test_faketensor"))
+
+
+def test_same_spec_same_operator_and_names_unique_by_content(small_spec):
+    first = register(small_spec("op_named", causal=True))
+    assert register(small_spec("op_named", mask={"band": {"right": 0}})) is first   # same meaning
+    other = register(small_spec("op_named", mask={"band": 3}))
+    assert other is not first and other.name.startswith("op_named_") and len(other.name) == 17
+    assert torch.ops.attngen.op_named.default is first.op
+    assert getattr(torch.ops.attngen, other.name).default is other.op
+
+
+def test_load_returns_operators_by_spec_name(tmp_path, small_spec):
+    import yaml
+    for name, fields in (("load_a", {"causal": True}), ("load_b", {"mask": {"band": 3}})):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(small_spec(name, **fields)))
+    kernels = attngen.load(tmp_path)
+    assert list(kernels) == ["load_a", "load_b"] and kernels["load_a"] is kernels.load_a
+    q, k, v = qkv(16)
+    torch.testing.assert_close(kernels.load_b(q, k, v), attngen.reference(kernels.load_b.spec, q, k, v)[0].float(),
+                               atol=1e-4, rtol=1e-4)
+    assert torch.ops.attngen.load_a.default is kernels.load_a.op
+    (tmp_path / "clash.yaml").write_text(yaml.safe_dump(small_spec("load_a", mask={"band": 1})))
+    with pytest.raises(ValueError, match="load_a"):
+        attngen.load(tmp_path)
