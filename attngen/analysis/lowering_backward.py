@@ -32,9 +32,10 @@ class BackwardConfig:
 
     - `key_major` (the dK/dV kernel): a program owns ``block_n`` keys of one kv head and steps
       through ``block_m`` query rows at a time, for each query head of the group;
-    - `query_major` (the dQ kernel, and the delta preprocess): a program owns ``block_m`` query rows
-      and steps through ``block_n`` keys at a time.
+    - `query_major` (the dQ kernel): a program owns ``block_m`` query rows and steps through
+      ``block_n`` keys at a time.
     The owned side is the long one: its accumulators stay in registers while the other side streams.
+    (The delta preprocess streams rows only: `preprocess_rows`.)
     """
 
     key_major: TileConfig
@@ -51,22 +52,24 @@ def _tiles(*configs: tuple) -> tuple[TileConfig, ...]:
 # Candidates per kernel, dtype class and padded head dim, preferred (largest) first; TileConfig
 # fields are (block_m, block_n, num_warps, num_stages). As for the forward (`configs.py`), register
 # allocation depends on the whole kernel, so on a GPU the launcher keeps, per kernel, the first
-# candidate that compiles with no spills (`BackwardLauncher.spill_free_config`); the last of each
-# list is the fallback. tests/codegen/test_backward_compile.py compiles every shipped spec.
+# candidate that compiles with no spills (`BackwardLauncher.spill_free_config`), or, where none
+# does, the one that spills least. Both kernels carry more live tiles than the forward (dO, dP, dS
+# and two accumulators in dK/dV), so their tiles are smaller than the forward's at the same head dim.
+# tests/codegen/test_backward_compile.py compiles every shipped spec and reports the choices.
 _KEY_MAJOR = {
-    "16-bit": {64: _tiles((32, 128, 8, 2), (32, 64, 4, 2), (32, 32, 4, 2), (16, 32, 4, 1)),
-               128: _tiles((32, 64, 8, 2), (32, 32, 4, 2), (16, 32, 4, 1), (16, 16, 4, 1)),
-               256: _tiles((16, 32, 8, 1), (16, 16, 8, 1), (16, 16, 4, 1))},
-    "float32": {64: _tiles((32, 32, 4, 1), (16, 32, 4, 1), (16, 16, 4, 1)),
-                128: _tiles((16, 32, 4, 1), (16, 16, 4, 1)),
-                256: _tiles((16, 16, 8, 1), (16, 16, 4, 1))},
+    "16-bit": {64: _tiles((32, 128, 8, 2), (32, 64, 8, 2), (32, 64, 4, 2), (32, 32, 4, 2), (16, 32, 4, 1)),
+               128: _tiles((32, 64, 8, 2), (64, 32, 8, 2), (32, 32, 8, 2), (16, 32, 4, 2), (16, 16, 4, 1)),
+               256: _tiles((32, 32, 8, 1), (16, 32, 8, 2), (16, 16, 8, 1), (16, 16, 4, 1))},
+    "float32": {64: _tiles((32, 32, 4, 1), (32, 32, 8, 1), (16, 32, 4, 1), (16, 16, 4, 1)),
+                128: _tiles((32, 32, 8, 1), (16, 32, 4, 1), (16, 16, 4, 1), (16, 16, 8, 1)),
+                256: _tiles((16, 16, 4, 1), (16, 16, 8, 1))},
 }
 _QUERY_MAJOR = {
-    "16-bit": {64: _tiles((128, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2), (32, 16, 4, 1)),
-               128: _tiles((64, 32, 8, 2), (32, 32, 4, 2), (32, 16, 4, 1), (16, 16, 4, 1)),
-               256: _tiles((32, 16, 8, 1), (16, 16, 8, 1), (16, 16, 4, 1))},
-    "float32": {64: _tiles((32, 32, 4, 1), (32, 16, 4, 1), (16, 16, 4, 1)),
-                128: _tiles((32, 16, 4, 1), (16, 16, 4, 1)),
+    "16-bit": {64: _tiles((128, 32, 8, 2), (64, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2), (32, 16, 4, 1)),
+               128: _tiles((64, 32, 8, 2), (32, 64, 8, 2), (32, 32, 8, 2), (32, 32, 4, 2), (16, 16, 4, 1)),
+               256: _tiles((32, 32, 8, 1), (16, 32, 8, 1), (16, 16, 8, 1), (16, 16, 4, 1))},
+    "float32": {64: _tiles((32, 32, 4, 1), (32, 32, 8, 1), (32, 16, 4, 1), (16, 16, 8, 1)),
+                128: _tiles((32, 32, 8, 1), (32, 16, 4, 1), (16, 16, 4, 1)),
                 256: _tiles((16, 16, 8, 1), (16, 16, 4, 1))},
 }
 # The interpreter: mid-sized tiles, as for the forward.
@@ -89,6 +92,12 @@ def candidate_backward_configs(head_dim: int, dtype: torch.dtype, arch: str | No
         if padded <= bound:
             return by_dim[bound]
     raise ValueError(f"head_dim {head_dim} is above the largest supported (256)")
+
+
+def preprocess_rows(head_dim: int) -> int:
+    """Query rows per program of the delta preprocess (4 warps): a streaming row sum, so tiles of
+    about 2048 elements, which compile spill-free for every head dim."""
+    return max(16, 2048 // padded_head_dim(head_dim))
 
 
 def default_backward_config(head_dim: int, dtype: torch.dtype, arch: str | None) -> BackwardConfig:

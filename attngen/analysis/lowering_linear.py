@@ -35,23 +35,29 @@ class ChunkConfig:
 
 # The interpreter runs every tile op in numpy: fewer, larger steps are faster there.
 INTERPRETER_CHUNK = ChunkConfig(32, 4, 1)
-# (largest padded width of state, config) for GPUs. The state (block_f × block_d, float32) and
-# the chunk's tiles share the registers: wider states get smaller chunks and more warps.
+# (largest padded width of the state, forward config, backward config) for GPUs. Each kernel
+# holds a float32 state (block_f × block_d) or loads one, beside the chunk's [chunk, chunk] and
+# [chunk, width] tiles; the backward's dq and dk/dv kernels hold more tiles than the forward's.
+# Measured for sm_80 and sm_90 at 64 × 64 (elu1, relu, favor; fp16): these compile with no
+# register spills (ptxas stack frame 0); chunk 64 spills in the output and dq kernels.
 _GPU_TABLE = (
-    (64, ChunkConfig(64, 4, 2)),
-    (128, ChunkConfig(32, 8, 1)),
-    (256, ChunkConfig(16, 8, 1)),
+    (64, ChunkConfig(32, 4, 1), ChunkConfig(16, 4, 1)),
+    (128, ChunkConfig(16, 8, 1), ChunkConfig(16, 8, 1)),
+    (256, ChunkConfig(16, 8, 1), ChunkConfig(16, 8, 1)),
 )
 
 
-def chunk_config(block_d: int, block_f: int, arch: str | None) -> ChunkConfig:
-    """The chunk configuration for a shape class; `arch` None means the CPU interpreter."""
+def chunk_config(block_d: int, block_f: int, arch: str | None, kernel: str = "fwd") -> ChunkConfig:
+    """The chunk configuration of the fwd or bwd kernels for a shape class; `arch` None means the
+    CPU interpreter. The forward and the backward need not agree: each computes its own states."""
+    if kernel not in ("fwd", "bwd"):
+        raise ValueError(f"kernel must be 'fwd' or 'bwd', got {kernel!r}")
     if arch is None:
         return INTERPRETER_CHUNK
     width = max(block_d, block_f)
-    for bound, cfg in _GPU_TABLE:
+    for bound, forward, backward in _GPU_TABLE:
         if width <= bound:
-            return cfg
+            return forward if kernel == "fwd" else backward
     raise ValueError(f"linear state {block_f} × {block_d} is above the largest supported (256 × 256)")
 
 
@@ -64,9 +70,10 @@ def choose_widths(g: Graph) -> Graph:
 def choose_chunk(g: Graph) -> Graph:
     """Chunk size by shape class (padded widths, architecture): the table travels with the IR."""
     block_d, block_f = g.facts["block_d"], g.facts["block_f"]
+    kernel = "fwd" if g.facts["kernel"] == "linear_fwd" else "bwd"
     table = {"interpreter": INTERPRETER_CHUNK.as_dict()}
     for arch in ARCHS:
-        table[arch] = chunk_config(block_d, block_f, arch).as_dict()
+        table[arch] = chunk_config(block_d, block_f, arch, kernel).as_dict()
     return g.with_facts(chunk_configs=table)
 
 

@@ -56,7 +56,7 @@ def _list(args) -> int:
         print("no entries")
         return 0
     now = time.time()
-    width = max(len(e.spec_name) for e in entries)
+    width = max(4, *(len(e.spec_name) for e in entries))
     print(f"{'spec':<{width}}  {'kind':<10} {'arch':<11} {'key':<16}  {'size':>10}  age")
     for e in entries:
         note = f"  CORRUPT: {e.problem} (rebuilt on next use)" if e.problem else ""

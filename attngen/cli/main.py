@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from ..errors import CompileError, ShapeError, SpecError
-from . import check, cost, emit, run, show
+from . import cache, check, cost, emit, run, show
 from .common import CommandError
 
-COMMANDS = [check, cost, show, run, emit]
+COMMANDS = [check, cost, show, run, emit, cache]
 
 EXAMPLES = """examples:
   attngen check specs/                                  validate every shipped spec

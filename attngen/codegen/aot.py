@@ -28,7 +28,8 @@ DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp
 INPUT_POINTERS = {"q", "k", "v", "out", "dout", "dq", "dk", "dv", "k_cache", "v_cache",
                   "partial_out"}
 FLOAT32_POINTERS = {"lse", "alibi_slopes", "delta", "partial_lse", "dq_accum", "features",
-                    "state", "state_z", "lse_out", "state_max", "chunk_max", "row_rden", "row_dden"}
+                    "state", "state_z", "lse_out", "chunk_state", "chunk_norm", "chunk_max",
+                    "grad_state", "grad_norm", "grad_max", "row_rden", "row_dden", "row_max"}
 INT32_POINTERS = {"seg_q", "seg_k", "tile_counts", "cache_seqlens", "block_table"}
 STAGES = ("ttir", "ttgir", "llir", "ptx", "cubin")
 

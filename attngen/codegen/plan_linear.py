@@ -18,14 +18,16 @@ FEATURE_FORMULAS = {
 
 
 def kernel_names(g: Graph) -> dict[str, str]:
-    """The kernel functions of a lowered graph's source, by role; 'main' is GeneratedKernel's."""
+    """The kernel functions of a lowered graph's source, by role; 'main' is GeneratedKernel's.
+
+    Forward: ``states`` (the state pass) then ``main`` (the output pass). Backward: ``states``,
+    ``dq``, ``reverse`` (the reverse state pass), then ``main`` (dk, dv), in launch order.
+    """
     name = g.facts["spec_name"]
     if g.facts["kernel"] == "linear_fwd":
-        names = {"main": f"attngen_linear_fwd_{name}"}
-        if not g.facts["causal"]:
-            names["state"] = f"attngen_linear_state_{name}"
-        return names
-    return {"main": f"attngen_linear_dkv_{name}", "dq": f"attngen_linear_dq_{name}"}
+        return {"states": f"attngen_linear_states_{name}", "main": f"attngen_linear_fwd_{name}"}
+    return {"states": f"attngen_linear_bwd_states_{name}", "dq": f"attngen_linear_dq_{name}",
+            "reverse": f"attngen_linear_reverse_{name}", "main": f"attngen_linear_dkv_{name}"}
 
 
 def _stabiliser_note(g: Graph) -> str:
@@ -38,11 +40,13 @@ def _stabiliser_note(g: Graph) -> str:
 
 def _algorithm_note(g: Graph) -> str:
     if g.facts["kernel"] == "linear_bwd":
-        return ("forward scan (state, dq, per-row 1/den and dden, per-chunk maxima), then reverse "
-                "scan (G = sum phi(q) dnum^T, g = sum phi(q) dden; dk, dv)")
+        return ("state pass (chunk states recomputed), dq pass over query tiles (leaves 1/den, "
+                "dden per row), reverse state pass (G = sum phi(q) dnum^T, g = sum phi(q) dden), "
+                "dk/dv pass over key chunks")
     if g.facts["algorithm"] == "chunked_scan":
-        return ("chunked scan: within a chunk the masked quadratic form, across chunks the carried "
-                "state (S, z), favor's running maximum rescaling it")
+        return ("chunked: a state pass per kv head stores the state before every chunk (favor's "
+                "running maximum rescaling it); an output pass per query tile adds the chunk's "
+                "masked quadratic form")
     return "pass 1 reduces S = phi(K)^T V and z = sum phi(K) per kv head; pass 2 applies them to phi(Q) tiles"
 
 
@@ -65,8 +69,8 @@ def linear_values(g: Graph) -> dict:
         template_name="linear_fwd.py.jinja" if forward else "linear_bwd.py.jinja",
         kernel_kind="fwd" if forward else "bwd",
         spec_name=g.facts["spec_name"], version=__version__,
-        kernel_name=names["main"], state_kernel_name=names.get("state", ""),
-        dq_kernel_name=names.get("dq", ""),
+        kernel_name=names["main"], states_kernel_name=names["states"],
+        dq_kernel_name=names.get("dq", ""), reverse_kernel_name=names.get("reverse", ""),
         keys_note=("causal: key j is visible to query row r iff j <= r + q_offset"
                    if g.facts["causal"] else "every key (non-causal)"),
         feature_formula=FEATURE_FORMULAS[phi["map"]].format(seed=phi["seed"]),

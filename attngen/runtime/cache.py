@@ -51,7 +51,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -77,8 +77,10 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REQUIRED = ("spec.yaml", "ir.json")      # besides kernel_<kind>.py and meta.json
 
 log = logging.getLogger("attngen.runtime")
-# What this process did, for tests and benchmarks: index_hits, key_hits, builds, discarded.
+# What this process did, for tests and benchmarks: index_hits, key_hits, builds, discarded, and
+# the seconds per stage of the latest lookups as (spec name, kind, {stage: seconds}).
 STATS: Counter = Counter()
+TIMINGS: deque = deque(maxlen=256)
 
 
 class CacheWarning(UserWarning):
@@ -385,11 +387,12 @@ def generated(spec, kind: str = "fwd", *, arch: str | None = None) -> GeneratedK
         kernel = _from_index(spec, kind, arch)
     if kernel is not None:
         STATS["index_hits"] += 1
+        TIMINGS.append((spec.name, kind, stages.seconds))
         log.info("cache hit: %s %s (%s)", spec.name, kind, stages)
         return kernel
     with stages("lowering+codegen"):
         kernel = generate(spec, kind)
-    parts = key_parts(kernel.graph, kind, arch)
+    parts = key_parts(kernel.graph, kernel.kind, arch)    # a linear spec's "fwd" is "linear_fwd"
     key = _json_sha256(parts)
     folder = entry_dir(spec.name, key, arch)
     try:
@@ -405,6 +408,7 @@ def generated(spec, kind: str = "fwd", *, arch: str | None = None) -> GeneratedK
         return kernel
     if entry.source == kernel.source:
         _ENTRY_FILES[_sha256(kernel.source.encode())] = entry.kernel_file
+    TIMINGS.append((spec.name, kind, stages.seconds))
     built = entry.meta["created"] >= started
     log.info("cache %s: %s %s in %s (%s)", "miss, generated" if built else "hit by key", spec.name,
              kind, folder, stages)

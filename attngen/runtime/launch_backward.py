@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING
 import torch
 import triton
 
-from ..analysis.lowering_backward import BackwardConfig, default_backward_config
-from ..codegen.aot import compile_for_gpu
+from ..analysis.configs import TileConfig
+from ..analysis.lowering_backward import (ROLES, BackwardConfig, candidate_backward_configs,
+                                          default_backward_config, preprocess_rows)
+from ..codegen.aot import compile_for_gpu, resource_usage
 from ..codegen.emit import GeneratedKernel
 from ..codegen.plan_backward import kernel_names
 from ..errors import ShapeError
@@ -99,9 +101,35 @@ class BackwardLauncher(SoftmaxLauncher):
         super().__init__(generated)
         self.names = kernel_names(generated.kernel_name)
         self._by_key_cache: dict = {}
+        self._backward_configs: dict = {}
 
     def config(self, head_dim: int, dtype: torch.dtype, device: torch.device) -> BackwardConfig:
-        return default_backward_config(head_dim, dtype, architecture(device))
+        arch = architecture(device)
+        if arch is None:
+            return default_backward_config(head_dim, dtype, None)
+        return self.spill_free_config(arch, dtype)
+
+    def spill_free_config(self, target: str, dtype: torch.dtype) -> BackwardConfig:
+        """Per tile-walking kernel, the first candidate whose compiled kernel has no spills (local
+        memory or stack) on `target`; where every candidate spills, the one that spills least.
+
+        Decided once per (dtype, target) by compiling ahead of time and reading the cubin's
+        resource usage, as the forward does (`SoftmaxLauncher.spill_free_config`).
+        """
+        key = (target, dtype)
+        if key not in self._backward_configs:
+            module = load_source(self.generated.source)
+            chosen = {}
+            for role in ROLES:
+                usage = {}
+                for cfg in candidate_backward_configs(self.spec.head_dim, dtype, target, role):
+                    used = resource_usage(self._compile_role(module, role, cfg, dtype, target))
+                    usage[cfg] = (used.local, used.stack)
+                    if usage[cfg] == (0, 0):
+                        break
+                chosen[role] = min(usage, key=usage.get)    # the first spill-free, else the least
+            self._backward_configs[key] = BackwardConfig(chosen["dkdv"], chosen["dq"])
+        return self._backward_configs[key]
 
     def kernels(self, device: torch.device) -> dict:
         """{role: kernel launchable as ``kernel[grid](...)`` on this device's tensors}."""
@@ -126,26 +154,33 @@ class BackwardLauncher(SoftmaxLauncher):
             self._by_key_cache[key] = lists
         return self._by_key_cache[key]
 
+    def role_tiles(self, cfg: BackwardConfig) -> dict:
+        """{role: TileConfig} of the three kernels (the preprocess streams `preprocess_rows` rows)."""
+        rows = TileConfig(preprocess_rows(self.spec.head_dim), 16, 4, 1)
+        return {"preprocess": rows, "dkdv": cfg.key_major, "dq": cfg.query_major}
+
     @staticmethod
-    def kernel_constexprs(cfg: BackwardConfig, dtype: torch.dtype, *, even_k: bool, interpreted: bool) -> dict:
-        """{role: constexpr arguments} of the three kernels."""
-        dots = dict(DOT_PRECISION=dot_precision(dtype), UPCAST_DOT=interpreted and dtype == torch.bfloat16)
-        km, qm = cfg.key_major, cfg.query_major
-        return {"preprocess": dict(BLOCK_M=qm.block_m),
-                "dkdv": dict(BLOCK_M=km.block_m, BLOCK_N=km.block_n, **dots),
-                "dq": dict(BLOCK_M=qm.block_m, BLOCK_N=qm.block_n, EVEN_K=even_k, **dots)}
+    def role_constexprs(role: str, tiles: TileConfig, dtype: torch.dtype, *, even_k: bool,
+                        interpreted: bool) -> dict:
+        """The constexpr arguments of one kernel at its tiles."""
+        if role == "preprocess":
+            return dict(BLOCK_M=tiles.block_m)
+        out = dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, DOT_PRECISION=dot_precision(dtype),
+                   UPCAST_DOT=interpreted and dtype == torch.bfloat16)
+        return {**out, "EVEN_K": even_k} if role == "dq" else out
+
+    def _compile_role(self, module, role: str, tiles: TileConfig, dtype: torch.dtype, target: str):
+        return compile_for_gpu(getattr(module, self.names[role]), dtype=dtype, target=target,
+                               num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+                               constexprs=self.role_constexprs(role, tiles, dtype, even_k=False,
+                                                               interpreted=False))
 
     def compile_for(self, target: str, dtype: torch.dtype, config: BackwardConfig | None = None):
         """The three kernels compiled ahead of time for a GPU `target`; no GPU needed."""
-        cfg = config or default_backward_config(self.spec.head_dim, dtype, target)
+        cfg = config or self.spill_free_config(target, dtype)
         module = load_source(self.generated.source)
-        constexprs = self.kernel_constexprs(cfg, dtype, even_k=False, interpreted=False)
-        tiles = {"preprocess": cfg.query_major, "dkdv": cfg.key_major, "dq": cfg.query_major}
-        return CompiledBackward({
-            role: compile_for_gpu(getattr(module, name), dtype=dtype, target=target,
-                                  num_warps=tiles[role].num_warps, num_stages=tiles[role].num_stages,
-                                  constexprs=constexprs[role])
-            for role, name in self.names.items()})
+        return CompiledBackward({role: self._compile_role(module, role, tiles, dtype, target)
+                                 for role, tiles in self.role_tiles(cfg).items()})
 
     def backward(self, q, k, v, out, lse, dout, *, q_offset=None, seg_q=None, seg_k=None,
                  config: BackwardConfig | None = None):
@@ -166,19 +201,20 @@ class BackwardLauncher(SoftmaxLauncher):
             return dq.zero_(), dk.zero_(), dv.zero_()
         dout = dout.to(q.dtype)
         lse = lse.to(torch.float32).contiguous()
-        qm, km = cfg.query_major, cfg.key_major
+        tiles = self.role_tiles(cfg)
+        qm, km, rows = tiles["dq"], tiles["dkdv"], tiles["preprocess"]
         tables = self.call_tables(nq, nk, q_offset, qm, q.device, seg_q, seg_k)
         by_key = self.by_key_lists(nq, nk, q_offset, km, q.device, seg_q, seg_k)
         seg = tables.segments or (q, 0, 0, q, 0, 0)
         alibi = tables.alibi if tables.alibi is not None else lse
-        constexprs = self.kernel_constexprs(cfg, q.dtype, even_k=nk % qm.block_n == 0, interpreted=interpreted)
+        constexprs = {role: self.role_constexprs(role, t, q.dtype, even_k=nk % qm.block_n == 0,
+                                                 interpreted=interpreted) for role, t in tiles.items()}
         kernels = self.kernels(q.device)
 
         delta = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
-        query_grid = (triton.cdiv(nq, qm.block_m), batch * spec.query_heads)
-        kernels["preprocess"][query_grid](
+        kernels["preprocess"][(triton.cdiv(nq, rows.block_m), batch * spec.query_heads)](
             out, dout, delta, *out.stride(), *dout.stride(), nq, spec.query_heads,
-            **constexprs["preprocess"], num_warps=qm.num_warps, num_stages=qm.num_stages)
+            **constexprs["preprocess"], num_warps=rows.num_warps, num_stages=rows.num_stages)
         common = (q, k, v, dout, lse, delta)
         strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
         seg_strides = (seg[1], seg[2], seg[4], seg[5])
@@ -186,7 +222,7 @@ class BackwardLauncher(SoftmaxLauncher):
             *common, dk, dv, alibi, seg[0], seg[3], *by_key, *tables.random,
             *strides, *dk.stride(), *dv.stride(), *seg_strides, nq, nk, q_offset, spec.kv_heads,
             **constexprs["dkdv"], num_warps=km.num_warps, num_stages=km.num_stages)
-        kernels["dq"][query_grid](
+        kernels["dq"][(triton.cdiv(nq, qm.block_m), batch * spec.query_heads)](
             *common, dq, alibi, seg[0], seg[3], *tables.lists, *tables.random,
             *strides, *dq.stride(), *seg_strides, nq, nk, q_offset, spec.query_heads,
             **constexprs["dq"], num_warps=qm.num_warps, num_stages=qm.num_stages)

@@ -1,12 +1,22 @@
 """Launching the generated linear-attention kernels: `linear_forward`, `linear_backward`.
 
-Forward (templates/linear_fwd.py.jinja): causal specs run one chunked scan per (batch, kv head),
-serving the GROUP query heads that read it; non-causal specs run a state reduction per (batch, kv
-head) into float32 buffers S (m × D), z (m), then an apply kernel over (query tile, batch * query
-head). Backward (templates/linear_bwd.py.jinja): a forward scan per (batch, kv head) for dq, which
-leaves per-row 1/den and dden and per-chunk running maxima, then a reverse scan for dk and dv.
-Every program of a scan owns one kv head, so GQA sums need no atomics and results are
-deterministic. Memory besides q, k, v and the outputs: O(B·Hq·Nq + B·Hkv·(m·D + Nk/chunk)).
+The chunked algorithm of flash-linear-attention, split into passes (templates/linear_*.py.jinja):
+
+forward   states  per (batch, kv head), sequential over key chunks: S, z (and favor's running
+                  maximum) before every chunk and after the last, into float32 buffers;
+                  non-causal: only the final state
+          main    per (query tile, batch * query head), in parallel: the stored state before the
+                  tile's chunk plus the chunk's masked quadratic form (tail rows: the final state)
+backward  states  as above (recomputed: autograd saves only q, k, v, out)
+          dq      per (query tile, batch * query head): dq, and per row 1/den, dden, favor's M_r
+          reverse per (batch, kv head), sequential from the last chunk: G = sum phi(q) dnum^T,
+                  g = sum phi(q) dden over the rows after every chunk (all GROUP heads)
+          main    per (key chunk, batch * kv head): dk, dv from G, g and the chunk's own rows
+
+Every program writing a kv head's values owns that kv head, so GQA sums need no atomics and the
+results are deterministic. Memory besides q, k, v and the outputs: per (batch, kv head) the
+chunk states, (Nk / chunk + 1) · m · D float32 for causal specs and m · D for non-causal ones,
+plus per query row a few float32 values; never Nq × Nk.
 
 CPU tensors run under Triton's interpreter (outputs poisoned with NaN first, so an element a
 kernel forgets fails the tests); CUDA tensors run compiled. float64 inputs take the reference
@@ -14,6 +24,7 @@ path (torch autograd through `attngen.reference_linear`), for `torch.autograd.gr
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,6 +44,46 @@ from .loader import interpreted, load_source
 
 if TYPE_CHECKING:
     from .autograd import CompiledAttention
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    """How the rows and keys of one call split into chunks of `chunk` positions (causal specs).
+
+    Rows ``0 .. zero_rows - 1`` sit before key 0 and see nothing (output 0). Chunk c holds keys
+    ``c*chunk ..`` and the rows at those positions (row = position - q_offset); the chunks
+    ``0 .. num_chunks - 1`` hold every key some row can see, and ``first_chunk ..`` are those
+    holding rows. Rows ``tail_start ..`` come after the last chunk and see every key. Non-causal
+    specs: every row is a tail row, and only the final state is kept (one slot).
+    """
+
+    chunk: int
+    zero_rows: int
+    first_chunk: int
+    num_chunks: int
+    tail_start: int
+    num_slots: int
+
+    def row_tiles(self, nq: int) -> int:
+        """Programs of a row pass: zero tiles, chunk tiles, tail tiles."""
+        tail = max(nq - self.tail_start, 0)
+        return (triton.cdiv(self.zero_rows, self.chunk) + self.num_chunks - self.first_chunk
+                + triton.cdiv(tail, self.chunk))
+
+    @property
+    def row_args(self) -> tuple[int, int, int, int]:
+        return self.zero_rows, self.first_chunk, self.num_chunks, self.tail_start
+
+
+def chunk_span(causal: bool, nq: int, nk: int, q_offset: int, chunk: int) -> ChunkSpan:
+    if not causal:
+        num_chunks = triton.cdiv(nk, chunk)
+        return ChunkSpan(chunk, 0, num_chunks, num_chunks, 0, 1)
+    zero_rows = min(max(-q_offset, 0), nq)
+    num_chunks = triton.cdiv(max(min(nk, q_offset + nq), 0), chunk)
+    first_chunk = min(max(q_offset, 0) // chunk, num_chunks)
+    tail_start = max(num_chunks * chunk - q_offset, zero_rows)
+    return ChunkSpan(chunk, zero_rows, first_chunk, num_chunks, tail_start, num_chunks + 1)
 
 
 class LinearLauncher:
@@ -67,13 +118,34 @@ class LinearLauncher:
             self._features[key] = w.to(device)
         return self._features[key]
 
-    def config(self, device: torch.device) -> ChunkConfig:
-        facts = self.generated("fwd").graph.facts
-        return chunk_config(facts["block_d"], facts["block_f"], architecture(device))
+    def config(self, device: torch.device, kernel: str = "fwd") -> ChunkConfig:
+        facts = self.generated(kernel).graph.facts
+        return chunk_config(facts["block_d"], facts["block_f"], architecture(device), kernel)
 
     @staticmethod
     def constexprs(cfg: ChunkConfig, dtype: torch.dtype) -> dict:
+        # Tiles are float32 in registers whatever the input dtype (loads widen them): products
+        # run as tf32 on tensor cores for 16-bit inputs, exactly for float32 inputs. No bfloat16
+        # operand ever reaches tl.dot, so the interpreter's bfloat16 dot problem does not arise.
         return dict(CHUNK=cfg.chunk, DOT_PRECISION=dot_precision(dtype))
+
+    def span(self, nq: int, nk: int, q_offset: int, chunk: int) -> ChunkSpan:
+        return chunk_span(self.spec.causal, nq, nk, q_offset, chunk)
+
+    def _states(self, kernel: str, k, v, span: ChunkSpan, launch: dict):
+        """The state pass: per (batch, kv head), the state before every chunk and after the last
+        (causal), or only the final state (non-causal), in float32 buffers."""
+        programs = k.shape[0] * self.spec.kv_heads
+        facts = self.generated(kernel).graph.facts
+        slots = span.num_slots
+        chunk_state = torch.empty((programs, slots, facts["block_f"], facts["block_d"]),
+                                  dtype=torch.float32, device=k.device)
+        chunk_norm = torch.empty((programs, slots, facts["block_f"]), dtype=torch.float32, device=k.device)
+        chunk_max = torch.empty((programs, slots), dtype=torch.float32, device=k.device)
+        self.kernel(kernel, "states", k.device)[(programs,)](
+            k, v, self.features(k.device), chunk_state, chunk_norm, chunk_max,
+            *k.stride(), *v.stride(), k.shape[2], self.spec.kv_heads, span.num_chunks, slots, **launch)
+        return chunk_state, chunk_norm, chunk_max
 
     # -- forward --------------------------------------------------------------------------------
     def forward(self, q, k, v, *, q_offset=None, config: ChunkConfig | None = None) -> torch.Tensor:
@@ -92,22 +164,12 @@ class LinearLauncher:
             return out.zero_()
         cfg = config or self.config(q.device)
         launch = dict(**self.constexprs(cfg, q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        features = self.features(q.device)
-        programs = batch * spec.kv_heads
-        if spec.causal:
-            self.kernel("fwd", "main", q.device)[(programs,)](
-                q, k, v, out, features, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-                nq, nk, q_offset, spec.kv_heads, **launch)
-            return out
-        facts = self.generated("fwd").graph.facts
-        state = torch.empty((programs, facts["block_f"], facts["block_d"]), dtype=torch.float32, device=q.device)
-        state_z = torch.empty((programs, facts["block_f"]), dtype=torch.float32, device=q.device)
-        state_max = torch.empty((programs,), dtype=torch.float32, device=q.device)
-        self.kernel("fwd", "state", q.device)[(programs,)](
-            k, v, features, state, state_z, state_max, *k.stride(), *v.stride(), nk, spec.kv_heads,
-            **launch)
-        self.kernel("fwd", "main", q.device)[(triton.cdiv(nq, cfg.chunk), batch * spec.query_heads)](
-            q, out, features, state, state_z, *q.stride(), *out.stride(), nq, spec.query_heads, **launch)
+        span = self.span(nq, nk, q_offset, cfg.chunk)
+        states = self._states("fwd", k, v, span, launch)
+        self.kernel("fwd", "main", q.device)[(span.row_tiles(nq), batch * spec.query_heads)](
+            q, k, v, out, self.features(q.device), *states,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            nq, nk, q_offset, spec.query_heads, *span.row_args, span.num_slots, **launch)
         return out
 
     # -- backward -------------------------------------------------------------------------------
@@ -133,23 +195,37 @@ class LinearLauncher:
         if nq == 0 or nk == 0:
             return tuple(g.zero_() for g in grads)
         dq, dk, dv = grads
-        cfg = config or self.config(q.device)
+        cfg = config or self.config(q.device, "bwd")
         launch = dict(**self.constexprs(cfg, q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        programs = batch * spec.kv_heads
-        num_key_chunks = triton.cdiv(nk, cfg.chunk)
+        span = self.span(nq, nk, q_offset, cfg.chunk)
+        features = self.features(q.device)
+        chunk_state, chunk_norm, chunk_max = self._states("bwd", k, v, span, launch)
         row_rden = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
         row_dden = torch.empty_like(row_rden)
-        chunk_max = torch.empty((programs, num_key_chunks), dtype=torch.float32, device=q.device)
-        common = (self.features(q.device), row_rden, row_dden, chunk_max)
-        sizes = (nq, nk, q_offset if spec.causal else 0, spec.kv_heads, num_key_chunks)
-        self.kernel("bwd", "dq", q.device)[(programs,)](
-            q, k, v, out, dout, dq, *common,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dq.stride(),
-            *sizes, **launch)
-        self.kernel("bwd", "main", q.device)[(programs,)](
-            q, k, v, dout, dk, dv, *common,
+        row_max = torch.empty_like(row_rden) if spec.feature_map.name == "favor" else row_rden[:0]
+        self.kernel("bwd", "dq", q.device)[(span.row_tiles(nq), batch * spec.query_heads)](
+            q, k, v, out, dout, dq, features, chunk_state, chunk_norm, chunk_max, row_rden, row_dden,
+            row_max, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dq.stride(),
+            nq, nk, q_offset, spec.query_heads, *span.row_args, span.num_slots, **launch)
+        del chunk_state, chunk_norm
+        programs = batch * spec.kv_heads
+        facts = self.generated("bwd").graph.facts
+        grad_slots = span.num_chunks if spec.causal else 1
+        grad_state = torch.empty((programs, grad_slots, facts["block_f"], facts["block_d"]),
+                                 dtype=torch.float32, device=q.device)
+        grad_norm = torch.empty((programs, grad_slots, facts["block_f"]), dtype=torch.float32, device=q.device)
+        grad_max = torch.empty((programs, grad_slots), dtype=torch.float32, device=q.device)
+        grad = (grad_state, grad_norm, grad_max)
+        self.kernel("bwd", "reverse", q.device)[(programs,)](
+            q, dout, features, chunk_max, row_rden, row_dden, row_max, *grad,
+            *q.stride(), *dout.stride(),
+            nq, q_offset, spec.kv_heads, span.first_chunk, span.num_chunks, span.tail_start,
+            span.num_slots, grad_slots, **launch)
+        self.kernel("bwd", "main", q.device)[(triton.cdiv(nk, cfg.chunk), programs)](
+            q, k, v, dout, dk, dv, features, chunk_max, row_rden, row_dden, *grad,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
-            *sizes, **launch)
+            nq, nk, q_offset, spec.kv_heads, span.first_chunk, span.num_chunks, span.num_slots,
+            grad_slots, **launch)
         return dq, dk, dv
 
     # -- ahead of time ----------------------------------------------------------------------------
@@ -158,7 +234,7 @@ class LinearLauncher:
         """Every kernel of the fwd or bwd source compiled for `target` ('sm_80', 'sm_90'), by role."""
         gen = self.generated(kernel)
         facts = gen.graph.facts
-        cfg = config or chunk_config(facts["block_d"], facts["block_f"], target)
+        cfg = config or chunk_config(facts["block_d"], facts["block_f"], target, kernel)
         module = load_source(gen.source)
         return {role: compile_for_gpu(getattr(module, name), dtype=dtype, target=target,
                                       num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -3,6 +3,7 @@ No kernel runs here."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import yaml
@@ -159,3 +160,13 @@ def test_list_and_clear(small_spec, cache_dir):
     assert [e.spec_name for e in cache.list_entries()] == ["listed_b"]
     assert cache.clear() == 1
     assert cache.list_entries() == [] and not (cache_dir / "v1").exists()
+
+
+def test_log_says_what_compiled_hit_and_took(small_spec, caplog):
+    spec = attngen.load_spec(small_spec("logged", causal=True))
+    with caplog.at_level(logging.INFO, logger="attngen"):
+        cache.generated(spec, "fwd", arch="interpreter")
+        cache.generated(spec, "fwd", arch="interpreter")
+    first, second = (r.getMessage() for r in caplog.records if r.name.startswith("attngen"))
+    assert "cache miss" in first and "logged fwd" in first and "lowering+codegen" in first
+    assert "cache hit" in second and "lookup" in second

@@ -40,7 +40,8 @@ def expected(spec, q, k, v):
 def differentiable_reference(spec, q, k, v, q_offset=None):
     """Dense float64 softmax attention with autograd (attngen.reference detaches its inputs);
     masks and scale only: the specs here use no softcap or ALiBi."""
-    q, k, v = q.double(), k.double().repeat_interleave(spec.group, 1), v.double().repeat_interleave(spec.group, 1)
+    q = q.double()
+    k, v = (t.double().repeat_interleave(spec.group, 1) for t in (k, v))
     mask = spec.dense_mask(q.shape[2], k.shape[2], q_offset)
     scores = (q @ k.transpose(-1, -2) * spec.softmax_scale).masked_fill(~mask, float("-inf"))
     return torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v
@@ -160,9 +161,20 @@ def test_load_returns_operators_by_spec_name(tmp_path, small_spec):
     kernels = attngen.load(tmp_path)
     assert list(kernels) == ["load_a", "load_b"] and kernels["load_a"] is kernels.load_a
     q, k, v = qkv(16)
-    torch.testing.assert_close(kernels.load_b(q, k, v), attngen.reference(kernels.load_b.spec, q, k, v)[0].float(),
-                               atol=1e-4, rtol=1e-4)
+    want, _ = attngen.reference(kernels.load_b.spec, q, k, v)
+    torch.testing.assert_close(kernels.load_b(q, k, v), want.float(), atol=1e-4, rtol=1e-4)
     assert torch.ops.attngen.load_a.default is kernels.load_a.op
     (tmp_path / "clash.yaml").write_text(yaml.safe_dump(small_spec("load_a", mask={"band": 1})))
     with pytest.raises(ValueError, match="load_a"):
         attngen.load(tmp_path)
+
+
+def test_linear_spec_as_an_operator(small_spec):
+    op = register(small_spec("op_linear", kind="linear", feature_map="elu1", causal=True))
+    model = torch.compile(Block(op), fullgraph=True, backend="aot_eager")
+    q, k, v = qkv(20, seed=5)
+    torch.testing.assert_close(model(q, k, v), expected(op.spec, q, k, v), atol=1e-4, rtol=1e-4)
+    out, lse = torch.ops.attngen.op_linear(q, k, v, 0, None, None)
+    assert lse.shape == (0,) and lse.dtype == torch.float32
+    with pytest.raises(ValueError, match="no lse"):
+        op(q, k, v, return_lse=True)

@@ -1,0 +1,149 @@
+"""The lowering of a softmax spec's decode kernel, its tile configurations and its split count.
+
+    lower_decode(spec) = run_passes(build_decode(spec),
+                                    IR_PASSES + DECODE_IR_PASSES + DECODE_ANALYSIS_PASSES)
+
+A decode program owns one row tile of one (sequence, kv head): the GROUP query heads of the kv head
+times the Nq new tokens, padded to BLOCK_M >= 16 rows (tl.dot's minimum), and one split of the
+sequence's key tiles. Key tiles come from
+- "ranges" (interval masks: band, causal, blocks and all of them): the closed-form range
+  [L(first_pos), R(last_pos)] clipped to the sequence's keys, cut into partial/full/partial runs
+  exactly as the forward does; a sliding window reads only the window's tiles;
+- "scan" (every other mask): the range from the interval parts of a top-level ``all`` (the whole
+  sequence when there are none), each tile's mask evaluated before anything is loaded and the tile
+  skipped when it allows no pair of the program's rows. No K/V byte of an empty tile is read; the
+  cost of a skipped tile is the integer evaluation of the predicate.
+"""
+from __future__ import annotations
+
+import sympy
+import torch
+
+from ..ir.decode import DECODE_IR_PASSES, build_decode
+from ..ir.graph import Graph
+from ..ir.passes import run_passes
+from ..ir.softmax import IR_PASSES
+from ..spec import All_, Spec, parse_mask
+from .configs import ARCHS, TileConfig, arch_family, padded_head_dim
+from .intervals import evaluate_bound, key_interval
+
+# Rows of one program: GROUP x Nq padded to a power of two, at most this many (more rows take
+# several row tiles, each reading the group's K/V once).
+MAX_ROWS = {64: 128, 128: 64, 256: 64}
+# Key tiles per split at least (a split smaller than this costs more in merging than it gains).
+MIN_TILES_PER_SPLIT = 4
+MAX_SPLITS = 128
+# Streaming multiprocessors assumed where no GPU is queried (the interpreter): an H100's.
+DEFAULT_SMS = 132
+
+# Candidates per dtype class and padded head dim as (block_n, num_warps, num_stages), preferred
+# first; block_m is decided per call from GROUP x Nq. On a GPU the launcher keeps the first that
+# compiles without spills for the row count (`DecodeLauncher.spill_free_config`).
+_16BIT = {64: ((64, 4, 3), (64, 4, 2), (32, 4, 2)),
+          128: ((64, 4, 2), (32, 4, 2), (32, 4, 1)),
+          256: ((32, 8, 2), (32, 4, 1), (16, 4, 1))}
+_FP32 = {64: ((32, 4, 2), (16, 4, 1)),
+         128: ((32, 4, 1), (16, 4, 1)),
+         256: ((16, 8, 1), (16, 4, 1))}
+INTERPRETER_BLOCK_N = 32
+
+
+def row_block(group: int, nq: int, head_dim: int) -> int:
+    """BLOCK_M for GROUP x Nq packed rows: a power of two >= 16, capped by the head dim's MAX_ROWS."""
+    rows = max(16, 1 << (max(group * nq, 1) - 1).bit_length())
+    return min(rows, MAX_ROWS[max(64, padded_head_dim(head_dim))])
+
+
+def candidate_decode_configs(head_dim: int, dtype: torch.dtype, arch: str | None,
+                             block_m: int) -> tuple[TileConfig, ...]:
+    """Tile configurations to try for this shape class, preferred first; `arch` None is the CPU
+    interpreter. A page size is not part of the class: keys are addressed page by page per key."""
+    if arch is None:
+        return (TileConfig(block_m, INTERPRETER_BLOCK_N, 4, 1),)
+    arch_family(arch)                       # refuses a malformed target early
+    padded = max(64, padded_head_dim(head_dim))
+    if padded > 256:
+        raise ValueError(f"head_dim {head_dim} is above the largest supported (256)")
+    table = _FP32 if dtype == torch.float32 else _16BIT
+    warps_for_rows = 8 if block_m >= 64 else 4
+    return tuple(TileConfig(block_m, n, max(w, warps_for_rows), s) for n, w, s in table[padded])
+
+
+def decode_config_table(head_dim: int) -> dict:
+    """The candidates for the header, at 16 and at MAX_ROWS rows."""
+    table = {"interpreter": [c.as_dict() for c in candidate_decode_configs(head_dim, None, None, 16)]}
+    cap = MAX_ROWS[max(64, padded_head_dim(head_dim))]
+    for arch in ARCHS:
+        for label, dtype in (("16-bit", torch.float16), ("float32", torch.float32)):
+            for rows in (16, cap):
+                table[f"{arch}/{label}/{rows}r"] = [
+                    c.as_dict() for c in candidate_decode_configs(head_dim, dtype, arch, rows)]
+    return table
+
+
+def choose_num_splits(*, batch: int, kv_heads: int, row_tiles: int, key_span: int, block_n: int,
+                      num_sms: int = DEFAULT_SMS) -> int:
+    """Programs per (sequence, kv head, row tile) along the keys (flash-decoding).
+
+    Without splitting there are batch x kv_heads x row_tiles programs; with fewer than a wave of
+    them the GPU idles, so the keys are split until about two waves run, but never into splits of
+    fewer than MIN_TILES_PER_SPLIT key tiles. `key_span` is the most keys one sequence's rows can
+    see (the cache length, or a window's width): bucketed to a power of two so that the count, a
+    runtime value, stays put as lengths grow token by token.
+    """
+    programs = batch * kv_heads * row_tiles
+    if programs <= 0 or key_span <= 0 or programs >= num_sms:
+        return 1
+    span = 1 << (key_span - 1).bit_length()
+    by_work = max(1, span // (block_n * MIN_TILES_PER_SPLIT))
+    by_occupancy = -(-2 * num_sms // programs)
+    return max(1, min(by_work, by_occupancy, MAX_SPLITS))
+
+
+def key_span(graph: Graph, nq: int, capacity: int) -> int:
+    """The most keys the nq rows of one sequence can see: the capacity, or less under a window."""
+    bounds = graph.facts["bounds"]
+    lower, upper = (sympy.sympify(b) for b in bounds)
+    if lower == -sympy.oo or upper == sympy.oo:
+        return capacity
+    far = torch.tensor([1 << 40, (1 << 40) + max(nq, 1) - 1], dtype=torch.int64)
+    span = int(evaluate_bound(upper, far)[1] - evaluate_bound(lower, far)[0]) + 1
+    return max(1, min(capacity, span))
+
+
+def choose_decode_iteration(g: Graph) -> Graph:
+    """Interval masks take closed-form key ranges; others scan their range and skip empty tiles."""
+    if "mask" not in g:
+        return g.with_facts(iteration="ranges", bounds=[str(-sympy.oo), str(sympy.oo)])
+    pred = parse_mask(g.node("mask").attrs["predicate"])
+    bounds = key_interval(pred)
+    if bounds is not None:
+        return g.with_facts(iteration="ranges", bounds=[sympy.srepr(b) for b in bounds])
+    return g.with_facts(iteration="scan", bounds=[sympy.srepr(b) for b in outer_interval(pred)])
+
+
+def outer_interval(pred) -> tuple[sympy.Expr, sympy.Expr]:
+    """Bounds (L, R) that hold every allowed key of a non-interval mask: those of the interval
+    parts of a top-level ``all`` (keys outside them are refused by that part), else unbounded."""
+    low, high = -sympy.oo, sympy.oo
+    if isinstance(pred, All_):
+        parts = [b for b in (key_interval(p) for p in pred.parts) if b is not None]
+        if parts:
+            low = sympy.Max(*[b[0] for b in parts])
+            high = sympy.Min(*[b[1] for b in parts])
+    return low, high
+
+
+def choose_decode_tiles(g: Graph) -> Graph:
+    """Tile sizes by shape class (padded head dim, dtype, arch, row count): the table travels with
+    the IR."""
+    head_dim = g.facts["head_dim"]
+    return g.with_facts(block_d=padded_head_dim(head_dim), tile_configs=decode_config_table(head_dim))
+
+
+DECODE_ANALYSIS_PASSES = (choose_decode_iteration, choose_decode_tiles)
+DECODE_PASSES = IR_PASSES + DECODE_IR_PASSES + DECODE_ANALYSIS_PASSES
+
+
+def lower_decode(spec: Spec, *, check: bool | None = None) -> Graph:
+    return run_passes(build_decode(spec), DECODE_PASSES, check=check)

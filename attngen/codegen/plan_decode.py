@@ -1,0 +1,56 @@
+"""From a lowered decode IR graph to the values templates/decode.py.jinja is rendered with.
+
+The score chain and the mask are the forward's (`plan.forward_values` on the same node names);
+added here: the two kernels' names, the key bounds written for a sequence's own length `seqlen`
+(keys past it are not in the cache), and the per-sequence random tables' arguments.
+"""
+from __future__ import annotations
+
+import sympy
+
+from ..ir.graph import Graph
+from .plan import _bound_code, forward_values, random_tables
+
+
+def kernel_names(kernel_name: str) -> dict[str, str]:
+    """{role: function name}: the split-KV decode kernel and the kernel merging its splits."""
+    return {"decode": kernel_name, "merge": f"{kernel_name}_merge"}
+
+
+def _bounds_values(g: Graph) -> dict:
+    lower, upper = (sympy.sympify(b) for b in g.facts["bounds"])   # stored with sympy.srepr
+    return dict(
+        lower_formula=str(lower), upper_formula=str(upper),
+        lo_key_code=_bound_code(lower, "first_pos", clamp="maximum", limit="0"),
+        hi_key_code=_bound_code(upper, "last_pos", clamp="minimum", limit="seqlen - 1"),
+        full_lo_key_code=_bound_code(lower, "last_pos", clamp="maximum", limit="0"),
+        full_hi_key_code=_bound_code(upper, "first_pos", clamp="minimum", limit="seqlen - 1"),
+    )
+
+
+_NOTES = {
+    "ranges": "closed-form key-tile range per sequence from the mask's interval bounds, split "
+              "across programs; partial and full runs as in the forward",
+    "scan": "per sequence, the key tiles of the outer bounds split across programs; each tile's mask "
+            "is evaluated first and a tile that allows no pair is skipped before any load",
+}
+
+
+def decode_values(g: Graph, *, kernel_name: str) -> dict:
+    """Template values for templates/decode.py.jinja from a lowered decode graph."""
+    values = forward_values(g, kernel_name=kernel_name)
+    tables = random_tables(g)
+    names = kernel_names(kernel_name)
+    values.update(
+        kernel_title="decode kernels (split-KV against a KV cache)", template_name="decode.py.jinja",
+        kernel_kind="decode", iteration_note=_NOTES[g.facts["iteration"]],
+        merge_name=names["merge"],
+        # Each sequence has its own random table (the draw depends on its length): the kernel gets
+        # one table of `rows` rows per sequence and computes the first query block itself.
+        random_decode_params="".join(f"{t.names[0]}, {t.names[2]}, " for t in tables),
+        random_call_args="".join(f", {t.names[0]}_seq, {t.names[1]}, {t.names[2]}" for t in tables),
+        random_locals=[dict(table=t.names[0], first=t.names[1], rows=t.names[2], per_row=t.per_row,
+                            block=t.block) for t in tables],
+    )
+    values.update(_bounds_values(g))
+    return values

@@ -1,0 +1,192 @@
+"""attngen against FlexAttention, SDPA (and flash-attn when installed), forward and forward+backward.
+
+On a GPU:   python benchmarks/bench.py --device cuda [--n 1024 4096 16384] [--dims 64 128] [--backward]
+On CPU:     python benchmarks/bench.py --device cpu     (block-map construction: see blockmap_bench.py)
+Smoke test: python benchmarks/bench.py --smoke          (tiny sizes, interpreter; checks the script)
+
+TFLOP/s are counted from the exact number of allowed (i, j) pairs (`attngen.analysis.cost`):
+4·D FLOPs per allowed pair per query head in the forward, 2.5× that for the backward, as the
+FlashAttention papers count. Every timed attngen result is first checked against FlexAttention's
+(or SDPA's) output. Record GPU tables in benchmarks/RESULTS.md with the device, commit and command.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+import attngen as A
+from attngen.analysis.cost import allowed_pairs
+from attngen.checking import relative_error
+from attngen.spec.random_draw import draw_key_blocks, query_block_span
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    mask: object = None          # attngen predicate (or None)
+    causal: bool = False
+    kv_heads: int | None = None  # None: MHA
+    softcap: float | None = None
+    alibi: bool = False
+    segments: bool = False
+    sdpa: bool = False           # SDPA has this pattern natively (dense / causal)
+
+
+CASES = [
+    Case("dense", sdpa=True),
+    Case("causal", causal=True, sdpa=True),
+    Case("sliding_window_4096", mask=A.band(left=4096), causal=True),
+    Case("documents", causal=True, mask=A.segments()),
+    Case("gqa_causal", causal=True, kv_heads=2, sdpa=True),
+    Case("longformer", mask=A.band(256) | A.global_tokens(2)),
+    Case("bigbird", mask=A.band(96) | A.global_tokens(128) | A.random(3, 64, seed=0)),
+    Case("strided", causal=True, mask=A.band(left=128) | A.stride(128)),
+    Case("softcap", causal=True, softcap=50.0),
+    Case("alibi", causal=True, alibi=True),
+]
+
+
+def spec_for(case: Case, heads: int, head_dim: int) -> A.Spec:
+    return A.Spec(name=case.name, query_heads=heads, kv_heads=case.kv_heads or heads, head_dim=head_dim,
+                  mask=case.mask, causal=case.causal, softcap=case.softcap, alibi=case.alibi)
+
+
+def document_ids(n: int, batch: int, device) -> torch.Tensor:
+    """Packed documents of random lengths (mean n/8), fixed seed."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, max(2, n // 4), (n,), generator=g)
+    ids = torch.repeat_interleave(torch.arange(n), lengths)[:n]
+    return ids.expand(batch, n).contiguous().to(device)
+
+
+def flex_mods(case: Case, spec: A.Spec, n: int, seg: torch.Tensor | None, device):
+    """FlexAttention's mask_mod and score_mod for the same meaning (written independently)."""
+    tables = {}
+    for pred in spec.effective_mask.walk():
+        if isinstance(pred, A.spec.Random):
+            first, count = query_block_span(n, 0, pred.block)
+            tables[pred] = draw_key_blocks(seed=pred.seed, per_row=pred.per_row, block=pred.block, nk=n,
+                                           first_query_block=first, num_query_blocks=count).to(device)
+
+    def allowed(b, h, q_idx, kv_idx):
+        ctx = A.spec.EvalContext(nq=n, nk=n, q_offset=0,
+                                 seg_rows=None if seg is None else seg[b, q_idx],
+                                 seg_cols=None if seg is None else seg[b, kv_idx],
+                                 random_table=lambda p: (0, tables[p]))
+        return spec.effective_mask.evaluate(q_idx, kv_idx, ctx)
+
+    slopes = A.spec.alibi_slopes(spec.query_heads).to(device=device, dtype=torch.float32)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if case.softcap:
+            score = case.softcap * torch.tanh(score / case.softcap)
+        if case.alibi:
+            score = score - slopes[h] * (q_idx - kv_idx)
+        return score
+
+    has_mask = not isinstance(spec.effective_mask, A.spec.Everything)
+    return (allowed if has_mask else None), (score_mod if case.softcap or case.alibi else None)
+
+
+def time_ms(fn: Callable, device: str) -> float:
+    if device == "cuda":
+        from triton.testing import do_bench
+        return do_bench(fn, warmup=25, rep=100)
+    fn()
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def run_case(case: Case, n: int, head_dim: int, args) -> list[dict]:
+    device, dtype = args.device, getattr(torch, args.dtype)
+    heads, batch = args.heads, args.batch
+    spec = spec_for(case, heads, head_dim)
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(batch, heads, n, head_dim, device=device, dtype=dtype, generator=g)
+    k = torch.randn(batch, spec.kv_heads, n, head_dim, device=device, dtype=dtype, generator=g)
+    v = torch.randn(batch, spec.kv_heads, n, head_dim, device=device, dtype=dtype, generator=g)
+    seg = document_ids(n, batch, device) if case.segments or spec.uses_segments else None
+    seg_args = {"seg_q": seg, "seg_k": seg} if seg is not None else {}
+    pairs = allowed_pairs(spec, n, n, seg_q=None if seg is None else seg[0].cpu(),
+                          seg_k=None if seg is None else seg[0].cpu())
+    flops = 4 * head_dim * pairs * heads * batch * (3.5 if args.backward else 1.0)
+    rows = []
+
+    attn = A.compile(spec)
+    runners = {"attngen": lambda: attn(q, k, v, **seg_args)}
+    want = None
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        mask_mod, score_mod = flex_mods(case, spec, n, seg, device)
+        block_mask = create_block_mask(mask_mod, batch if seg is not None else None, None, n, n,
+                                       device=device) if mask_mod else None
+        flex = torch.compile(flex_attention)
+        gqa = spec.kv_heads != heads
+        runners["flex"] = lambda: flex(q, k, v, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa)
+        want = runners["flex"]()
+    except Exception as exc:  # flex unavailable here: say so, keep going
+        print(f"  flex unavailable for {case.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    if case.sdpa:
+        runners["sdpa"] = lambda: torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=case.causal, enable_gqa=spec.kv_heads != heads)
+        want = runners["sdpa"]() if want is None else want
+    if want is not None:
+        err = relative_error(runners["attngen"](), want)
+        assert err < 2e-2, f"{case.name}: attngen differs from the peer by {err:.2e}"
+    for name, fn in runners.items():
+        step = fn
+        if args.backward:
+            for t in (q, k, v):
+                t.requires_grad_(True)
+            step = lambda fn=fn: fn().sum().backward()  # noqa: E731
+        ms = time_ms(step, device)
+        rows.append(dict(case=case.name, n=n, d=head_dim, impl=name, ms=ms, tflops=flops / ms / 1e9))
+    return rows
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--n", type=int, nargs="+", default=[1024, 4096, 16384, 65536, 131072])
+    parser.add_argument("--dims", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--cases", nargs="+", default=[c.name for c in CASES])
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--backward", action="store_true", help="time forward+backward")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU: checks the script")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.device, args.n, args.dims, args.heads, args.dtype = "cpu", [200], [16], 2, "float32"
+    elif args.device == "cpu":
+        from blockmap_bench import main as blockmap_main
+        return blockmap_main() or 0
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu (interpreter)"
+    print(f"device {device_name}, commit {commit()}, command: python {' '.join(sys.argv)}")
+    print("| case | n | d | impl | ms | TFLOP/s |\n|---|---|---|---|---|---|")
+    for case in (c for c in CASES if c.name in args.cases):
+        for d in args.dims:
+            for n in args.n:
+                for row in run_case(case, n, d, args):
+                    print(f"| {row['case']} | {row['n']} | {row['d']} | {row['impl']} | {row['ms']:.3f} | "
+                          f"{row['tflops']:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""How linear attention's time and memory grow with length: `python benchmarks/linear_scaling.py`.
+
+Runs the generated kernels of a causal elu1 spec (head_dim 16 by default) at four lengths under
+Triton's interpreter on the CPU (or compiled, with `--device cuda`), forward and forward+backward,
+and fits the log-log slope of time against n (1 means linear). Memory is the peak of Python-side
+allocations during the call (tracemalloc sees the interpreter's numpy tiles) and the bytes of the
+torch tensors the launcher allocates besides the output (state buffers, per-row and per-chunk
+values), both above what the process held before. `--softmax` times the causal softmax forward at
+the same sizes beside it (quadratic). Times are the best of `--repeat` runs after a warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+import tracemalloc
+
+import torch
+
+import attngen as A
+
+LENGTHS = (128, 256, 512, 1024)
+
+
+def fitted_exponent(ns, values) -> float:
+    """Least-squares slope of log(value) against log(n)."""
+    xs, ys = [math.log(n) for n in ns], [math.log(v) for v in values]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def best_time(fn, repeat: int) -> float:
+    fn()                                               # warm-up: generation, import, caches
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def python_peak(fn) -> int:
+    """Peak bytes allocated through Python/numpy while `fn` runs, above the starting point."""
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    fn()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak - base
+
+
+def launcher_buffers(spec, n: int, chunk: int, batch: int) -> int:
+    """Bytes of the float32 buffers the linear launchers allocate besides out/dq/dk/dv."""
+    f, d = spec.num_features, spec.head_dim
+    forward = 0 if spec.causal else batch * spec.kv_heads * (f * d + f + 1) * 4
+    backward = (2 * batch * spec.query_heads * n + batch * spec.kv_heads * math.ceil(n / chunk)) * 4
+    return max(forward, backward)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--head-dim", type=int, default=16)
+    parser.add_argument("--heads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
+    parser.add_argument("--softmax", action="store_true", help="also time the causal softmax forward")
+    args = parser.parse_args(argv)
+
+    spec = A.Spec(name="linear_bench", kind="linear", query_heads=args.heads, kv_heads=args.heads,
+                  head_dim=args.head_dim, causal=True, feature_map=A.FeatureMap("elu1"))
+    attn = A.compile(spec)
+    softmax = A.compile(A.Spec(name="softmax_bench", query_heads=args.heads, kv_heads=args.heads,
+                               head_dim=args.head_dim, causal=True)) if args.softmax else None
+    from attngen.runtime.linear import launcher_of
+
+    chunk = launcher_of(attn).config(torch.device(args.device)).chunk
+    rows = {"fwd": [], "fwd+bwd": [], "softmax fwd": []}
+    print(f"causal elu1, head_dim {args.head_dim}, {args.heads} head(s), batch {args.batch}, "
+          f"{args.device}, chunk {chunk}")
+    print(f"{'n':>6} {'fwd s':>9} {'fwd+bwd s':>10} {'py peak MB':>11} {'buffers KB':>11}"
+          + (f" {'softmax s':>10}" if softmax else ""))
+    for n in args.lengths:
+        gen = torch.Generator().manual_seed(n)
+        q, k, v, dout = (torch.randn(args.batch, args.heads, n, args.head_dim, generator=gen).to(args.device)
+                         for _ in range(4))
+
+        def forward():
+            return attn(q, k, v)
+
+        def forward_backward():
+            leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+            attn(*leaves).backward(dout)
+
+        fwd = best_time(forward, args.repeat)
+        both = best_time(forward_backward, args.repeat)
+        peak = python_peak(forward_backward)
+        rows["fwd"].append(fwd)
+        rows["fwd+bwd"].append(both)
+        line = (f"{n:>6} {fwd:>9.3f} {both:>10.3f} {peak / 2**20:>11.2f} "
+                f"{launcher_buffers(spec, n, chunk, args.batch) / 1024:>11.1f}")
+        if softmax:
+            soft = best_time(lambda: softmax(q, k, v), args.repeat)
+            rows["softmax fwd"].append(soft)
+            line += f" {soft:>10.3f}"
+        print(line, flush=True)
+        rows.setdefault("peak", []).append(peak)
+    for name in ("fwd", "fwd+bwd", "softmax fwd", "peak"):
+        if rows.get(name):
+            print(f"fitted exponent ({name}): {fitted_exponent(args.lengths, rows[name]):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

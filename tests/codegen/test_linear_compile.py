@@ -1,0 +1,40 @@
+"""Linear attention kernels compile for sm_80 and sm_90 without a GPU, with no register spills.
+
+Every kernel of the forward (states, output pass) and of the backward (states, dq, reverse state
+pass, dk/dv) of every shipped linear spec, at the default chunk table: the cubin's resource usage
+must show no local memory and no stack frame (ptxas puts spills in the stack frame).
+"""
+import pytest
+import torch
+
+import attngen as A
+from attngen.codegen.aot import resource_usage
+from attngen.runtime.linear import LinearLauncher
+
+LINEAR = [s for s in A.load_specs("specs") if s.kind == "linear"]
+TARGETS = ["sm_80", "sm_90"]
+
+
+def assert_no_spills(spec, target, dtype, kernel):
+    for role, compiled in LinearLauncher(spec).compile_for(target, dtype, kernel).items():
+        usage = resource_usage(compiled)
+        assert usage.local == 0 and usage.stack == 0, f"{spec.name} {kernel}/{role} {target} {dtype}: {usage}"
+        assert usage.registers <= 255
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("kernel", ["fwd", "bwd"])
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("spec", LINEAR, ids=lambda s: s.name)
+def test_linear_specs_compile_without_spills_fp16(spec, target, kernel):
+    assert_no_spills(spec, target, torch.float16, kernel)
+
+
+@pytest.mark.compile
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("kernel", ["fwd", "bwd"])
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("spec", LINEAR, ids=lambda s: s.name)
+def test_linear_specs_compile_without_spills_other_dtypes(spec, target, kernel, dtype):
+    assert_no_spills(spec, target, dtype, kernel)
