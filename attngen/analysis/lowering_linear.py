@@ -3,12 +3,14 @@
     lower_linear(spec, "fwd") = run_passes(build_forward(spec), IR_PASSES + ANALYSIS_PASSES)
 
 The analysis passes choose the padded widths and the chunk size. The chunk size is a shape-class
-decision (padded head dim, padded feature count, architecture), never a sequence length: the
-chunk's quadratic tile costs chunk² · (m + D), the carried state m · D stays in registers.
+decision (padded head dim, padded feature count, input dtype, architecture), never a sequence
+length: a chunk's quadratic tile costs chunk² · (m + D) per step, each stored state m · D.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 from ..ir.graph import Graph
 from ..ir.linear import IR_PASSES, build_backward, build_forward
@@ -35,29 +37,35 @@ class ChunkConfig:
 
 # The interpreter runs every tile op in numpy: fewer, larger steps are faster there.
 INTERPRETER_CHUNK = ChunkConfig(32, 4, 1)
-# (largest padded width of the state, forward config, backward config) for GPUs. Each kernel
-# holds a float32 state (block_f × block_d) or loads one, beside the chunk's [chunk, chunk] and
-# [chunk, width] tiles; the backward's dq and dk/dv kernels hold more tiles than the forward's.
-# Measured for sm_80 and sm_90 at 64 × 64 (elu1, relu, favor; fp16): these compile with no
-# register spills (ptxas stack frame 0); chunk 64 spills in the output and dq kernels.
+# (largest padded width of the state, {kernel: (16-bit config, float32 config)}) for GPUs. Each
+# kernel holds a float32 state (block_f × block_d) or loads one, beside the chunk's [chunk, chunk]
+# and [chunk, width] tiles; the backward's dq and dk/dv kernels hold more tiles than the forward's,
+# and float32 inputs multiply exactly (FMA, not tensor cores), which takes more registers.
+# Measured for sm_80 and sm_90 at 64 × 64 (elu1, relu, favor; fp16, bf16, fp32): these compile
+# with no register spills (ptxas stack frame 0); chunk 64 spills in the output and dq kernels.
+# Wider states (128 × 128) still spill a little in the state and dq passes (see docs/linear.md).
 _GPU_TABLE = (
-    (64, ChunkConfig(32, 4, 1), ChunkConfig(16, 4, 1)),
-    (128, ChunkConfig(16, 8, 1), ChunkConfig(16, 8, 1)),
-    (256, ChunkConfig(16, 8, 1), ChunkConfig(16, 8, 1)),
+    (64, {"fwd": (ChunkConfig(32, 4, 1), ChunkConfig(16, 8, 1)),
+          "bwd": (ChunkConfig(16, 4, 1), ChunkConfig(16, 8, 1))}),
+    (256, {"fwd": (ChunkConfig(16, 8, 1), ChunkConfig(16, 8, 1)),
+           "bwd": (ChunkConfig(16, 8, 1), ChunkConfig(16, 8, 1))}),
 )
 
 
-def chunk_config(block_d: int, block_f: int, arch: str | None, kernel: str = "fwd") -> ChunkConfig:
-    """The chunk configuration of the fwd or bwd kernels for a shape class; `arch` None means the
-    CPU interpreter. The forward and the backward need not agree: each computes its own states."""
+def chunk_config(block_d: int, block_f: int, arch: str | None, kernel: str = "fwd",
+                 dtype: torch.dtype = torch.float16) -> ChunkConfig:
+    """The chunk configuration of the fwd or bwd kernels for a shape class (padded widths, input
+    dtype, architecture); `arch` None means the CPU interpreter. The forward and the backward need
+    not agree: each computes its own states."""
     if kernel not in ("fwd", "bwd"):
         raise ValueError(f"kernel must be 'fwd' or 'bwd', got {kernel!r}")
     if arch is None:
         return INTERPRETER_CHUNK
     width = max(block_d, block_f)
-    for bound, forward, backward in _GPU_TABLE:
+    for bound, table in _GPU_TABLE:
         if width <= bound:
-            return forward if kernel == "fwd" else backward
+            half, single = table[kernel]
+            return single if dtype == torch.float32 else half
     raise ValueError(f"linear state {block_f} × {block_d} is above the largest supported (256 × 256)")
 
 
@@ -73,7 +81,9 @@ def choose_chunk(g: Graph) -> Graph:
     kernel = "fwd" if g.facts["kernel"] == "linear_fwd" else "bwd"
     table = {"interpreter": INTERPRETER_CHUNK.as_dict()}
     for arch in ARCHS:
-        table[arch] = chunk_config(block_d, block_f, arch, kernel).as_dict()
+        for dtype in (torch.float16, torch.float32):
+            name = "16-bit" if dtype == torch.float16 else "float32"
+            table[f"{arch}/{name}"] = chunk_config(block_d, block_f, arch, kernel, dtype).as_dict()
     return g.with_facts(chunk_configs=table)
 
 

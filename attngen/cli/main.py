@@ -22,6 +22,8 @@ EXAMPLES = """examples:
   attngen show specs/bigbird.yaml --n 2048 --block 128  which tiles are full, partial, empty
   attngen run specs/mha.yaml --n 64                     compile, run on random inputs, check
   attngen emit specs/mha.yaml --stage ttgir             the generated kernel at any stage
+  attngen cache list                                    compiled kernels on disk: spec, key, size, age
+  attngen cache clear specs/mha.yaml                    drop one spec's entries (no SPEC: all)
 
 'attngen COMMAND --help' explains each command. Docs: docs/cli.md."""
 

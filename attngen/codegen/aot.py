@@ -29,7 +29,8 @@ INPUT_POINTERS = {"q", "k", "v", "out", "dout", "dq", "dk", "dv", "k_cache", "v_
                   "partial_out"}
 FLOAT32_POINTERS = {"lse", "alibi_slopes", "delta", "partial_lse", "dq_accum", "features",
                     "state", "state_z", "lse_out", "chunk_state", "chunk_norm", "chunk_max",
-                    "grad_state", "grad_norm", "grad_max", "row_rden", "row_dden", "row_max"}
+                    "grad_state", "grad_norm", "grad_max", "row_rden", "row_dden", "row_max",
+                    "split_out", "split_lse"}
 INT32_POINTERS = {"seg_q", "seg_k", "tile_counts", "cache_seqlens", "block_table"}
 STAGES = ("ttir", "ttgir", "llir", "ptx", "cubin")
 

@@ -10,6 +10,7 @@ from ..ir.graph import Graph
 from ..spec import Spec, load_spec
 from .plan import forward_values
 from .plan_backward import backward_values
+from .plan_decode import decode_kernel
 from .plan_linear import kernel_names, linear_values
 from .render import render
 
@@ -49,7 +50,8 @@ def linear_kernel(spec: Spec, kernel: str, *, check: bool | None = None) -> Gene
 
 GENERATORS = {"fwd": forward_kernel, "bwd": backward_kernel,
               "linear_fwd": lambda spec, *, check=None: linear_kernel(spec, "fwd", check=check),
-              "linear_bwd": lambda spec, *, check=None: linear_kernel(spec, "bwd", check=check)}
+              "linear_bwd": lambda spec, *, check=None: linear_kernel(spec, "bwd", check=check),
+              "decode": decode_kernel}
 
 
 def generate(spec, kind: str = "fwd", *, check: bool | None = None) -> GeneratedKernel:

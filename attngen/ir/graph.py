@@ -144,6 +144,14 @@ class Graph:
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    @classmethod
+    def from_json(cls, data: dict) -> "Graph":
+        """The inverse of `to_json` (nodes are listed in topological order)."""
+        graph = cls(data["label"], data["facts"])
+        for node in data["nodes"]:
+            graph.add(node["name"], node["op"], tuple(node["inputs"]), **node["attrs"])
+        return graph
+
     def to_json(self) -> dict:
         return {"label": self.label, "facts": _canonical(self.facts),
                 "nodes": [{"name": n.name, "op": n.op, "inputs": list(n.inputs),

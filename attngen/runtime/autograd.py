@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..codegen.emit import generate
 from ..spec import Spec
+from . import cache
 from .launch import SoftmaxLauncher
 from .launch_backward import BackwardLauncher, reference_forward
 
@@ -49,8 +49,14 @@ class CompiledAttention:
     def launcher(self, kind: str = "fwd"):
         if kind not in self._launchers:
             launcher = BackwardLauncher if kind == "bwd" else SoftmaxLauncher
-            self._launchers[kind] = launcher(generate(self.spec, kind))
+            self._launchers[kind] = launcher(cache.generated(self.spec, kind))
         return self._launchers[kind]
+
+    @property
+    def op(self):
+        """This spec as ``torch.ops.attngen.<name>`` (registered on first use)."""
+        from .ops import register
+        return register(self.spec)
 
     def compile_for(self, target: str, dtype: torch.dtype, *, kernel: str = "fwd"):
         """Ahead-of-time compilation of one kernel for a GPU target (no GPU needed)."""

@@ -236,14 +236,6 @@ def read_entry(path: Path, *, key: str | None = None) -> Entry | None:
     return Entry(path, meta, data)
 
 
-def graph_from_json(data: dict) -> Graph:
-    """The inverse of `Graph.to_json` (nodes are listed in topological order)."""
-    graph = Graph(data["label"], data["facts"])
-    for node in data["nodes"]:
-        graph.add(node["name"], node["op"], tuple(node["inputs"]), **node["attrs"])
-    return graph
-
-
 # -- writing ---------------------------------------------------------------------------------
 @contextlib.contextmanager
 def file_lock(path: Path):
@@ -365,7 +357,7 @@ def _from_index(spec: Spec, kind: str, arch: str) -> GeneratedKernel | None:
         entry = read_entry(arch_dir(arch) / pointer["entry"], key=pointer["key"])
         if entry is None:
             return None
-        graph = graph_from_json(json.loads(entry.data["ir.json"]))
+        graph = Graph.from_json(json.loads(entry.data["ir.json"]))
         if graph.content_hash() != entry.meta["key_parts"]["ir"]:
             raise CorruptEntry("ir.json does not hash to the key's IR hash")
     except FileNotFoundError:

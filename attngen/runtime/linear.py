@@ -118,9 +118,10 @@ class LinearLauncher:
             self._features[key] = w.to(device)
         return self._features[key]
 
-    def config(self, device: torch.device, kernel: str = "fwd") -> ChunkConfig:
+    def config(self, device: torch.device, kernel: str = "fwd",
+               dtype: torch.dtype = torch.float16) -> ChunkConfig:
         facts = self.generated(kernel).graph.facts
-        return chunk_config(facts["block_d"], facts["block_f"], architecture(device), kernel)
+        return chunk_config(facts["block_d"], facts["block_f"], architecture(device), kernel, dtype)
 
     @staticmethod
     def constexprs(cfg: ChunkConfig, dtype: torch.dtype) -> dict:
@@ -162,7 +163,7 @@ class LinearLauncher:
             return out
         if nk == 0:                                    # no key at all: every row is empty
             return out.zero_()
-        cfg = config or self.config(q.device)
+        cfg = config or self.config(q.device, "fwd", q.dtype)
         launch = dict(**self.constexprs(cfg, q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         span = self.span(nq, nk, q_offset, cfg.chunk)
         states = self._states("fwd", k, v, span, launch)
@@ -195,7 +196,7 @@ class LinearLauncher:
         if nq == 0 or nk == 0:
             return tuple(g.zero_() for g in grads)
         dq, dk, dv = grads
-        cfg = config or self.config(q.device, "bwd")
+        cfg = config or self.config(q.device, "bwd", q.dtype)
         launch = dict(**self.constexprs(cfg, q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         span = self.span(nq, nk, q_offset, cfg.chunk)
         features = self.features(q.device)
@@ -234,7 +235,7 @@ class LinearLauncher:
         """Every kernel of the fwd or bwd source compiled for `target` ('sm_80', 'sm_90'), by role."""
         gen = self.generated(kernel)
         facts = gen.graph.facts
-        cfg = config or chunk_config(facts["block_d"], facts["block_f"], target, kernel)
+        cfg = config or chunk_config(facts["block_d"], facts["block_f"], target, kernel, dtype)
         module = load_source(gen.source)
         return {role: compile_for_gpu(getattr(module, name), dtype=dtype, target=target,
                                       num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -38,7 +38,6 @@ from ..reference import check_qkv
 from ..spec import Spec, load_spec
 from . import cache
 from .autograd import CompiledAttention
-from .launch import SoftmaxLauncher
 from .loader import load_source
 
 NAMESPACE = "attngen"
@@ -55,16 +54,6 @@ _BY_SPEC: dict[tuple[str, str], "AttentionOp"] = {}     # (name, content hash) â
 _TAKEN: set[str] = set()                                 # operator names used in this process
 
 
-class CachedAttention(CompiledAttention):
-    """`CompiledAttention` whose forward kernel comes from the disk cache: creating it and its
-    launcher never lowers nor renders when the cache holds the spec."""
-
-    def launcher(self, kind: str = "fwd"):
-        if kind == "fwd" and kind not in self._launchers:
-            self._launchers[kind] = SoftmaxLauncher(cache.generated(self.spec, kind))
-        return super().launcher(kind)
-
-
 class AttentionOp:
     """A compiled spec as a torch operator; call it like `CompiledAttention`:
 
@@ -76,7 +65,7 @@ class AttentionOp:
     def __init__(self, spec: Spec, name: str):
         self.spec = spec
         self.name = name
-        self.attn = CachedAttention(spec)
+        self.attn = CompiledAttention(spec)
         _define(self)
         namespace = getattr(torch.ops, NAMESPACE)
         self.op = getattr(namespace, name).default

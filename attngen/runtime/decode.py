@@ -1,0 +1,250 @@
+"""Launching the generated decode kernels: contiguous and paged KV caches, per-sequence lengths,
+split-KV and the merge of the splits.
+
+    out, lse = DecodeLauncher(generate(spec, "decode")).decode(q, k_cache, v_cache,
+                                                               cache_seqlens=..., block_table=...)
+
+Positions are per sequence: token t of sequence b sits at cache_seqlens[b] - Nq + t. The split count
+is chosen from the shapes alone (`lowering_decode.choose_num_splits`) and is a runtime value: lengths
+changing token by token neither recompile nor re-plan. The only call-time data besides the tensors
+are random masks' tables, which depend on each sequence's length (the draw is a function of the
+number of key blocks): building them reads cache_seqlens on the host, a synchronisation on GPUs
+that only random masks pay.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..analysis.configs import TileConfig
+from ..analysis.lowering_decode import (DEFAULT_SMS, candidate_decode_configs, choose_num_splits, key_span,
+                                        row_block)
+from ..codegen.aot import compile_for_gpu, resource_usage
+from ..codegen.emit import GeneratedKernel
+from ..codegen.plan import random_tables
+from ..codegen.plan_decode import kernel_names
+from ..errors import ShapeError, SpecError
+from ..spec import alibi_slopes, random_draw
+from .launch import DTYPES, architecture, dot_precision
+from .loader import interpreted, load_source
+
+log = logging.getLogger("attngen")
+MAX_NQ = 16
+
+
+class DecodeLauncher:
+    """Runs one spec's generated decode kernel and its merge kernel."""
+
+    def __init__(self, generated: GeneratedKernel):
+        self.generated = generated
+        self.spec = generated.spec
+        self.graph = generated.graph
+        self.tables = random_tables(generated.graph)
+        self.names = kernel_names(generated.kernel_name)
+        self._configs: dict = {}
+
+    # -- kernels and configurations ----------------------------------------------------------
+    def kernel(self, role: str, device: torch.device):
+        fn = getattr(load_source(self.generated.source), self.names[role])
+        return interpreted(fn) if architecture(device) is None else fn
+
+    def config(self, nq: int, dtype: torch.dtype, device: torch.device) -> TileConfig:
+        block_m = row_block(self.spec.group, nq, self.spec.head_dim)
+        arch = architecture(device)
+        if arch is None:
+            return candidate_decode_configs(self.spec.head_dim, dtype, None, block_m)[0]
+        return self.spill_free_config(arch, dtype, block_m)
+
+    def spill_free_config(self, target: str, dtype: torch.dtype, block_m: int) -> TileConfig:
+        """The first candidate whose compiled kernel (paged, split: the larger variant) has no
+        spills on `target`; decided once per (target, dtype, rows)."""
+        key = (target, dtype, block_m)
+        if key not in self._configs:
+            candidates = candidate_decode_configs(self.spec.head_dim, dtype, target, block_m)
+            chosen = candidates[-1]
+            for cfg in candidates:
+                if resource_usage(self.compile_for(target, dtype, cfg)).spills == 0:
+                    chosen = cfg
+                    break
+            else:
+                log.warning("%s: every tile configuration spills on %s/%s at %d rows; using %s",
+                            self.generated.kernel_name, target, dtype, block_m, chosen)
+            self._configs[key] = chosen
+        return self._configs[key]
+
+    @staticmethod
+    def constexprs(cfg: TileConfig, dtype: torch.dtype, *, paged: bool, page_size: int, split: bool,
+                   interpreted: bool, count_tiles: bool = False) -> dict:
+        return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=paged,
+                    PAGE_SIZE=page_size if paged else 1, SPLIT=split, COUNT_TILES=count_tiles,
+                    DOT_PRECISION=dot_precision(dtype),
+                    UPCAST_DOT=interpreted and dtype == torch.bfloat16)
+
+    def compile_for(self, target: str, dtype: torch.dtype, config: TileConfig | None = None, *,
+                    kernel: str = "decode", nq: int = 1, paged: bool = True, page_size: int = 16,
+                    split: bool = True):
+        """Compile the decode (or merge) kernel ahead of time for `target`; no GPU needed."""
+        fn = getattr(load_source(self.generated.source), self.names[kernel])
+        if kernel == "merge":
+            return compile_for_gpu(fn, dtype=dtype, target=target, num_warps=1, num_stages=1,
+                                   constexprs={})
+        block_m = row_block(self.spec.group, nq, self.spec.head_dim)
+        cfg = config or self.spill_free_config(target, dtype, block_m)
+        return compile_for_gpu(fn, dtype=dtype, target=target, num_warps=cfg.num_warps,
+                               num_stages=cfg.num_stages,
+                               constexprs=self.constexprs(cfg, dtype, paged=paged, page_size=page_size,
+                                                          split=split, interpreted=False))
+
+    # -- inputs -------------------------------------------------------------------------------
+    def check(self, q, k_cache, v_cache, cache_seqlens, block_table):
+        """(batch, nq, capacity, paged, page_size, seqlens int32) after checking every input."""
+        spec = self.spec
+        for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 4:
+                raise ShapeError(f"{name} must be a 4-dim torch.Tensor, got "
+                                 f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+            if t.dtype not in DTYPES:
+                raise ShapeError(f"{name} has dtype {t.dtype}; decode takes float16, bfloat16 or float32")
+            if t.dtype != q.dtype or t.device != q.device:
+                raise ShapeError(f"{name} is {t.dtype} on {t.device}, expected q's {q.dtype} on {q.device}")
+        batch, hq, nq, d = q.shape
+        if (hq, d) != (spec.query_heads, spec.head_dim) or not 1 <= nq <= MAX_NQ:
+            raise ShapeError(f"q has shape {tuple(q.shape)}, expected (B, {spec.query_heads}, Nq, "
+                             f"{spec.head_dim}) with 1 <= Nq <= {MAX_NQ} for spec {spec.name!r}")
+        paged = block_table is not None
+        if paged:
+            num_pages, page_size = k_cache.shape[:2]
+            want = (num_pages, page_size, spec.kv_heads, spec.head_dim)
+            layout = "(num_pages, page_size, Hkv, D)"
+            if page_size % 16 or page_size == 0:
+                raise ShapeError(f"k_cache has page_size {page_size} (dim 1); it must be a positive "
+                                 "multiple of 16")
+            if (not isinstance(block_table, torch.Tensor) or block_table.dim() != 2
+                    or block_table.shape[0] != batch or block_table.dtype != torch.int32
+                    or block_table.device != q.device):
+                raise ShapeError(f"block_table must be an int32 (B, max_pages) tensor on {q.device} with "
+                                 f"B = {batch}, got {getattr(block_table, 'dtype', type(block_table))} "
+                                 f"{tuple(getattr(block_table, 'shape', ()))}")
+            capacity = block_table.shape[1] * page_size
+        else:
+            page_size = 0
+            want = (batch, spec.kv_heads, k_cache.shape[2], spec.head_dim)
+            layout = "(B, Hkv, Nk_max, D)"
+            capacity = k_cache.shape[2]
+        for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+            if tuple(t.shape) != want:
+                raise ShapeError(f"{name} has shape {tuple(t.shape)}, expected {want} {layout} for "
+                                 f"spec {spec.name!r}")
+        seqlens = self._seqlens(cache_seqlens, batch, capacity, q.device)
+        if paged and q.device.type == "cpu":
+            used = -(-seqlens.to(torch.int64) // page_size)                 # pages each sequence uses
+            cols = torch.arange(block_table.shape[1])
+            pages = block_table[cols[None, :] < used[:, None]]
+            if pages.numel() and (pages.min() < 0 or pages.max() >= k_cache.shape[0]):
+                raise ShapeError(f"block_table names pages outside 0..{k_cache.shape[0] - 1} for the "
+                                 "sequences' valid keys")
+        return batch, nq, capacity, paged, page_size, seqlens
+
+    @staticmethod
+    def _seqlens(cache_seqlens, batch, capacity, device):
+        if cache_seqlens is None:
+            return torch.full((batch,), capacity, dtype=torch.int32, device=device)
+        if (not isinstance(cache_seqlens, torch.Tensor) or tuple(cache_seqlens.shape) != (batch,)
+                or cache_seqlens.dtype.is_floating_point or cache_seqlens.dtype == torch.bool):
+            raise ShapeError(f"cache_seqlens must be an integer (B,) tensor with B = {batch}, got "
+                             f"{getattr(cache_seqlens, 'dtype', type(cache_seqlens))} "
+                             f"{tuple(getattr(cache_seqlens, 'shape', ()))}")
+        if cache_seqlens.device != device:
+            raise ShapeError(f"cache_seqlens is on {cache_seqlens.device}, expected q's device {device}")
+        # Checked on the host only where that costs no synchronisation; on GPUs the kernel clamps
+        # each length to the capacity.
+        if device.type == "cpu" and cache_seqlens.numel() and (
+                cache_seqlens.min() < 0 or cache_seqlens.max() > capacity):
+            raise ShapeError(f"cache_seqlens {cache_seqlens.tolist()} must lie in 0..{capacity} "
+                             "(the cache's capacity)")
+        return cache_seqlens.to(torch.int32).contiguous()
+
+    def _random(self, seqlens: torch.Tensor, nq: int, device) -> tuple:
+        """Per table: (B, rows, per_row) int32 draws, each sequence's from its own length, and rows."""
+        if not self.tables:
+            return ()
+        out = []
+        lengths = seqlens.tolist()
+        for t in self.tables:
+            spans = [random_draw.query_block_span(nq, n - nq, t.block) for n in lengths]
+            rows = max((count for _, count in spans), default=1)
+            table = torch.full((len(lengths), rows, t.per_row), -1, dtype=torch.int32)
+            for b, (n, (first, count)) in enumerate(zip(lengths, spans)):
+                if n == 0:                       # no key: nothing to draw, nothing to attend
+                    continue
+                try:
+                    drawn = random_draw.draw_key_blocks(seed=t.seed, per_row=t.per_row, block=t.block,
+                                                        nk=n, first_query_block=first, num_query_blocks=count)
+                except SpecError as exc:
+                    raise ShapeError(f"sequence {b} holds {n} keys: {exc}") from exc
+                table[b, :count] = drawn.to(torch.int32)
+            out += [table.to(device), rows]
+        return tuple(out)
+
+    # -- the call -----------------------------------------------------------------------------
+    def decode(self, q, k_cache, v_cache, *, cache_seqlens=None, block_table=None,
+               num_splits: int | None = None, config: TileConfig | None = None,
+               count_tiles: bool = False):
+        """(out, lse[, tile_counts]): out (B, Hq, Nq, D) in q's dtype, lse (B, Hq, Nq) float32.
+
+        tile_counts (with `count_tiles`): int32 (B * Hkv, splits, row tiles, 2) holding, per
+        program, the key tiles it loaded and the keys (cache rows) in them.
+        """
+        spec = self.spec
+        batch, nq, capacity, paged, page_size, seqlens = self.check(q, k_cache, v_cache,
+                                                                    cache_seqlens, block_table)
+        cfg = config or self.config(nq, q.dtype, q.device)
+        interpreted = architecture(q.device) is None
+        row_tiles = -(-spec.group * nq // cfg.block_m)
+        if num_splits is None:
+            sms = (torch.cuda.get_device_properties(q.device).multi_processor_count
+                   if q.device.type == "cuda" else DEFAULT_SMS)
+            num_splits = choose_num_splits(batch=batch, kv_heads=spec.kv_heads, row_tiles=row_tiles,
+                                           key_span=key_span(self.graph, nq, capacity),
+                                           block_n=cfg.block_n, num_sms=sms)
+        if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1:
+            raise ShapeError(f"num_splits={num_splits!r} must be an integer >= 1")
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
+        split = num_splits > 1
+        rows = batch * spec.query_heads * nq
+        split_out = torch.empty((rows * num_splits * spec.head_dim if split else 1,),
+                                dtype=torch.float32, device=q.device)
+        split_lse = torch.empty((rows * num_splits if split else 1,), dtype=torch.float32, device=q.device)
+        if interpreted:     # an element the kernels forget to write fails the tests
+            for t in (out, lse, split_out, split_lse):
+                t.fill_(float("nan"))
+        grid = (batch * spec.kv_heads, num_splits, row_tiles)
+        counts = torch.zeros((*grid, 2), dtype=torch.int32, device=q.device)
+        if batch == 0:
+            return (out, lse, counts) if count_tiles else (out, lse)
+        kb, kh, kn, kd = _cache_strides(k_cache, paged)
+        vb, vh, vn, vd = _cache_strides(v_cache, paged)
+        table = block_table if paged else seqlens
+        alibi = alibi_slopes(spec.query_heads).to(device=q.device, dtype=torch.float32) if spec.alibi else lse
+        self.kernel("decode", q.device)[grid](
+            q, k_cache, v_cache, out, lse, split_out, split_lse, seqlens, table, alibi,
+            *self._random(seqlens, nq, q.device), counts,
+            *q.stride(), kb, kh, kn, kd, vb, vh, vn, vd, *out.stride(),
+            table.stride(0) if paged else 0, nq, capacity, spec.kv_heads,
+            **self.constexprs(cfg, q.dtype, paged=paged, page_size=page_size, split=split,
+                              interpreted=interpreted, count_tiles=count_tiles),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        if split:
+            self.kernel("merge", q.device)[(rows,)](
+                split_out, split_lse, out, lse, *out.stride(), nq, spec.query_heads, num_splits,
+                num_warps=1, num_stages=1)
+        return (out, lse, counts) if count_tiles else (out, lse)
+
+
+def _cache_strides(cache: torch.Tensor, paged: bool) -> tuple[int, int, int, int]:
+    """(per sequence or page, per kv head, per key, per dim) strides of a cache."""
+    s = cache.stride()
+    return (s[0], s[2], s[1], s[3]) if paged else (s[0], s[1], s[2], s[3])
