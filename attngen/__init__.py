@@ -15,7 +15,7 @@ from .version import __version__
 
 __all__ = [
     "CompileError", "FeatureMap", "block_map", "compile", "emit", "Predicate", "ShapeError", "Spec", "SpecError", "band", "blocks",
-    "causal", "columns", "global_tokens", "load", "load_spec", "load_specs", "random", "reference", "segments",
+    "causal", "columns", "global_tokens", "load", "load_spec", "load_specs", "merge", "random", "reference", "segments",
     "stride", "__version__",
 ]
 
@@ -29,4 +29,7 @@ def __getattr__(name):
     if name == "block_map":
         from .analysis.blockmap import block_map
         return block_map
+    if name == "merge":
+        from .runtime.merge import merge
+        return merge
     raise AttributeError(f"module 'attngen' has no attribute {name!r}")

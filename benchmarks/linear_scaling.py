@@ -4,8 +4,8 @@ Runs the generated kernels of a causal elu1 spec (head_dim 16 by default) at fou
 Triton's interpreter on the CPU (or compiled, with `--device cuda`), forward and forward+backward,
 and fits the log-log slope of time against n (1 means linear). Memory is the peak of Python-side
 allocations during the call (tracemalloc sees the interpreter's numpy tiles) and the bytes of the
-torch tensors the launcher allocates besides the output (state buffers, per-row and per-chunk
-values), both above what the process held before. `--softmax` times the causal softmax forward at
+torch tensors the launcher allocates per forward+backward (outputs, gradients, chunk states,
+per-row values): neither may grow faster than n (no Nq × Nk buffer anywhere). `--softmax` times the causal softmax forward at
 the same sizes beside it (quadratic). Times are the best of `--repeat` runs after a warm-up.
 """
 from __future__ import annotations
@@ -52,12 +52,38 @@ def python_peak(fn) -> int:
     return peak - base
 
 
-def launcher_buffers(spec, n: int, chunk: int, batch: int) -> int:
-    """Bytes of the float32 buffers the linear launchers allocate besides out/dq/dk/dv."""
-    f, d = spec.num_features, spec.head_dim
-    forward = 0 if spec.causal else batch * spec.kv_heads * (f * d + f + 1) * 4
-    backward = (2 * batch * spec.query_heads * n + batch * spec.kv_heads * math.ceil(n / chunk)) * 4
-    return max(forward, backward)
+def launcher_bytes(fn) -> int:
+    """Bytes of every tensor the linear launcher allocates while `fn` runs (outputs, chunk states,
+    per-row values): torch.empty / torch.empty_like are counted in attngen.runtime.linear."""
+    import attngen.runtime.linear as linear
+
+    total = 0
+    real = linear.torch
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        @staticmethod
+        def empty(*args, **kwargs):
+            nonlocal total
+            t = real.empty(*args, **kwargs)
+            total += t.numel() * t.element_size()
+            return t
+
+        @staticmethod
+        def empty_like(*args, **kwargs):
+            nonlocal total
+            t = real.empty_like(*args, **kwargs)
+            total += t.numel() * t.element_size()
+            return t
+
+    linear.torch = Counting()
+    try:
+        fn()
+    finally:
+        linear.torch = real
+    return total
 
 
 def main(argv=None) -> int:
@@ -82,7 +108,7 @@ def main(argv=None) -> int:
     rows = {"fwd": [], "fwd+bwd": [], "softmax fwd": []}
     print(f"causal elu1, head_dim {args.head_dim}, {args.heads} head(s), batch {args.batch}, "
           f"{args.device}, chunk {chunk}")
-    print(f"{'n':>6} {'fwd s':>9} {'fwd+bwd s':>10} {'py peak MB':>11} {'buffers KB':>11}"
+    print(f"{'n':>6} {'fwd s':>9} {'fwd+bwd s':>10} {'py peak MB':>11} {'alloc KB':>9}"
           + (f" {'softmax s':>10}" if softmax else ""))
     for n in args.lengths:
         gen = torch.Generator().manual_seed(n)
@@ -99,17 +125,18 @@ def main(argv=None) -> int:
         fwd = best_time(forward, args.repeat)
         both = best_time(forward_backward, args.repeat)
         peak = python_peak(forward_backward)
+        alloc = launcher_bytes(forward_backward)
         rows["fwd"].append(fwd)
         rows["fwd+bwd"].append(both)
-        line = (f"{n:>6} {fwd:>9.3f} {both:>10.3f} {peak / 2**20:>11.2f} "
-                f"{launcher_buffers(spec, n, chunk, args.batch) / 1024:>11.1f}")
+        rows.setdefault("launcher alloc", []).append(alloc)
+        line = f"{n:>6} {fwd:>9.3f} {both:>10.3f} {peak / 2**20:>11.2f} {alloc / 1024:>9.1f}"
         if softmax:
             soft = best_time(lambda: softmax(q, k, v), args.repeat)
             rows["softmax fwd"].append(soft)
             line += f" {soft:>10.3f}"
         print(line, flush=True)
-        rows.setdefault("peak", []).append(peak)
-    for name in ("fwd", "fwd+bwd", "softmax fwd", "peak"):
+        rows.setdefault("python peak", []).append(peak)
+    for name in ("fwd", "fwd+bwd", "softmax fwd", "launcher alloc", "python peak"):
         if rows.get(name):
             print(f"fitted exponent ({name}): {fitted_exponent(args.lengths, rows[name]):.2f}")
     return 0

@@ -86,7 +86,8 @@ def candidate_backward_configs(head_dim: int, dtype: torch.dtype, arch: str | No
     if arch is None:
         cfg = INTERPRETER_BACKWARD_CONFIG
         return (cfg.key_major if role == "dkdv" else cfg.query_major,)
-    by_dim = (_KEY_MAJOR if role == "dkdv" else _QUERY_MAJOR)["float32" if dtype == torch.float32 else "16-bit"]
+    table = _KEY_MAJOR if role == "dkdv" else _QUERY_MAJOR
+    by_dim = table["float32" if dtype == torch.float32 else "16-bit"]
     padded = padded_head_dim(head_dim)
     for bound in sorted(by_dim):
         if padded <= bound:
@@ -110,7 +111,8 @@ def backward_config_table(head_dim: int) -> dict:
     forward's `configs.config_table`), for the kernel's header."""
     table = {}
     for role in ROLES:
-        table[f"{role} interp"] = [c.as_dict() for c in candidate_backward_configs(head_dim, None, None, role)]
+        interpreter = candidate_backward_configs(head_dim, None, None, role)
+        table[f"{role} interp"] = [c.as_dict() for c in interpreter]
         for arch in ARCHS:
             for label, dtype in (("half", torch.float16), ("fp32", torch.float32)):
                 table[f"{role} {arch}/{label}"] = [

@@ -46,7 +46,7 @@ INTERPRETER_CHUNK = ChunkConfig(32, 4, 1)
 # Wider states (128 × 128) still spill a little in the state and dq passes (see docs/linear.md).
 _GPU_TABLE = (
     (64, {"fwd": (ChunkConfig(32, 4, 1), ChunkConfig(16, 8, 1)),
-          "bwd": (ChunkConfig(16, 4, 1), ChunkConfig(16, 8, 1))}),
+          "bwd": (ChunkConfig(16, 4, 1), ChunkConfig(16, 8, 2))}),
     (256, {"fwd": (ChunkConfig(16, 8, 1), ChunkConfig(16, 8, 1)),
            "bwd": (ChunkConfig(16, 8, 1), ChunkConfig(16, 8, 1))}),
 )

@@ -60,6 +60,9 @@ class CompiledAttention:
 
     def compile_for(self, target: str, dtype: torch.dtype, *, kernel: str = "fwd"):
         """Ahead-of-time compilation of one kernel for a GPU target (no GPU needed)."""
+        if self.spec.kind == "linear":
+            from .linear import launcher_of
+            return launcher_of(self).compile_for(target, dtype, kernel)
         return self.launcher(kernel).compile_for(target, dtype)
 
     def forward_impl(self, q, k, v, q_offset=None, seg_q=None, seg_k=None):
@@ -87,3 +90,12 @@ class CompiledAttention:
 
     def __repr__(self) -> str:
         return f"CompiledAttention({self.spec.name!r}, {self.spec.kind}, {self.spec.grouping})"
+
+    def decode(self, q, k_cache, v_cache, *, cache_seqlens=None, block_table=None, return_lse=False):
+        """Attention of Nq new tokens against a KV cache (see docs/decode.md): q (B, Hq, Nq, D),
+        a contiguous (B, Hkv, Nk_max, D) cache or pages (num_pages, page_size, Hkv, D) with
+        `block_table` (B, max_pages) int32; token t of sequence b sits at cache_seqlens[b] - Nq + t."""
+        from .decode import decode_launcher
+        out, lse = decode_launcher(self).decode(q, k_cache, v_cache, cache_seqlens=cache_seqlens,
+                                                block_table=block_table)
+        return (out, lse) if return_lse else out

@@ -75,9 +75,10 @@ class DecodeLauncher:
 
     @staticmethod
     def constexprs(cfg: TileConfig, dtype: torch.dtype, *, paged: bool, page_size: int, split: bool,
-                   interpreted: bool, count_tiles: bool = False) -> dict:
+                   interpreted: bool, kv_aligned: bool = True, count_tiles: bool = False) -> dict:
         return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=paged,
-                    PAGE_SIZE=page_size if paged else 1, SPLIT=split, COUNT_TILES=count_tiles,
+                    PAGE_SIZE=page_size if paged else 1, KV_ALIGNED=kv_aligned, SPLIT=split,
+                    COUNT_TILES=count_tiles,
                     DOT_PRECISION=dot_precision(dtype),
                     UPCAST_DOT=interpreted and dtype == torch.bfloat16)
 
@@ -234,7 +235,8 @@ class DecodeLauncher:
             *q.stride(), kb, kh, kn, kd, vb, vh, vn, vd, *out.stride(),
             table.stride(0) if paged else 0, nq, capacity, spec.kv_heads,
             **self.constexprs(cfg, q.dtype, paged=paged, page_size=page_size, split=split,
-                              interpreted=interpreted, count_tiles=count_tiles),
+                              interpreted=interpreted, count_tiles=count_tiles,
+                              kv_aligned=all(s % 8 == 0 for s in (kb, kh, kn, vb, vh, vn))),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         if split:
@@ -248,3 +250,11 @@ def _cache_strides(cache: torch.Tensor, paged: bool) -> tuple[int, int, int, int
     """(per sequence or page, per kv head, per key, per dim) strides of a cache."""
     s = cache.stride()
     return (s[0], s[2], s[1], s[3]) if paged else (s[0], s[1], s[2], s[3])
+
+
+def decode_launcher(attn) -> DecodeLauncher:
+    """The decode launcher of a `CompiledAttention`, made once and kept with its other launchers."""
+    if not isinstance(attn._launchers.get("decode"), DecodeLauncher):
+        from ..codegen.emit import generate
+        attn._launchers["decode"] = DecodeLauncher(generate(attn.spec, "decode"))
+    return attn._launchers["decode"]

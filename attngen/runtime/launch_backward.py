@@ -8,8 +8,9 @@ block-map lists: the forward's map (rows = query tiles) for dQ, its `transposed(
 tiles) for dK/dV, each at its kernel's tile sizes.
 
 float64 inputs (for `torch.autograd.gradcheck`) take a reference-precision path: the kernels take
-float16, bfloat16 and float32 only, so the gradients are torch autograd through the float64 dense
-reference (`attngen.reference`), with no generated kernel involved.
+float16, bfloat16 and float32 only, so the forward is `attngen.reference` and the gradients are
+torch autograd through the same dense float64 computation (`reference._softmax_reference`, which
+`attngen.reference` wraps after detaching its inputs), with no generated kernel involved.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def softmax_backward(attn: "CompiledAttention", q, k, v, out, lse, dout, *, q_of
     gradient `dout` of `out`; each gradient has its input's shape, dtype and layout.
 
     float64 inputs take the reference-precision path (see the module docstring); `config` picks the
-    tiles of both tile-walking kernels (default: `default_backward_config` by shape class).
+    tiles of both tile-walking kernels (default: by shape class, on a GPU the first spill-free
+    candidate, `BackwardLauncher.spill_free_config`).
     """
     if q.dtype == torch.float64:
         return reference_gradients(attn.spec, q, k, v, dout, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k)

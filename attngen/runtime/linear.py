@@ -32,13 +32,13 @@ import triton
 
 from ..analysis.lowering_linear import ChunkConfig, chunk_config
 from ..codegen.aot import compile_for_gpu
-from ..codegen.emit import generate
 from ..codegen.plan_linear import kernel_names
 from ..errors import ShapeError
 from ..reference import check_qkv
 from ..reference_linear import linear_reference
 from ..spec import Spec, resolve_q_offset
 from ..spec.feature_maps import favor_features
+from . import cache
 from .launch import architecture, check_inputs, dot_precision
 from .loader import interpreted, load_source
 
@@ -75,6 +75,12 @@ class ChunkSpan:
         return self.zero_rows, self.first_chunk, self.num_chunks, self.tail_start
 
 
+def stages_of(role: str, num_stages: int) -> int:
+    """Pipeline stages of one kernel: the state pass is one sequential reduction whose loop carries
+    the state, and prefetching its next chunk only adds registers; the others follow the config."""
+    return 1 if role == "states" else num_stages
+
+
 def chunk_span(causal: bool, nq: int, nk: int, q_offset: int, chunk: int) -> ChunkSpan:
     if not causal:
         num_chunks = triton.cdiv(nk, chunk)
@@ -97,8 +103,9 @@ class LinearLauncher:
         self._features: dict = {}
 
     def generated(self, kernel: str):
+        """The fwd or bwd source, through the disk cache (`runtime.cache`)."""
         if kernel not in self._generated:
-            self._generated[kernel] = generate(self.spec, kernel)
+            self._generated[kernel] = cache.generated(self.spec, kernel)
         return self._generated[kernel]
 
     def kernel(self, kernel: str, role: str, device: torch.device):
@@ -145,7 +152,8 @@ class LinearLauncher:
         chunk_max = torch.empty((programs, slots), dtype=torch.float32, device=k.device)
         self.kernel(kernel, "states", k.device)[(programs,)](
             k, v, self.features(k.device), chunk_state, chunk_norm, chunk_max,
-            *k.stride(), *v.stride(), k.shape[2], self.spec.kv_heads, span.num_chunks, slots, **launch)
+            *k.stride(), *v.stride(), k.shape[2], self.spec.kv_heads, span.num_chunks, slots,
+            **{**launch, "num_stages": stages_of("states", launch["num_stages"])})
         return chunk_state, chunk_norm, chunk_max
 
     # -- forward --------------------------------------------------------------------------------
@@ -231,16 +239,44 @@ class LinearLauncher:
 
     # -- ahead of time ----------------------------------------------------------------------------
     def compile_for(self, target: str, dtype: torch.dtype, kernel: str = "fwd",
-                    config: ChunkConfig | None = None) -> dict:
-        """Every kernel of the fwd or bwd source compiled for `target` ('sm_80', 'sm_90'), by role."""
+                    config: ChunkConfig | None = None) -> "CompiledKernels":
+        """Every kernel of the fwd or bwd source compiled for `target` ('sm_80', 'sm_90')."""
         gen = self.generated(kernel)
         facts = gen.graph.facts
         cfg = config or chunk_config(facts["block_d"], facts["block_f"], target, kernel, dtype)
         module = load_source(gen.source)
-        return {role: compile_for_gpu(getattr(module, name), dtype=dtype, target=target,
-                                      num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                                      constexprs=self.constexprs(cfg, dtype))
-                for role, name in kernel_names(gen.graph).items()}
+        return CompiledKernels({
+            role: compile_for_gpu(getattr(module, name), dtype=dtype, target=target,
+                                  num_warps=cfg.num_warps, num_stages=stages_of(role, cfg.num_stages),
+                                  constexprs=self.constexprs(cfg, dtype))
+            for role, name in kernel_names(gen.graph).items()})
+
+
+class _JoinedAsm:
+    _COMMENT = {"llir": ";"}
+
+    def __init__(self, kernels: dict):
+        self._kernels = kernels
+
+    def __getitem__(self, stage: str) -> str:
+        if stage == "cubin":
+            raise KeyError("a linear source is several cubins: read CompiledKernels.kernels[role].asm['cubin']")
+        mark = self._COMMENT.get(stage, "//")
+        return "\n".join(f"{mark} ---- {role}: {compiled.name} ----\n{compiled.asm[stage]}"
+                         for role, compiled in self._kernels.items())
+
+
+@dataclass(frozen=True)
+class CompiledKernels:
+    """The kernels of one linear source compiled ahead of time: `kernels` maps each role (states,
+    main; dq, reverse) to its Triton CompiledKernel, in launch order; `asm[stage]` joins their
+    text stages (what `attngen emit --stage ptx` prints)."""
+
+    kernels: dict
+
+    @property
+    def asm(self) -> _JoinedAsm:
+        return _JoinedAsm(self.kernels)
 
 
 def launcher_of(attn: "CompiledAttention") -> LinearLauncher:

@@ -47,13 +47,6 @@ import torch
 
 from .spec import Spec
 
-FORMULAS = {
-    "elu1": "phi(x) = elu(x) + 1",
-    "relu": "phi(x) = max(x, 0)",
-    "favor": "phi(x) = exp(W x' - |x'|^2/2 - c) / sqrt(m), x' = x * D^-1/4, c a detached maximum",
-}
-
-
 def _check_linear(spec: Spec) -> None:
     if spec.kind != "linear":
         raise ValueError(f"spec {spec.name!r} is {spec.kind} attention: feature maps belong to kind: linear")

@@ -46,7 +46,8 @@ def small(spec: Spec, *, head_dim: int = 16, kv_heads: int | None = None, query_
             kv_heads = 2
             query_heads = 2 * min(spec.group, 4)
     fields = dict(name=spec.name, query_heads=query_heads, kv_heads=kv_heads, head_dim=head_dim,
-                  causal=spec.causal, mask=spec.mask, scale=spec.scale, softcap=spec.softcap, alibi=spec.alibi)
+                  causal=spec.causal, mask=spec.mask, scale=spec.scale, softcap=spec.softcap,
+                  alibi=spec.alibi)
     fields.update(changes)
     return Spec(**fields)
 
@@ -91,7 +92,8 @@ def check_gradients(spec, q, k, v, dout, *, config=TILES16, **call):
 # -- every shipped softmax spec ------------------------------------------------------------------
 # (nq, nk) per spec where the default 37 x 53 would not show its structure (or is refused: bigbird
 # draws 3 random key blocks of 64, so it needs at least 3 key blocks).
-SIZES = {"bigbird": (45, 197), "sparse_fixed": (41, 139), "sparse_strided": (37, 141), "block_local": (37, 150)}
+SIZES = {"bigbird": (45, 197), "sparse_fixed": (41, 139), "sparse_strided": (37, 141),
+         "block_local": (37, 150)}
 
 
 @pytest.mark.parametrize("spec", [pytest.param(s, id=s.name) for s in SOFTMAX_SPECS])
@@ -236,7 +238,8 @@ def test_gradcheck_float64_reference_precision(torch_rng):
 # -- the transposed interval and the key-major kernel's query-tile ranges -------------------------
 INTERVAL_MASKS = [
     causal(), band(left=3, right=5), band(left=4), band(right=2), band(left=0, right=0), blocks(4),
-    blocks(5) & causal(), All_((blocks(8), band(left=2, right=1))), All_((blocks(6), band(right=3), blocks(9))),
+    blocks(5) & causal(), All_((blocks(8), band(left=2, right=1))),
+    All_((blocks(6), band(right=3), blocks(9))),
 ] + [s.effective_mask for s in SOFTMAX_SPECS if key_interval(s.effective_mask) is not None]
 
 
@@ -268,7 +271,8 @@ def _key_major_ranges(source: str, nq, nk, q_offset, block_m, block_n):
     maximum/where/cdiv on non-negative integers, where Python and Triton agree) for every key tile."""
     lines = source.splitlines()
     start = next(n for n, line in enumerate(lines) if line.strip().startswith("first_key ="))
-    stop = next(n for n in range(start, len(lines)) if lines[n].strip().startswith("full_stop = tl.where(no_full"))
+    stop = next(n for n in range(start, len(lines))
+                if lines[n].strip().startswith("full_stop = tl.where(no_full"))
     code = "\n".join(line.strip() for line in lines[start:stop + 1])
 
     class tl:

@@ -43,12 +43,13 @@ def test_backward_compiles_without_spills_fp16(spec, target):
 
 @pytest.mark.compile
 @pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("spec", SHIPPED, ids=lambda s: s.name)
-def test_backward_compiles_fp32(spec, target):
-    # float32 runs tl.dot in "ieee" precision: at head dim 256 no candidate is spill-free on every
-    # target (a few stack bytes remain); local memory stays 0.
-    compile_backward(spec, target, torch.float32)
+def test_backward_compiles_other_dtypes(spec, target, dtype):
+    # float32 runs tl.dot in "ieee" precision: at head dim 256 no candidate of the dK/dV kernel is
+    # spill-free on sm_90 (8 bytes of stack remain); local memory stays 0 everywhere.
+    compile_backward(spec, target, dtype)
 
 
 @pytest.mark.compile

@@ -12,8 +12,7 @@ from attngen import env
 from attngen.codegen.emit import generate
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
-CASES = [(s, kind) for s in A.load_specs("specs")
-         for kind in (("fwd", "bwd") if s.kind == "softmax" else ("fwd",))]
+CASES = [(s, kind) for s in A.load_specs("specs") for kind in ("fwd", "bwd")]
 
 
 @pytest.mark.parametrize("spec, kind", CASES, ids=lambda x: getattr(x, "name", x))

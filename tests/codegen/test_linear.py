@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import attngen as A
-from attngen.checking import GRAD_TOLERANCE, TOLERANCE, check_close
+from attngen.checking import GRAD_TOLERANCE, check_close
 from attngen.errors import ShapeError, SpecError
 from attngen.reference import reference
 from attngen.reference_linear import linear_reference
@@ -173,3 +173,57 @@ def test_float64_inputs_take_the_reference_path(torch_rng):
     q, k, v = (torch.randn(1, h, 6, 4, generator=torch_rng, dtype=torch.float64, requires_grad=True)
                for h in (2, 1, 1))
     assert torch.autograd.gradcheck(lambda *t: A.compile(spec)(*t), (q, k, v))
+
+
+# -- lowering, generation, partitioning (no kernels run) ----------------------------------------
+@pytest.mark.parametrize("kernel", ["fwd", "bwd"])
+def test_lowering_is_verified_passes_and_fuses_feature_maps_into_loads(kernel):
+    from attngen.analysis.lowering_linear import LINEAR_PASSES, lower_linear
+    from attngen.ir.passes import reason
+
+    spec = linear_spec({"name": "favor", "features": 24, "seed": 9}, causal=True)
+    g = lower_linear(spec, kernel, check=True)
+    assert all(reason(p) for p in LINEAR_PASSES)
+    assert g.facts["passes"] == [p.__name__ for p in LINEAR_PASSES]
+    assert g.facts["algorithm"] == "chunked_scan" and g.facts["materialised"] == []
+    assert g.node("phi_q").attrs["applied_in"] == "load_q" and g.node("phi_k").attrs["applied_in"] == "load_k"
+    assert g.node("phi_k").attrs["stabiliser"] == "prefix max over visible keys"
+    assert (g.facts["block_f"], g.facts["block_d"]) == (32, 16)
+    full = lower_linear(linear_spec({"name": "favor", "features": 24, "seed": 9}, causal=False), kernel, check=True)
+    assert full.facts["algorithm"] == "reduce_then_apply"
+    assert full.node("phi_k").attrs["stabiliser"] == "max over all keys"
+    # The seed is part of the meaning: it changes the feature map's hash and everything after it.
+    other = lower_linear(linear_spec({"name": "favor", "features": 24, "seed": 10}, causal=True), kernel, check=True)
+    assert g.node_hashes()["load_q"] == other.node_hashes()["load_q"]
+    assert g.node_hashes()["phi_q"] != other.node_hashes()["phi_q"]
+
+
+def test_emit_prints_the_linear_kernels():
+    fwd = A.emit("specs/linear_elu1.yaml")
+    assert "def attngen_linear_fwd_linear_elu1(" in fwd and "def attngen_linear_states_linear_elu1(" in fwd
+    assert "phi(x) = elu(x) + 1" in fwd and "CAUSAL = tl.constexpr(True)" in fwd
+    bwd = A.emit("specs/linear_favor.yaml", kernel="bwd")
+    for name in ("states", "dq", "reverse", "dkv"):
+        assert f"def attngen_linear_{'bwd_states' if name == 'states' else name}_linear_favor(" in bwd
+    from attngen.codegen.emit import generate
+
+    with pytest.raises(ValueError, match="is for kind: linear"):
+        generate("specs/mha.yaml", "linear_fwd")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_chunk_span_gives_every_row_exactly_one_tile(causal):
+    from attngen.runtime.linear import chunk_span
+
+    for nq, nk, chunk in ((37, 53, 32), (1, 100, 16), (70, 23, 16), (5, 5, 16)):
+        for q_offset in (-80, -37, -5, 0, 3, 16, 40, 200):
+            span = chunk_span(causal, nq, nk, q_offset, chunk)
+            seen = list(range(span.zero_rows))
+            for c in range(span.first_chunk, span.num_chunks):
+                seen += [r for r in range(c * chunk - q_offset, (c + 1) * chunk - q_offset) if 0 <= r < nq]
+            seen += list(range(span.tail_start, nq))
+            assert sorted(seen) == list(range(nq)), (nq, nk, chunk, q_offset)
+            # chunks hold every key a row can see; tail rows see every key
+            last_visible = min(nk - 1, q_offset + nq - 1) if causal else nk - 1
+            assert span.num_chunks * chunk > last_visible
+            assert all(r + q_offset >= nk - 1 for r in range(span.tail_start, nq)) or not causal

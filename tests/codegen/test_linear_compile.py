@@ -16,7 +16,7 @@ TARGETS = ["sm_80", "sm_90"]
 
 
 def assert_no_spills(spec, target, dtype, kernel):
-    for role, compiled in LinearLauncher(spec).compile_for(target, dtype, kernel).items():
+    for role, compiled in LinearLauncher(spec).compile_for(target, dtype, kernel).kernels.items():
         usage = resource_usage(compiled)
         assert usage.local == 0 and usage.stack == 0, f"{spec.name} {kernel}/{role} {target} {dtype}: {usage}"
         assert usage.registers <= 255
