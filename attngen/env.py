@@ -8,6 +8,8 @@ ATTNGEN_LOG         a level (debug, info, warning) at which the "attngen" logger
                     unset: nothing is printed (records still reach handlers the application adds)
 TRITON_CACHE_DIR    Triton's own compile cache; attngen sets it to $ATTNGEN_CACHE_DIR/triton when
                     the runtime is imported, unless it is already set (`point_triton_cache`)
+TRITON_DEFAULT_FP_FUSION  set to "1" (Triton's default through 3.9) unless the user set it
+ATTNGEN_UPDATE_GOLDEN  "1" rewrites tests/golden/ from the current generator instead of comparing
 """
 from __future__ import annotations
 
@@ -55,6 +57,10 @@ def point_triton_cache() -> Path:
     """Point Triton's cache inside attngen's (unless the user chose a place): called when the
     runtime is imported, before any kernel is compiled, since Triton reads the variable then."""
     os.environ.setdefault("TRITON_CACHE_DIR", str(cache_dir() / "triton"))
+    # Triton 3.9 warns on every compile while TRITON_DEFAULT_FP_FUSION is unset; attngen's kernels
+    # are tested with fusion on (Triton's default through 3.9), so say so explicitly. A value the
+    # user set is kept; older Triton ignores the variable.
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     return triton_cache_dir()
 
 

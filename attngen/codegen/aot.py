@@ -118,3 +118,45 @@ def resource_usage(compiled) -> ResourceUsage:
         raise CompileError(f"could not read resource usage from cuobjdump:\n{text}")
     return ResourceUsage(int(fields["REG"]), int(fields["SHARED"]), int(fields["LOCAL"]),
                          int(fields["STACK"]), int(compiled.metadata.shared))
+
+
+class JoinedAsm:
+    """``asm[stage]`` of several compiled kernels: their texts one after the other."""
+
+    _COMMENT = {"llir": ";"}
+
+    def __init__(self, kernels: dict):
+        self._kernels = kernels
+
+    def __getitem__(self, stage: str) -> str:
+        if stage == "cubin":
+            raise KeyError("several kernels are several cubins: read .kernels[role].asm['cubin']")
+        mark = self._COMMENT.get(stage, "//")
+        return "\n".join(f"{mark} ---- {role}: {compiled.name} ----\n{compiled.asm[stage]}"
+                         for role, compiled in self._kernels.items())
+
+
+@dataclass(frozen=True)
+class CompiledKernels:
+    """The kernels of one generated source compiled ahead of time: `kernels` maps each role to its
+    Triton CompiledKernel, in launch order; `asm[stage]` joins their text stages (what
+    `attngen emit --stage ptx` prints for a source holding several kernels)."""
+
+    kernels: dict
+
+    @property
+    def asm(self) -> JoinedAsm:
+        return JoinedAsm(self.kernels)
+
+
+def first_without_spills(candidates, usage_of):
+    """(config, usage): the first candidate whose compiled kernel has no spills, else the one that
+    spills least. `usage_of(config)` compiles and returns its ResourceUsage. Register allocation
+    depends on the whole kernel, so no fixed table can promise a spill-free choice for every spec."""
+    seen = {}
+    for cfg in candidates:
+        seen[cfg] = usage_of(cfg)
+        if seen[cfg].spills == 0:
+            return cfg, seen[cfg]
+    best = min(seen, key=lambda c: seen[c].spills)
+    return best, seen[best]

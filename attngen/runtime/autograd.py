@@ -36,6 +36,15 @@ class _Attention(torch.autograd.Function):
         return None, dq, dk, dv, None, None, None
 
 
+def select_outputs(spec: Spec, out, lse, return_lse: bool):
+    """`out`, or `(out, lse)` when asked for; linear kinds have no lse to give."""
+    if not return_lse:
+        return out
+    if spec.kind == "linear":
+        raise ValueError(f"spec {spec.name!r} is linear attention: it has no lse")
+    return out, lse
+
+
 class CompiledAttention:
     """A spec compiled to kernels. Call it like an attention op:
 
@@ -63,6 +72,9 @@ class CompiledAttention:
         if self.spec.kind == "linear":
             from .linear import launcher_of
             return launcher_of(self).compile_for(target, dtype, kernel)
+        if kernel == "decode":
+            from .decode import decode_launcher
+            return decode_launcher(self).compile_for(target, dtype)
         return self.launcher(kernel).compile_for(target, dtype)
 
     def forward_impl(self, q, k, v, q_offset=None, seg_q=None, seg_k=None):
@@ -82,11 +94,7 @@ class CompiledAttention:
 
     def __call__(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, return_lse=False):
         out, lse = _Attention.apply(self, q, k, v, q_offset, seg_q, seg_k)
-        if return_lse:
-            if self.spec.kind == "linear":
-                raise ValueError(f"spec {self.spec.name!r} is linear attention: it has no lse")
-            return out, lse
-        return out
+        return select_outputs(self.spec, out, lse, return_lse)
 
     def __repr__(self) -> str:
         return f"CompiledAttention({self.spec.name!r}, {self.spec.kind}, {self.spec.grouping})"

@@ -20,7 +20,7 @@ import torch
 from ..analysis.configs import TileConfig
 from ..analysis.lowering_decode import (DEFAULT_SMS, candidate_decode_configs, choose_num_splits, key_span,
                                         row_block)
-from ..codegen.aot import compile_for_gpu, resource_usage
+from ..codegen.aot import compile_for_gpu, first_without_spills, resource_usage
 from ..codegen.emit import GeneratedKernel
 from ..codegen.plan import random_tables
 from ..codegen.plan_decode import kernel_names
@@ -61,13 +61,10 @@ class DecodeLauncher:
         spills on `target`; decided once per (target, dtype, rows)."""
         key = (target, dtype, block_m)
         if key not in self._configs:
-            candidates = candidate_decode_configs(self.spec.head_dim, dtype, target, block_m)
-            chosen = candidates[-1]
-            for cfg in candidates:
-                if resource_usage(self.compile_for(target, dtype, cfg)).spills == 0:
-                    chosen = cfg
-                    break
-            else:
+            chosen, usage = first_without_spills(
+                candidate_decode_configs(self.spec.head_dim, dtype, target, block_m),
+                lambda cfg: resource_usage(self.compile_for(target, dtype, cfg)))
+            if usage.spills:
                 log.warning("%s: every tile configuration spills on %s/%s at %d rows; using %s",
                             self.generated.kernel_name, target, dtype, block_m, chosen)
             self._configs[key] = chosen
@@ -255,6 +252,6 @@ def _cache_strides(cache: torch.Tensor, paged: bool) -> tuple[int, int, int, int
 def decode_launcher(attn) -> DecodeLauncher:
     """The decode launcher of a `CompiledAttention`, made once and kept with its other launchers."""
     if not isinstance(attn._launchers.get("decode"), DecodeLauncher):
-        from ..codegen.emit import generate
-        attn._launchers["decode"] = DecodeLauncher(generate(attn.spec, "decode"))
+        from . import cache
+        attn._launchers["decode"] = DecodeLauncher(cache.generated(attn.spec, "decode"))
     return attn._launchers["decode"]

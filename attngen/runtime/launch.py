@@ -15,7 +15,7 @@ import triton
 
 from .. import env
 from ..analysis.configs import TileConfig, candidate_configs
-from ..codegen.aot import compile_for_gpu, resource_usage
+from ..codegen.aot import compile_for_gpu, first_without_spills, resource_usage
 from ..codegen.emit import GeneratedKernel
 from ..codegen.plan import random_tables
 from ..errors import ShapeError
@@ -110,13 +110,10 @@ class SoftmaxLauncher:
         """
         key = (target, dtype)
         if key not in self._configs:
-            candidates = candidate_configs(self.spec.head_dim, dtype, target)
-            chosen = candidates[-1]
-            for cfg in candidates:
-                if resource_usage(self.compile_for(target, dtype, cfg)).spills == 0:
-                    chosen = cfg
-                    break
-            else:
+            chosen, usage = first_without_spills(
+                candidate_configs(self.spec.head_dim, dtype, target),
+                lambda cfg: resource_usage(self.compile_for(target, dtype, cfg)))
+            if usage.spills:
                 log.warning("%s: every tile configuration spills on %s/%s; using %s",
                             self.generated.kernel_name, target, dtype, chosen)
             self._configs[key] = chosen

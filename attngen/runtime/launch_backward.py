@@ -23,7 +23,7 @@ import triton
 from ..analysis.configs import TileConfig
 from ..analysis.lowering_backward import (ROLES, BackwardConfig, candidate_backward_configs,
                                           default_backward_config, preprocess_rows)
-from ..codegen.aot import compile_for_gpu, resource_usage
+from ..codegen.aot import CompiledKernels, compile_for_gpu, first_without_spills, resource_usage
 from ..codegen.emit import GeneratedKernel
 from ..codegen.plan_backward import kernel_names
 from ..errors import ShapeError
@@ -68,34 +68,6 @@ def reference_gradients(spec: Spec, q, k, v, dout, *, q_offset=None, seg_q=None,
     return tuple(torch.zeros_like(t) if g is None else g.to(t.dtype) for g, t in zip(grads, (q, k, v)))
 
 
-class _JoinedAsm:
-    """``compiled.asm[stage]`` for the three backward kernels: their texts one after the other."""
-
-    _COMMENT = {"llir": ";"}
-
-    def __init__(self, kernels: dict):
-        self._kernels = kernels
-
-    def __getitem__(self, stage: str) -> str:
-        if stage == "cubin":
-            raise KeyError("the backward is three cubins: read CompiledBackward.kernels[role].asm['cubin']")
-        mark = self._COMMENT.get(stage, "//")
-        return "\n".join(f"{mark} ---- {role}: {compiled.name} ----\n{compiled.asm[stage]}"
-                         for role, compiled in self._kernels.items())
-
-
-@dataclass(frozen=True)
-class CompiledBackward:
-    """The three backward kernels compiled ahead of time: `kernels` maps each role (preprocess,
-    dkdv, dq) to its Triton CompiledKernel; `asm[stage]` joins their text stages."""
-
-    kernels: dict
-
-    @property
-    def asm(self) -> _JoinedAsm:
-        return _JoinedAsm(self.kernels)
-
-
 class BackwardLauncher(SoftmaxLauncher):
     """Runs one generated backward source (three kernels); caches per-shape tables."""
 
@@ -123,13 +95,9 @@ class BackwardLauncher(SoftmaxLauncher):
             module = load_source(self.generated.source)
             chosen = {}
             for role in ROLES:
-                usage = {}
-                for cfg in candidate_backward_configs(self.spec.head_dim, dtype, target, role):
-                    used = resource_usage(self._compile_role(module, role, cfg, dtype, target))
-                    usage[cfg] = (used.local, used.stack)
-                    if usage[cfg] == (0, 0):
-                        break
-                chosen[role] = min(usage, key=usage.get)    # the first spill-free, else the least
+                chosen[role], _ = first_without_spills(
+                    candidate_backward_configs(self.spec.head_dim, dtype, target, role),
+                    lambda cfg, role=role: resource_usage(self._compile_role(module, role, cfg, dtype, target)))
             self._backward_configs[key] = BackwardConfig(chosen["dkdv"], chosen["dq"])
         return self._backward_configs[key]
 
@@ -181,7 +149,7 @@ class BackwardLauncher(SoftmaxLauncher):
         """The three kernels compiled ahead of time for a GPU `target`; no GPU needed."""
         cfg = config or self.spill_free_config(target, dtype)
         module = load_source(self.generated.source)
-        return CompiledBackward({role: self._compile_role(module, role, tiles, dtype, target)
+        return CompiledKernels({role: self._compile_role(module, role, tiles, dtype, target)
                                  for role, tiles in self.role_tiles(cfg).items()})
 
     def backward(self, q, k, v, out, lse, dout, *, q_offset=None, seg_q=None, seg_k=None,

@@ -31,7 +31,7 @@ import torch
 import triton
 
 from ..analysis.lowering_linear import ChunkConfig, chunk_config
-from ..codegen.aot import compile_for_gpu
+from ..codegen.aot import CompiledKernels, compile_for_gpu
 from ..codegen.plan_linear import kernel_names
 from ..errors import ShapeError
 from ..reference import check_qkv
@@ -250,33 +250,6 @@ class LinearLauncher:
                                   num_warps=cfg.num_warps, num_stages=stages_of(role, cfg.num_stages),
                                   constexprs=self.constexprs(cfg, dtype))
             for role, name in kernel_names(gen.graph).items()})
-
-
-class _JoinedAsm:
-    _COMMENT = {"llir": ";"}
-
-    def __init__(self, kernels: dict):
-        self._kernels = kernels
-
-    def __getitem__(self, stage: str) -> str:
-        if stage == "cubin":
-            raise KeyError("a linear source is several cubins: read CompiledKernels.kernels[role].asm['cubin']")
-        mark = self._COMMENT.get(stage, "//")
-        return "\n".join(f"{mark} ---- {role}: {compiled.name} ----\n{compiled.asm[stage]}"
-                         for role, compiled in self._kernels.items())
-
-
-@dataclass(frozen=True)
-class CompiledKernels:
-    """The kernels of one linear source compiled ahead of time: `kernels` maps each role (states,
-    main; dq, reverse) to its Triton CompiledKernel, in launch order; `asm[stage]` joins their
-    text stages (what `attngen emit --stage ptx` prints)."""
-
-    kernels: dict
-
-    @property
-    def asm(self) -> _JoinedAsm:
-        return _JoinedAsm(self.kernels)
 
 
 def launcher_of(attn: "CompiledAttention") -> LinearLauncher:

@@ -37,7 +37,7 @@ import torch
 from ..reference import check_qkv
 from ..spec import Spec, load_spec
 from . import cache
-from .autograd import CompiledAttention
+from .autograd import CompiledAttention, select_outputs
 from .loader import load_source
 
 NAMESPACE = "attngen"
@@ -91,11 +91,7 @@ class AttentionOp:
         if q_offset is None:
             q_offset = k.shape[-2] - q.shape[-2]
         out, lse = self.op(q, k, v, q_offset, seg_q, seg_k)
-        if return_lse:
-            if self.spec.kind == "linear":
-                raise ValueError(f"spec {self.spec.name!r} is linear attention: it has no lse")
-            return out, lse
-        return out
+        return select_outputs(self.spec, out, lse, return_lse)
 
     def __repr__(self) -> str:
         return f"AttentionOp(torch.ops.{NAMESPACE}.{self.name}, {self.spec.kind}, {self.spec.grouping})"

@@ -9,11 +9,13 @@ multiples of the page size.
 import dataclasses
 
 import pytest
+import sympy
 import torch
 
 import attngen as A
 from attngen.analysis.configs import TileConfig
-from attngen.analysis.lowering_decode import MIN_TILES_PER_SPLIT, choose_num_splits, row_block
+from attngen.analysis.lowering_decode import (MIN_TILES_PER_SPLIT, choose_num_splits, key_span,
+                                              lower_decode, row_block)
 from attngen.checking import check_close
 from attngen.codegen.emit import generate
 from attngen.errors import CompileError, ShapeError
@@ -188,24 +190,24 @@ def test_merge_against_reference_over_disjoint_key_sets():
 
 
 def expected_reads(spec, seqlens, nq, block_n, group, block_m, row_tile):
-    """(key tiles, keys) a program of `row_tile` must load: tiles with an allowed pair of its rows."""
-    tokens = sorted({r // group for r in range(row_tile * block_m, (row_tile + 1) * block_m)} & set(range(nq)))
+    """(key tiles, keys) a program of `row_tile` must load: the tiles holding a key one of its rows
+    may see, and those keys (the cache rows the mask allows)."""
+    rows = range(row_tile * block_m, (row_tile + 1) * block_m)
+    tokens = sorted({r // group for r in rows} & set(range(nq)))
     tiles = keys = 0
     for n in seqlens.tolist():
         if n == 0:
             continue
         allowed = spec.dense_mask(nq, n, n - nq)[tokens].any(0)
-        for start in range(0, n, block_n):
-            if allowed[start:start + block_n].any():
-                tiles += 1
-                keys += min(block_n, n - start)
+        tiles += sum(bool(allowed[start:start + block_n].any()) for start in range(0, n, block_n))
+        keys += int(allowed.sum())
     return tiles, keys
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_bytes_read_equal_the_tiles_the_mask_allows(spec, rng):
-    """The kernel's own count: per kv head, the key tiles loaded (over all splits) are exactly those
-    holding an allowed key of the sequence's rows, and each is loaded once per kv group."""
+    """The kernel's own count: per kv head (over all splits), the keys loaded are exactly the keys
+    some row of the group may see, in exactly the tiles holding them, once per kv group."""
     capacity, nq = 200, 5
     q, k, v = make_inputs(spec, 3, nq, capacity, torch.float32)
     seqlens = torch.tensor(lengths_for(spec, capacity, rng)[1:], dtype=torch.int32)
@@ -231,8 +233,8 @@ def test_sliding_window_reads_only_the_window():
     cfg = TileConfig(16, 16, 4, 1)
     _, _, counts = launcher(spec).decode(q, k, v, cache_seqlens=torch.tensor([1000], dtype=torch.int32),
                                          config=cfg, num_splits=2, count_tiles=True)
-    # Keys 959..999: tiles 59..62 (the last one holds keys 992..999), 41 keys allowed of 1000.
-    assert counts[..., 0].sum().item() == 4 and counts[..., 1].sum().item() == 3 * 16 + 8
+    # Keys 959..999 (41 of 1000) in tiles 59..62.
+    assert counts[..., 0].sum().item() == 4 and counts[..., 1].sum().item() == 41
 
 
 @pytest.mark.parametrize("layout", ["bnhd", "contiguous"])
@@ -266,13 +268,26 @@ def test_split_heuristic():
     # Short caches: no split smaller than MIN_TILES_PER_SPLIT tiles.
     assert choose_num_splits(batch=1, kv_heads=8, key_span=512, **tiles) == 512 // (64 * MIN_TILES_PER_SPLIT)
     # Lengths growing token by token keep the count within a power-of-two bucket.
-    assert len({choose_num_splits(batch=2, kv_heads=4, key_span=n, **tiles) for n in range(2049, 4097, 97)}) == 1
+    counts = {choose_num_splits(batch=2, kv_heads=4, key_span=n, **tiles) for n in range(2049, 4097, 97)}
+    assert len(counts) == 1
+
+
+def test_lowering_chooses_ranges_or_scan():
+    window = lower_decode(small("w", causal=True, mask=A.band(left=4096)))
+    assert window.facts["iteration"] == "ranges" and window.facts["kernel"] == "decode"
+    assert key_span(window, 5, 1 << 17) == 4096 + 5          # the window, not the 128K cache
+    strided = lower_decode(SPECS[9])                           # causal & (band | stride)
+    assert strided.facts["iteration"] == "scan"
+    assert [str(sympy.sympify(b)) for b in strided.facts["bounds"]] == ["-oo", "i"]   # causal's part
+    assert lower_decode(SPECS[8]).facts["iteration"] == "scan"
+    assert [n.op for n in window.nodes()][-3:] == ["lse_merge", "store", "store"]
 
 
 def test_refusals():
     with pytest.raises(CompileError, match="segments"):
         generate(small("docs", causal=True, mask=A.segments()), "decode")
-    linear = A.Spec(name="lin", kind="linear", query_heads=2, kv_heads=2, head_dim=16, feature_map=A.FeatureMap("elu1"))
+    linear = A.Spec(name="lin", kind="linear", query_heads=2, kv_heads=2, head_dim=16,
+                    feature_map=A.FeatureMap("elu1"))
     with pytest.raises(CompileError, match="softmax"):
         generate(linear, "decode")
     spec = SPECS[0]
@@ -290,7 +305,8 @@ def test_refusals():
     with pytest.raises(ShapeError, match="block_table names pages"):
         run.decode(q, kp, vp, block_table=table + 100)
     with pytest.raises(ShapeError, match="sequence 0 holds 10 keys"):
-        launcher(SPECS[8]).decode(q[:, :2], k[:, :2], v[:, :2], cache_seqlens=torch.tensor([10, 40], dtype=torch.int32))
+        launcher(SPECS[8]).decode(q[:, :2], k[:, :2], v[:, :2],
+                                  cache_seqlens=torch.tensor([10, 40], dtype=torch.int32))
 
 
 def test_emit_prints_both_kernels():
