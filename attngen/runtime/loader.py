@@ -80,6 +80,33 @@ def _as_interpreted(fn: JITFunction) -> InterpretedFunction:
     return entry[1]
 
 
+def _language_namespaces() -> list:
+    """The module and class namespaces the interpreter patches while it runs."""
+    import triton.language as tl
+
+    modules = [tl, tl.core, tl.math, tl.standard]
+    classes = {id(v): v for m in modules for v in vars(m).values() if isinstance(v, type)}
+    return modules + list(classes.values())
+
+
+@contextlib.contextmanager
+def _language_restored():
+    """Undo every patch the interpreter leaves on triton.language. Its calls of nested JIT
+    functions patch the language without restoring it (harmless when a whole process is
+    interpreted, fatal to a later real compilation in the same process)."""
+    namespaces = _language_namespaces()
+    saved = [(ns, dict(vars(ns))) for ns in namespaces]
+    try:
+        yield
+    finally:
+        for ns, before in saved:
+            for name in [n for n in vars(ns) if n not in before]:
+                delattr(ns, name)
+            for name, value in before.items():
+                if vars(ns).get(name) is not value:
+                    setattr(ns, name, value)
+
+
 @contextlib.contextmanager
 def _jit_calls_interpreted():
     original = JITFunction.__call__
@@ -89,7 +116,8 @@ def _jit_calls_interpreted():
 
     JITFunction.__call__ = call
     try:
-        yield
+        with _language_restored():
+            yield
     finally:
         JITFunction.__call__ = original
 

@@ -1,0 +1,29 @@
+"""Running kernels under the interpreter leaves triton.language as it found it.
+
+Triton's interpreter patches the language for nested JIT calls and does not undo it; a real
+compilation later in the same process then fails inside Triton's code generator. The loader undoes
+those patches; this runs interpreted kernels and then an ahead-of-time compile in one fresh process
+with empty caches (a warm Triton cache would skip the code generator and hide the bug).
+"""
+import os
+import subprocess
+import sys
+
+SCRIPT = """
+import torch, attngen as A
+from attngen.codegen.aot import resource_usage
+spec = A.Spec(name="iso", query_heads=2, kv_heads=1, head_dim=16, softcap=3.0,
+              mask=A.band(4) | A.global_tokens(2))
+q = torch.randn(1, 2, 40, 16); k = torch.randn(1, 1, 40, 16); v = torch.randn(1, 1, 40, 16)
+A.compile(spec)(q, k, v)
+print(resource_usage(A.compile(spec).compile_for("sm_90", torch.float16)).registers)
+"""
+
+
+def test_interpreted_runs_do_not_break_later_compiles(tmp_path):
+    env = {**os.environ, "ATTNGEN_CACHE_DIR": str(tmp_path / "cache"),
+           "TRITON_CACHE_DIR": str(tmp_path / "triton")}
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout.split()[-1]) > 0
