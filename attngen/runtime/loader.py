@@ -100,8 +100,12 @@ def _language_restored():
         yield
     finally:
         for ns, before in saved:
-            for name in [n for n in vars(ns) if n not in before]:
-                delattr(ns, name)
+            # Names added to a *module* are the globals Triton's rewriter gives the functions it
+            # rewrites and caches (interpreter_semantic, ...): they must stay. Names added to a
+            # class are patches.
+            if isinstance(ns, type):
+                for name in [n for n in vars(ns) if n not in before]:
+                    delattr(ns, name)
             for name, value in before.items():
                 if vars(ns).get(name) is not value:
                     setattr(ns, name, value)

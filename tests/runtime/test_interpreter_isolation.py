@@ -2,8 +2,9 @@
 
 Triton's interpreter patches the language for nested JIT calls and does not undo it; a real
 compilation later in the same process then fails inside Triton's code generator. The loader undoes
-those patches; this runs interpreted kernels and then an ahead-of-time compile in one fresh process
-with empty caches (a warm Triton cache would skip the code generator and hide the bug).
+those patches (and keeps the globals the interpreter's rewriter adds, which its cached rewritten
+functions need); this runs interpreted kernels, an ahead-of-time compile, and interpreted kernels
+again in one fresh process with empty caches (a warm Triton cache would skip the code generator and hide the bug).
 """
 import os
 import subprocess
@@ -15,8 +16,12 @@ from attngen.codegen.aot import resource_usage
 spec = A.Spec(name="iso", query_heads=2, kv_heads=1, head_dim=16, softcap=3.0,
               mask=A.band(4) | A.global_tokens(2))
 q = torch.randn(1, 2, 40, 16); k = torch.randn(1, 1, 40, 16); v = torch.randn(1, 1, 40, 16)
-A.compile(spec)(q, k, v)
-print(resource_usage(A.compile(spec).compile_for("sm_90", torch.float16)).registers)
+q.requires_grad_(True)
+A.compile(spec)(q, k, v).sum().backward()
+registers = resource_usage(A.compile(spec).compile_for("sm_90", torch.float16)).registers
+other = A.Spec(name="iso2", query_heads=2, kv_heads=1, head_dim=16, causal=True, alibi=True)
+A.compile(other)(q, k, v).sum().backward()          # interpreted again, after a real compile
+print(registers)
 """
 
 
