@@ -19,21 +19,7 @@ Bounds = tuple[sympy.Expr, sympy.Expr]
 def key_interval(pred: Predicate) -> Bounds | None:
     """(L(i), R(i)) as sympy expressions in `i` (±oo when unbounded), or None if `pred` is not an
     interval predicate. Expects a normalised predicate."""
-    if isinstance(pred, Everything):
-        return -sympy.oo, sympy.oo
-    if isinstance(pred, Band):
-        low = -sympy.oo if pred.left is None else i - pred.left
-        high = sympy.oo if pred.right is None else i + pred.right
-        return low, high
-    if isinstance(pred, Blocks):
-        start = pred.size * sympy.floor(i / pred.size)
-        return start, start + pred.size - 1
-    if isinstance(pred, All_):
-        bounds = [key_interval(part) for part in pred.parts]
-        if any(b is None for b in bounds):
-            return None
-        return sympy.Max(*[b[0] for b in bounds]), sympy.Min(*[b[1] for b in bounds])
-    return None
+    return _interval(pred, i, transposed=False)
 
 
 def query_interval(pred: Predicate) -> Bounds | None:
@@ -46,17 +32,21 @@ def query_interval(pred: Predicate) -> Bounds | None:
     takes key-tile ranges from (L, R). Band(left a, right b) gives [j - b, j + a]; blocks(s) gives
     j's block; an ``all`` intersects its parts' intervals (Max of the lower bounds, Min of the
     upper), since a query sees j under all parts iff it lies in each part's transposed interval."""
+    return _interval(pred, j, transposed=True)
+
+
+def _interval(pred: Predicate, x: sympy.Symbol, *, transposed: bool) -> Bounds | None:
+    """Bounds in position `x`; transposing swaps a band's sides (blocks are symmetric)."""
     if isinstance(pred, Everything):
         return -sympy.oo, sympy.oo
     if isinstance(pred, Band):
-        low = -sympy.oo if pred.right is None else j - pred.right
-        high = sympy.oo if pred.left is None else j + pred.left
-        return low, high
+        below, above = (pred.right, pred.left) if transposed else (pred.left, pred.right)
+        return (-sympy.oo if below is None else x - below), (sympy.oo if above is None else x + above)
     if isinstance(pred, Blocks):
-        start = pred.size * sympy.floor(j / pred.size)
+        start = pred.size * sympy.floor(x / pred.size)
         return start, start + pred.size - 1
     if isinstance(pred, All_):
-        bounds = [query_interval(part) for part in pred.parts]
+        bounds = [_interval(part, x, transposed=transposed) for part in pred.parts]
         if any(b is None for b in bounds):
             return None
         return sympy.Max(*[b[0] for b in bounds]), sympy.Min(*[b[1] for b in bounds])

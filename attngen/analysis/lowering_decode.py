@@ -26,6 +26,7 @@ from ..ir.softmax import IR_PASSES
 from ..spec import All_, Spec, parse_mask
 from .configs import ARCHS, TileConfig, arch_family, padded_head_dim
 from .intervals import evaluate_bound, key_interval
+from .lowering import choose_iteration
 
 # Rows of one program: GROUP x Nq padded to a power of two, at most this many (more rows take
 # several row tiles, each reading the group's K/V once).
@@ -113,12 +114,10 @@ def key_span(graph: Graph, nq: int, capacity: int) -> int:
 
 def choose_decode_iteration(g: Graph) -> Graph:
     """Interval masks take closed-form key ranges; others scan their range and skip empty tiles."""
-    if "mask" not in g:
-        return g.with_facts(iteration="ranges", bounds=[str(-sympy.oo), str(sympy.oo)])
+    g = choose_iteration(g)
+    if g.facts["iteration"] != "lists":
+        return g
     pred = parse_mask(g.node("mask").attrs["predicate"])
-    bounds = key_interval(pred)
-    if bounds is not None:
-        return g.with_facts(iteration="ranges", bounds=[sympy.srepr(b) for b in bounds])
     return g.with_facts(iteration="scan", bounds=[sympy.srepr(b) for b in outer_interval(pred)])
 
 

@@ -2,7 +2,6 @@
 Kernels run under Triton's interpreter on CPU at tiny shapes."""
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
@@ -11,7 +10,6 @@ import attngen
 from attngen.runtime import cache
 from attngen.runtime.ops import register
 
-HAS_BACKWARD = importlib.util.find_spec("attngen.runtime.launch_backward") is not None
 
 
 class Block(torch.nn.Module):
@@ -95,8 +93,6 @@ def test_compile_fullgraph_backward_wiring(small_spec, monkeypatch):
         torch.testing.assert_close(got.grad, want.grad.float(), atol=1e-4, rtol=1e-4, msg=f"d{name}")
 
 
-@pytest.mark.skipif(not HAS_BACKWARD, reason="the backward kernels (runtime/launch_backward.py) "
-                                             "have not landed yet")
 def test_compile_fullgraph_backward_kernels(small_spec):
     op = register(small_spec("op_bwd_kernels", causal=True))
     model = torch.compile(Block(op), fullgraph=True, backend="aot_eager")
