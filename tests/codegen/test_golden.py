@@ -22,7 +22,7 @@ def test_generated_source_matches_golden(spec, kind):
         source = generate(spec, kind).source
     except ValueError as exc:          # a kind not generated yet for this spec
         pytest.fail(f"{spec.name} {kind}: {exc}")
-    path = GOLDEN / f"{spec.name}.{kind}.py"
+    path = GOLDEN / f"{spec.name}.{kind}.py.golden"   # not .py: generated data, not project source
     if env.update_golden():
         GOLDEN.mkdir(exist_ok=True)
         path.write_text(source)
