@@ -7,6 +7,9 @@ that was expected. Neither is ever raised through ``assert``.
 from __future__ import annotations
 
 
+NO_VALUE = object()   # the error is about the document as a whole (not YAML, empty): no value to show
+
+
 class SpecError(ValueError):
     """A spec was refused: the message names the field path and the value."""
 
@@ -24,6 +27,8 @@ class SpecError(ValueError):
                 where += f":{self.line}:{self.column or 1}"
             where += ": "
         field = self.field or "<spec>"
+        if self.value is NO_VALUE:
+            return f"{where}{field}: {self.reason}"
         return f"{where}{field}: {self.reason}, got {self.value!r}"
 
     def under(self, prefix: str) -> "SpecError":

@@ -10,22 +10,27 @@ at the positions reachable from i by paths of at most L edges:
 - `layers_to_full_reach`: the smallest L (at least 1) with R_L(i) equal to everything i can ever
   reach (the transitive closure), for every i. For causal masks that is the last query's count.
 
-Bands have closed forms (a side of width w moves w positions per layer). Other masks are walked
-breadth-first on the graph, all sources at once: R_L is a bit matrix, and one layer ORs the rows
+Some masks have exact closed forms, tried first (`CLOSED_FORMS`): bands (a side of width w moves
+w positions per layer), block-diagonal masks (nothing leaves a block), and masks that are any-of
+global tokens and more (every position reaches a global token, which reaches everything). Other
+masks are walked breadth-first on the graph, all sources at once: R_L is a bit matrix, and one layer ORs the rows
 of the keys each query attends to (numpy's reduceat over the edge list). networkx builds the same
 graph (`allowed_graph`) for inspection and as the independent check in the tests.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 import torch
 
-from ..spec.predicates import Band, Everything
+from ..spec.predicates import All_, Any_, Band, Blocks, Everything, GlobalTokens, Predicate
 from ..spec.spec import Spec
-from .cost import counted_mask
+from .cost import allowed_pairs, counted_mask
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 MAX_GRAPH_N = 4096             # the graph walk's limit: n² bits and up to n² edges
 EDGE_WORDS_AT_ONCE = 1 << 22   # gathered (edge, word) pairs per step, bounds the walk's memory
@@ -45,23 +50,65 @@ def reach(spec: Spec, *, n: int, layers: int) -> Reach:
     if layers < 1 or n < 1:
         raise ValueError(f"reach needs n >= 1 and layers >= 1, got n={n}, layers={layers}")
     mask = counted_mask(spec, segments=False)
-    if isinstance(mask, Everything):
-        return Reach(n - 1, 1)
-    if isinstance(mask, Band):
-        return _band_reach(mask, n, layers)
+    for rule in CLOSED_FORMS:
+        found = rule(spec, mask, n, layers)
+        if found is not None:
+            return found
     if n > MAX_GRAPH_N:
-        return Reach(None, None, (f"receptive field: not computed above n={MAX_GRAPH_N} "
-                                  "for a mask that is not a band",))
+        return Reach(None, None, (f"receptive field: not computed above n={MAX_GRAPH_N} for a mask "
+                                  "without a closed form (bands, blocks, global tokens have one)",))
     field, full = _walk(_edges(spec, n), n, layers)
     return Reach(field, full)
 
 
-def _band_reach(band: Band, n: int, layers: int) -> Reach:
+def _everything_reach(spec: Spec, mask: Predicate, n: int, layers: int) -> Reach | None:
+    """Every pair allowed: one layer reaches everything."""
+    return Reach(n - 1, 1) if isinstance(mask, Everything) else None
+
+
+def _band_reach(spec: Spec, band: Predicate, n: int, layers: int) -> Reach | None:
+    """A side of width w moves w positions per layer; an unbounded side reaches its end at once."""
+    if not isinstance(band, Band):
+        return None
     far = n - 1
     sides = [band.left, band.right]
     field = max(far if w is None else min(layers * w, far) for w in sides)
     needed = [1 if w is None else (0 if w == 0 else -(-far // w)) for w in sides]
     return Reach(field, max(1, *needed))
+
+
+def _blocks_reach(spec: Spec, mask: Predicate, n: int, layers: int) -> Reach | None:
+    """blocks(b), causal or not: a position reaches its own block (up to itself) in one layer and
+    never leaves it, so the field is the longest block's span, min(b, n) - 1."""
+    parts = mask.parts if isinstance(mask, All_) else (mask,)
+    causal = Band(None, 0)
+    blocks = [p for p in parts if isinstance(p, Blocks)]
+    if len(blocks) != 1 or any(p != causal for p in parts if p is not blocks[0]):
+        return None
+    return Reach(min(blocks[0].size, n) - 1, 1)
+
+
+def _global_reach(spec: Spec, mask: Predicate, n: int, layers: int) -> Reach | None:
+    """any(global tokens, ...) without causal: every position attends a global token g and g
+    attends every position, so two layers reach everything. With position 0 or n - 1 global, the
+    pair (n - 1, 0) or (0, n - 1) is allowed: the field is n - 1 from the first layer. One layer
+    reaches everything only if every row allows every key but itself (counted, never built; a
+    few single rows are counted first, as one incomplete row settles it at a fraction of the cost)."""
+    parts = mask.parts if isinstance(mask, Any_) else (mask,)
+    ends = {0, n - 1}
+    if not any(isinstance(p, GlobalTokens) and (p.first is not None or ends & set(p.tokens))
+               for p in parts):
+        return None
+    if n == 1:
+        return Reach(0, 1)
+    with_diagonal = Spec(query_heads=1, kv_heads=1, head_dim=1, mask=Any_((mask, Band(0, 0))))
+    if any(allowed_pairs(with_diagonal, 1, n, row) < n for row in (n - 1, n // 2, 0)):
+        return Reach(n - 1, 2)
+    return Reach(n - 1, 1 if allowed_pairs(with_diagonal, n, n, 0) == n * n else 2)
+
+
+# Exact answers tried in order before the graph walk; each returns None where it does not apply.
+CLOSED_FORMS = (_everything_reach, _band_reach, _blocks_reach, _global_reach)
 
 
 def _dense(spec: Spec, n: int) -> torch.Tensor:
@@ -84,6 +131,8 @@ def _edges(spec: Spec, n: int) -> tuple[np.ndarray, np.ndarray]:
 def allowed_graph(spec: Spec, n: int) -> nx.DiGraph:
     """The graph of allowed pairs over n positions: an edge i → j where query i may attend key j
     (no residual edges)."""
+    import networkx as nx     # a quarter second to import; `attngen cost` answers without it
+
     graph = nx.DiGraph()
     graph.add_nodes_from(range(n))
     rows, keys = _dense(spec, n).nonzero(as_tuple=True)

@@ -45,7 +45,7 @@ def run(args) -> int:
     for n, path in enumerate(_files(args.specs)):
         try:
             spec = load(str(path))
-        except (SpecError, FileNotFoundError) as err:
+        except (SpecError, OSError) as err:
             print(f"attngen: error: {err}", file=sys.stderr)
             status = 2
             continue

@@ -72,10 +72,11 @@ def human_count(count: float, unit: str = "") -> str:
 
 
 def heads_line(spec: Spec) -> str:
-    """'32 query, 8 kv: GQA-4 (4 query heads per kv head)'."""
+    """'32 query, 8 kv: GQA-8 (8 kv heads, 4 query heads each)'. GQA-G counts the kv heads (the
+    groups), as the GQA paper does and as the worked KV-cache examples (GQA-4: 256 MiB) read."""
     grouping = spec.grouping
     if grouping == "GQA":
-        grouping = f"GQA-{spec.group} ({spec.group} query heads per kv head)"
+        grouping = f"GQA-{spec.kv_heads} ({spec.kv_heads} kv heads, {spec.group} query heads each)"
     elif grouping == "MQA":
         grouping = f"MQA ({spec.group} query heads share one kv head)"
     return f"{spec.query_heads} query, {spec.kv_heads} kv: {grouping}"

@@ -1,12 +1,14 @@
 """``attngen``: the command line. One module per subcommand, each with ``add_parser(subparsers)``
 (returning its parser) and ``run(args) -> int``; adding a command is one line in `COMMANDS`.
 
-Errors the user can act on (a refused spec, a missing file, a bad size, a spec the compiler
-cannot lower yet) print one line, ``attngen: error: ...``, on stderr and exit with status 2.
+Errors the user can act on (a refused spec, a missing file, a bad size or flag, a spec the
+compiler cannot lower yet) print one line, ``attngen: error: ...``, on stderr and exit with
+status 2; argparse's usage errors too (without the usage block it would print above them).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import CompileError, ShapeError, SpecError
@@ -27,13 +29,23 @@ EXAMPLES = """examples:
 
 'attngen COMMAND --help' explains each command. Docs: docs/cli.md."""
 
-HANDLED = (SpecError, ShapeError, CompileError, FileNotFoundError, ValueError, CommandError)
+# OSError: a missing or unreadable spec, a --png path in a folder that does not exist.
+HANDLED = (SpecError, ShapeError, CompileError, OSError, ValueError, CommandError)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line that points at --help; subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        message = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="attngen", description="attngen: a compiler for attention. Specs in YAML, lowered "
                                     "to Triton kernels with exact tile skipping.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 0
     try:
         return args.handler(args)
+    except BrokenPipeError:           # the reader went away (`attngen show ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no error at exit's flush
+        return 1
     except HANDLED as err:
         message = " ".join(str(err).split("\n"))
         print(f"attngen: error: {message}", file=sys.stderr)

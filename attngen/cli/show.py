@@ -126,7 +126,8 @@ def draw_png(spec: Spec, classes: torch.Tensor, path: str, *, n: int, nk: int, q
     colours = ListedColormap(["white", "#e8a33d", "#2b5d8a"])          # empty, partial, full
     right.imshow(classes.numpy(), cmap=colours, vmin=EMPTY, vmax=FULL, interpolation="nearest",
                  aspect="auto")
-    right.set(title="tiles: full (blue), partial (orange), empty", xlabel="key tile",
-              ylabel="query tile")
+    counts = {c: int((classes == c).sum()) for c in (FULL, PARTIAL, EMPTY)}
+    right.set(title=f"tiles: {counts[FULL]:,} full (blue), {counts[PARTIAL]:,} partial (orange), "
+                    f"{counts[EMPTY]:,} empty", xlabel="key tile", ylabel="query tile")
     fig.savefig(path, dpi=PNG_DPI)
     plt.close(fig)

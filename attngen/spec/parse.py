@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import SpecError
+from ..errors import NO_VALUE, SpecError
 from . import predicates as P
 from .spec import FeatureMap, Spec
 
@@ -206,11 +206,11 @@ def spec_from_yaml(text: str, source: str | None = None) -> Spec:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise SpecError("", None, f"is not valid YAML ({getattr(exc, 'problem', exc)})",
+        raise SpecError("", NO_VALUE, f"is not valid YAML ({getattr(exc, 'problem', exc)})",
                         source=source, line=mark.line + 1 if mark else None,
                         column=mark.column + 1 if mark else None) from None
     if node is None:
-        raise SpecError("", None, "is empty", source=source)
+        raise SpecError("", NO_VALUE, "is empty", source=source)
     try:
         where = _locations(node)
         return spec_from_dict(data)
@@ -228,6 +228,9 @@ def load_spec(x) -> Spec:
         return spec_from_dict(x)
     if isinstance(x, Path) or (isinstance(x, str) and "\n" not in x and x.endswith((".yaml", ".yml"))):
         path = Path(x)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder, not a spec file (load_specs and "
+                                    "`attngen check` read every spec of a folder)")
         if not path.is_file():
             raise FileNotFoundError(f"spec file not found: {path}")
         return spec_from_yaml(path.read_text(), source=str(path))

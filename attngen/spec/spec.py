@@ -17,7 +17,8 @@ import torch
 from ..errors import ShapeError, SpecError
 from . import random_draw
 from .normalize import normalize
-from .predicates import All_, Band, Causal, EvalContext, Everything, Nothing, Predicate, Random, Segments
+from .predicates import (All_, Any_, Band, Causal, EvalContext, Everything, Not_, Nothing, Predicate,
+                         Random, Segments)
 
 KINDS = ("softmax", "linear")
 FEATURE_MAPS = ("elu1", "relu", "favor")
@@ -241,7 +242,12 @@ class Spec:
 
         for pred in self.effective_mask.walk():   # fail early: per_row vs the number of key blocks
             if isinstance(pred, Random):
-                random_table(pred)
+                try:
+                    random_table(pred)
+                except SpecError as err:          # name where the predicate is in the user's mask
+                    path = _path_to(self.mask, pred, "mask")
+                    raise SpecError(f"{path}.per_row" if path else err.field, err.value,
+                                    err.reason) from None
         return EvalContext(nq=nq, nk=nk, q_offset=q_offset, seg_rows=rows, seg_cols=cols,
                            random_table=random_table)
 
@@ -259,6 +265,23 @@ class Spec:
         ii = (torch.arange(nq, device=device) + ctx.q_offset).unsqueeze(-1)
         jj = torch.arange(nk, device=device).unsqueeze(0)
         return base.evaluate(ii, jj, ctx)
+
+
+def _path_to(pred: Predicate | None, target: Predicate, path: str) -> str | None:
+    """The YAML field path of `target` inside `pred` (``mask.any[2].random``), or None."""
+    if pred is None:
+        return None
+    if pred == target:
+        return f"{path}.{next(iter(pred.to_dict()))}"
+    if isinstance(pred, (All_, Any_)):
+        key = "all" if isinstance(pred, All_) else "any"
+        for n, part in enumerate(pred.parts):
+            found = _path_to(part, target, f"{path}.{key}[{n}]")
+            if found:
+                return found
+    if isinstance(pred, Not_):
+        return _path_to(pred.part, target, f"{path}.not")
+    return None
 
 
 def resolve_q_offset(nq: int, nk: int, q_offset: int | None) -> int:

@@ -5,6 +5,7 @@ import networkx as nx
 import pytest
 
 from attngen import load_spec
+from attngen.analysis import reach as reach_module
 from attngen.analysis.reach import MAX_GRAPH_N, allowed_graph, reach
 from attngen.spec import spec_from_dict
 
@@ -84,7 +85,56 @@ def test_unmasked_and_single_position():
     assert reach(_spec({"stride": {"every": 3}}), n=1, layers=4).receptive_field == 0
 
 
-def test_large_non_band_masks_are_not_walked():
-    result = reach(load_spec("specs/longformer.yaml"), n=MAX_GRAPH_N + 1, layers=2)
+def test_large_masks_without_a_closed_form_are_not_walked():
+    result = reach(load_spec("specs/sparse_strided.yaml"), n=MAX_GRAPH_N + 1, layers=2)
     assert result.receptive_field is None and result.layers_to_full_reach is None
     assert result.notes
+
+
+# -- closed forms: each must agree with the graph walk wherever both answer --------------------
+CLOSED = {
+    "blocks5": ({"blocks": {"size": 5}}, False),
+    "blocks5_causal": ({"blocks": {"size": 5}}, True),
+    "blocks_past_n": ({"blocks": {"size": 64}}, True),
+    "global_first": ({"any": [{"band": 1}, {"global": {"first": 2}}]}, False),
+    "global_last_token": ({"any": [{"stride": {"every": 5}}, {"global": {"tokens": [3, 36]}}]}, False),
+    "global_and_random": ({"any": [{"band": 2}, {"global": {"first": 1}},
+                                   {"random": {"per_row": 1, "block": 4, "seed": 2}}]}, False),
+    "global_one_layer": ({"any": [{"global": {"first": 1}}, {"not": {"band": 0}}]}, False),
+    "global_nearly_one_layer": ({"any": [{"global": {"first": 1}},
+                                         {"not": {"all": [{"band": 1}, {"global": {"tokens": [20]}}]}}]},
+                                False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLOSED))
+def test_closed_forms_agree_with_the_graph_walk(name, monkeypatch):
+    mask, causal = CLOSED[name]
+    spec = _spec(mask, causal)
+    for n, layers in ((37, 1), (37, 2), (37, 4), (12, 1)):
+        closed = reach(spec, n=n, layers=layers)
+        monkeypatch.setattr(reach_module, "CLOSED_FORMS", (reach_module._everything_reach,))
+        walked = reach(spec, n=n, layers=layers)
+        monkeypatch.undo()
+        assert (closed.receptive_field, closed.layers_to_full_reach) == \
+            (walked.receptive_field, walked.layers_to_full_reach), (n, layers)
+        assert closed.receptive_field is not None
+
+
+def test_closed_forms_are_used_where_they_apply():
+    """Each CLOSED case is answered by a closed form, not by the walk (which would refuse here)."""
+    n = MAX_GRAPH_N + 1
+    cases = [case for name, case in CLOSED.items() if name != "global_last_token"]   # n-specific
+    cases.append(({"any": [{"stride": {"every": 5}}, {"global": {"tokens": [3, n - 1]}}]}, False))
+    for mask, causal in cases:
+        result = reach(_spec(mask, causal), n=n, layers=3)
+        assert result.receptive_field is not None and not result.notes, mask
+    middle_token_only = _spec({"any": [{"stride": {"every": 5}}, {"global": {"tokens": [3]}}]})
+    assert reach(middle_token_only, n=n, layers=3).receptive_field is None
+
+
+@pytest.mark.parametrize("name, field, full", [("longformer", (1 << 20) - 1, 2), ("bigbird", (1 << 20) - 1, 2),
+                                               ("block_local", 127, 1)])
+def test_shipped_specs_with_closed_forms_answer_at_a_million_positions(name, field, full):
+    result = reach(load_spec(f"specs/{name}.yaml"), n=1 << 20, layers=32)
+    assert (result.receptive_field, result.layers_to_full_reach) == (field, full)

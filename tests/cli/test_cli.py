@@ -5,6 +5,8 @@ import json
 import struct
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,7 +56,7 @@ def test_no_command_is_a_usage_error(capsys):
 def test_check_summarises_a_spec(capsys):
     assert main(["check", "specs/gemma2_softcap.yaml", "specs/linear_favor.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "gemma2_softcap" in out and "GQA-2 (2 query heads per kv head)" in out
+    assert "gemma2_softcap" in out and "16 query, 8 kv: GQA-8 (8 kv heads, 2 query heads each)" in out
     assert "i - 4095 <= j <= i" in out
     assert "softcap 50" in out and "0.0625 (1/sqrt(256), the default)" in out
     assert "8,192 bytes per token per layer" in out and "at most 4096 tokens" in out
@@ -83,9 +85,47 @@ def test_missing_file_is_one_error_line(capsys):
     assert capsys.readouterr().err == "attngen: error: spec file not found: nowhere.yaml\n"
 
 
+# Every way of calling a command wrongly: one line on stderr (no usage block), exit status 2.
+BAD_CALLS = {
+    "no-command": ([], "required: COMMAND"),
+    "unknown-command": (["frobnicate"], "invalid choice: 'frobnicate'"),
+    "missing-n": (["cost", "specs/mha.yaml"], "required: --n"),
+    "n-not-an-integer": (["cost", "specs/mha.yaml", "--n", "abc"], "'abc' is not an integer"),
+    "n-zero": (["cost", "specs/mha.yaml", "--n", "0"], "--n: must be >= 1"),
+    "unknown-flag": (["cost", "specs/mha.yaml", "--n", "8", "--bogus"], "unrecognized arguments: --bogus"),
+    "unknown-dtype": (["cost", "specs/mha.yaml", "--n", "8", "--dtype", "float64"], "invalid choice: 'float64'"),
+    "q-offset-not-an-int": (["show", "specs/mha.yaml", "--n", "8", "--q-offset", "x"], "invalid int value"),
+    "unknown-stage": (["emit", "specs/mha.yaml", "--stage", "sass"], "invalid choice: 'sass'"),
+    "unknown-cache-action": (["cache", "purge"], "invalid choice: 'purge'"),
+    "missing-file": (["show", "nowhere.yaml", "--n", "8"], "spec file not found: nowhere.yaml"),
+    "folder-for-a-file": (["cost", "specs", "--n", "8"], "specs is a folder"),
+    "check-missing-file": (["check", "specs/mha.yaml", "nowhere.yaml"], "spec file not found"),
+    "not-yaml": (["check", "README.md"], "README.md:"),
+    "cuda-without-gpu": (["run", "specs/mha.yaml", "--device", "cuda"], "no CUDA device"),
+    "too-many-tiles": (["show", "specs/mha.yaml", "--n", "1048576", "--block", "16"], "larger --block"),
+    "png-into-a-missing-folder": (["show", "specs/mha.yaml", "--n", "64", "--png", "/nonexistent/x/m.png"],
+                                  "/nonexistent/x/m.png"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CALLS))
+def test_bad_calls_are_one_error_line_with_status_2(name, capsys):
+    if name == "cuda-without-gpu" and torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    if name == "png-into-a-missing-folder":
+        pytest.importorskip("matplotlib")
+    argv, phrase = BAD_CALLS[name]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and "error: " in lines[0] and phrase in lines[0], err
+    assert not lines[0].startswith("usage:"), err
+
+
 # -- cost --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kv, want", [(32, 2 << 30), (8, 512 << 20), (1, 64 << 20)],
-                         ids=["MHA", "GQA-4", "MQA"])
+# L=32, H=32, D=128, n=4096, fp16. GQA-G counts kv heads: GQA-4 is 4 kv heads.
+@pytest.mark.parametrize("kv, want", [(32, 2 << 30), (8, 512 << 20), (4, 256 << 20), (1, 64 << 20)],
+                         ids=["MHA", "GQA-8", "GQA-4", "MQA"])
 def test_cost_json_worked_kv_cache(kv, want, spec_file, capsys):
     path = spec_file(GQA_YAML % kv)
     assert main(["cost", path, "--n", "4096", "--layers", "32", "--dtype", "float16", "--json"]) == 0
@@ -95,6 +135,28 @@ def test_cost_json_worked_kv_cache(kv, want, spec_file, capsys):
     assert data["flops_fwd"] == 4 * 128 * data["allowed_pairs"] * 32 * 32
     assert data["formula"].startswith("n**2/2 + n/2")
     assert data["layers"] == 32 and data["dtype"] == "float16" and data["notes"] == []
+
+
+def test_cost_json_twelve_layers_of_window_128_reach_1536(spec_file, capsys):
+    path = spec_file("name: window\nheads: 8\nhead_dim: 64\ncausal: true\nmask: {band: {left: 128}}\n")
+    assert main(["cost", path, "--n", "8192", "--layers", "12", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["receptive_field"] == 1536 and data["layers_to_full_reach"] == 64     # ceil(8191 / 128)
+
+
+SPEC_FILES = sorted(p.name for p in Path("specs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SPEC_FILES)
+def test_cost_json_at_a_million_positions_for_every_shipped_spec(name, capsys, monkeypatch):
+    monkeypatch.setattr(attngen.Spec, "dense_mask", None)          # the mask is never built
+    start = time.process_time()
+    assert main(["cost", f"specs/{name}", "--n", "1048576", "--layers", "32", "--json"]) == 0
+    seconds = time.process_time() - start
+    data = json.loads(capsys.readouterr().out)
+    assert 0 < data["allowed_pairs"] <= (1 << 40) and data["flops_bwd"] == int(2.5 * data["flops_fwd"])
+    # About 0.6 s at most on an idle core (bigbird's random blocks); loose, CPU time: CI shares cores.
+    assert seconds < 5, f"{name}: {seconds:.2f} CPU s"
 
 
 def test_cost_table_for_a_sliding_window(capsys):

@@ -239,7 +239,7 @@ def test_per_row_above_the_key_blocks_is_refused_by_dense_mask():
     with pytest.raises(SpecError) as info:
         spec.dense_mask(8, 12)                               # 3 key blocks < per_row 4
     message = str(info.value)
-    assert "per_row" in info.value.field and info.value.value == 4, message
+    assert info.value.field == "mask.any[1].random.per_row" and info.value.value == 4, message
     assert "3" in message and "nk=12" in message, message
 
 

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from attngen import Spec, band, blocks, causal, columns, global_tokens, random, segments, stride
+from attngen import Spec, SpecError, band, blocks, causal, columns, global_tokens, random, segments, stride
 from attngen.spec import (All_, Any_, Band, Blocks, Causal, Columns, GlobalTokens, Not_, Random,
                           Segments, Stride)
 from attngen.spec import predicates as P
@@ -114,6 +114,15 @@ def test_dense_mask_matches_the_sympy_meaning(pred, shape):
     got = pred.evaluate(ii, jj, ctx)
     want = sympy_mask(pred, nq, nk, ctx.q_offset, seg_q, seg_k)
     assert torch.equal(got, want), (pred, nq, nk, ctx.q_offset)
+    # The public path: a Spec normalises the tree, then dense_mask evaluates the normal form.
+    try:
+        spec = Spec(query_heads=1, kv_heads=1, head_dim=8, mask=pred)
+    except SpecError as err:                 # refused only when the tree allows nothing at all
+        assert "allows no" in str(err) and not want.any(), (pred, err)
+        return
+    seg = {"seg_q": seg_q, "seg_k": seg_k} if spec.uses_segments else {}
+    public = spec.dense_mask(nq, nk, q_offset, **seg)
+    assert torch.equal(public, want), (pred, spec.effective_mask, nq, nk, ctx.q_offset)
 
 
 @pytest.mark.parametrize("pred", [
