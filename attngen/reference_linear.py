@@ -1,4 +1,5 @@
-"""The float64 reference of linear (kernelized) attention: plain sums, causal by cumulative sums.
+"""The float64 reference of linear (kernelized) attention: plain sums, causal by cumulative sums
+(favor causal: a scan over keys, each prefix held at its own running maximum).
 
     out_r = phi(q_r)^T S_r / (phi(q_r)^T z_r + eps),  S_r = sum_j phi(k_j) v_j^T,  z_r = sum_j phi(k_j)
 
@@ -54,20 +55,34 @@ def linear_reference(spec: Spec, q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     last_key = torch.arange(nq, device=q.device) + offset          # row r sees keys 0..last_key
     seen = (last_key >= 0).to(q.dtype)                              # rows before key 0 see none
     index = last_key.clamp(0, nk - 1)
-    row_scale = seen[None, None, :]
     if is_favor:
-        # Row r's keys are taken with M_r, the maximum over the keys it sees. Cumulative sums
-        # hold them with one shift C (the overall maximum) instead, and row r's sums are moved to
-        # M_r by exp(C - M_r): exact, since exp(a - M_r) = exp(a - C) exp(C - M_r).
-        top = key_max.amax(-1, keepdim=True)                       # C (B, H, 1)
-        prefix_max = torch.cummax(key_max, dim=-1).values          # (B, H, Nk)
-        row_max = prefix_max[..., index]                           # M_r (B, H, Nq)
-        phi_k = torch.exp(phi_k - top[..., None]) / root
-        row_scale = row_scale * torch.exp(top - row_max)
-    states = torch.cumsum(phi_k[..., :, None] * v[..., None, :], dim=2)    # (B, H, Nk, m, D)
-    norms = torch.cumsum(phi_k, dim=2)                                     # (B, H, Nk, m)
-    state = states[:, :, index] * row_scale[..., None, None]
-    norm = norms[:, :, index] * row_scale[..., None]
+        states, norms = _causal_favor_sums(phi_k, key_max, v, root)
+    else:
+        states = torch.cumsum(phi_k[..., :, None] * v[..., None, :], dim=2)    # (B, H, Nk, m, D)
+        norms = torch.cumsum(phi_k, dim=2)                                     # (B, H, Nk, m)
+    state = states[:, :, index] * seen[:, None, None]
+    norm = norms[:, :, index] * seen[:, None]
     num = torch.einsum("bhnf,bhnfd->bhnd", phi_q, state)
     den = (phi_q * norm).sum(-1) + spec.eps
     return num / den[..., None]
+
+
+def _causal_favor_sums(logits, key_max, v, root):
+    """(S_j, z_j) for every key position j (B, H, Nk, m, D) and (B, H, Nk, m): the sums over keys
+    0..j, every key taken at P_j, the maximum of key_max over 0..j. A row whose last visible key
+    is j reads them at its M_r = P_j. A scan, so that nothing at j depends on a later key, not
+    even through rounding or underflow (one shift for all keys would: a huge late key underflows
+    every earlier key's features to 0, and moving them back gives 0 · inf)."""
+    prefix = torch.cummax(key_max, dim=-1).values                  # P_j (B, H, Nk), detached
+    state = norm = None
+    states, norms = [], []
+    for j in range(logits.shape[2]):
+        phi = torch.exp(logits[:, :, j] - prefix[:, :, j, None]) / root        # (B, H, m)
+        if j:                                   # earlier keys move from P_{j-1} to P_j (<= 1)
+            rescale = torch.exp(prefix[:, :, j - 1] - prefix[:, :, j])
+            state, norm = state * rescale[..., None, None], norm * rescale[..., None]
+        step = phi[..., :, None] * v[:, :, j, None, :]
+        state, norm = (step, phi) if j == 0 else (state + step, norm + phi)
+        states.append(state)
+        norms.append(norm)
+    return torch.stack(states, dim=2), torch.stack(norms, dim=2)

@@ -6,7 +6,9 @@ and fits the log-log slope of time against n (1 means linear). Memory is the pea
 allocations during the call (tracemalloc sees the interpreter's numpy tiles) and the bytes of the
 torch tensors the launcher allocates per forward+backward (outputs, gradients, chunk states,
 per-row values): neither may grow faster than n (no Nq × Nk buffer anywhere). `--softmax` times the causal softmax forward at
-the same sizes beside it (quadratic). Times are the best of `--repeat` runs after a warm-up.
+the same sizes beside it (quadratic). Times are the best of `--repeat` runs after a warm-up; under
+the interpreter `--clock cpu` times this process's CPU seconds instead of wall seconds, which other
+work on a shared machine does not inflate (the interpreter is single-threaded numpy).
 """
 from __future__ import annotations
 
@@ -29,15 +31,15 @@ def fitted_exponent(ns, values) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
-def best_time(fn, repeat: int) -> float:
+def best_time(fn, repeat: int, clock=time.perf_counter) -> float:
     fn()                                               # warm-up: generation, import, caches
     best = float("inf")
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = clock()
         fn()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -95,7 +97,12 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     parser.add_argument("--softmax", action="store_true", help="also time the causal softmax forward")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall seconds, or this process's CPU seconds (interpreter on a busy machine)")
     args = parser.parse_args(argv)
+    if args.clock == "cpu" and args.device != "cpu":
+        parser.error("--clock cpu times the interpreter; GPU kernels need wall time")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     spec = A.Spec(name="linear_bench", kind="linear", query_heads=args.heads, kv_heads=args.heads,
                   head_dim=args.head_dim, causal=True, feature_map=A.FeatureMap("elu1"))
@@ -107,7 +114,7 @@ def main(argv=None) -> int:
     chunk = launcher_of(attn).config(torch.device(args.device)).chunk
     rows = {"fwd": [], "fwd+bwd": [], "softmax fwd": []}
     print(f"causal elu1, head_dim {args.head_dim}, {args.heads} head(s), batch {args.batch}, "
-          f"{args.device}, chunk {chunk}")
+          f"{args.device}, chunk {chunk}, {args.clock} clock")
     print(f"{'n':>6} {'fwd s':>9} {'fwd+bwd s':>10} {'py peak MB':>11} {'alloc KB':>9}"
           + (f" {'softmax s':>10}" if softmax else ""))
     for n in args.lengths:
@@ -122,8 +129,8 @@ def main(argv=None) -> int:
             leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
             attn(*leaves).backward(dout)
 
-        fwd = best_time(forward, args.repeat)
-        both = best_time(forward_backward, args.repeat)
+        fwd = best_time(forward, args.repeat, clock)
+        both = best_time(forward_backward, args.repeat, clock)
         peak = python_peak(forward_backward)
         alloc = launcher_bytes(forward_backward)
         rows["fwd"].append(fwd)
@@ -131,7 +138,7 @@ def main(argv=None) -> int:
         rows.setdefault("launcher alloc", []).append(alloc)
         line = f"{n:>6} {fwd:>9.3f} {both:>10.3f} {peak / 2**20:>11.2f} {alloc / 1024:>9.1f}"
         if softmax:
-            soft = best_time(lambda: softmax(q, k, v), args.repeat)
+            soft = best_time(lambda: softmax(q, k, v), args.repeat, clock)
             rows["softmax fwd"].append(soft)
             line += f" {soft:>10.3f}"
         print(line, flush=True)

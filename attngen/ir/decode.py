@@ -30,7 +30,9 @@ _REPLACED = ("store_out", "store_lse")
 def build_decode(spec: Spec) -> Graph:
     """The decode computation of a softmax-kind spec, before any pass."""
     if spec.kind != "softmax":
-        raise CompileError(f"decode kernels are for softmax specs; {spec.name!r} is {spec.kind}")
+        raise CompileError(f"decode kernels are for softmax specs; {spec.name!r} is {spec.kind}: linear "
+                           "attention keeps a fixed-size state instead of a KV cache; call the compiled "
+                           "attention on the cached keys (q_offset defaults to Nk - Nq)")
     if spec.uses_segments:
         raise CompileError(f"spec {spec.name!r} has a segments mask: segment ids are not meaningful "
                            "when decoding against a KV cache (the cache holds no per-key document "

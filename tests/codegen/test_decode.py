@@ -227,6 +227,28 @@ def test_bytes_read_equal_the_tiles_the_mask_allows(spec, rng):
                 assert tuple(per_kv_head[b, h, rt].tolist()) == want, (b, h, rt)
 
 
+def test_nq_16_across_row_tiles():
+    """GQA 8:1 at D = 128 with 16 speculative tokens: 128 packed rows, two row tiles of 64 (the cap
+    for D = 128). Each tile is right against the reference, and each reads exactly the keys its own
+    rows may see: here K/V are read once per row tile, not once per group (docs/decode.md)."""
+    spec = small("causal_window_d128", hq=8, hkv=1, d=128, causal=True, mask=A.band(left=50))
+    nq, capacity = 16, 120
+    q, k, v = make_inputs(spec, 3, nq, capacity, torch.float32)
+    seqlens = torch.tensor([capacity, 9, 77], dtype=torch.int32)       # 9 < Nq: negative positions
+    kp, vp, table = paged(k, v, 32)
+    run = launcher(spec)
+    out, lse, counts = run.decode(q, kp, vp, cache_seqlens=seqlens, block_table=table, num_splits=2,
+                                  count_tiles=True)
+    check_decode(spec, out, lse, q, k, v, seqlens, torch.float32)
+    cfg = run.config(nq, torch.float32, q.device)
+    assert cfg.block_m == 64 and counts.shape[2] == 2
+    per_tile = counts.sum(dim=1)                                        # over splits
+    for b in range(3):
+        for rt in range(2):
+            want = expected_reads(spec, seqlens[b:b + 1], nq, cfg.block_n, spec.group, cfg.block_m, rt)
+            assert tuple(per_tile[b, rt].tolist()) == want, (b, rt)
+
+
 def test_sliding_window_reads_only_the_window():
     spec = small("window", causal=True, mask=A.band(left=40))
     q, k, v = make_inputs(spec, 1, 1, 1000, torch.float16)

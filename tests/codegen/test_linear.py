@@ -117,6 +117,23 @@ def test_scale_multiplies_queries_before_the_feature_map(torch_rng):
     check_close("out", A.compile(spec)(q, k, v), want, FP32)
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_eps_in_the_normaliser(causal, torch_rng):
+    # relu with a large eps (it shows in every row), and query rows that are negative everywhere:
+    # phi(q) = 0, so the normaliser is eps alone and out, dq are exactly 0, never NaN.
+    spec = linear_spec("relu", causal=causal, heads=(4, 2), eps=0.25)
+    (q, k, v), dout = inputs(spec, 37, 53, FP32, torch_rng, batch=1)
+    q[:, :, 3] = -q[:, :, 3].abs() - 0.1
+    check_all(spec, q, k, v, dout, FP32)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = A.compile(spec)(*leaves)
+    out.backward(dout)
+    assert torch.equal(out[:, :, 3], torch.zeros_like(out[:, :, 3]))
+    assert torch.equal(leaves[0].grad[:, :, 3], torch.zeros_like(out[:, :, 3]))
+    default = linear_spec("relu", causal=causal, heads=(4, 2))
+    assert (out - A.compile(default)(q, k, v)).abs().max() > 1e-3     # eps reached the kernel
+
+
 def test_favor_kernel_uses_the_draw_of_its_seed(torch_rng):
     # The same inputs through seeds 0 and 1 differ; each matches the reference of its own draw.
     (q, k, v), _ = inputs(linear_spec("elu1"), 37, 53, FP32, torch_rng, batch=1)
