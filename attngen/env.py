@@ -3,6 +3,8 @@
 ATTNGEN_CACHE_DIR   where compiled kernels are cached (default: $XDG_CACHE_HOME/attngen or ~/.cache/attngen)
 ATTNGEN_VERIFY      "1" runs the IR verifier between lowering passes (tests always do)
 ATTNGEN_INTERPRET   "1" forces Triton's interpreter even for CUDA tensors (debugging)
+ATTNGEN_AUTOTUNE    "1" times every spill-free tile configuration on a GPU (first call of each shape
+                    class) and keeps the fastest, instead of taking the first spill-free one
 ATTNGEN_SLOW        "1" runs the test cases marked slow
 ATTNGEN_LOG         a level (debug, info, warning) at which the "attngen" logger prints to stderr;
                     unset: nothing is printed (records still reach handlers the application adds)
@@ -35,6 +37,10 @@ def verify_ir() -> bool:
 
 def force_interpreter() -> bool:
     return _flag("ATTNGEN_INTERPRET")
+
+
+def autotune() -> bool:
+    return _flag("ATTNGEN_AUTOTUNE")
 
 
 def run_slow_tests() -> bool:

@@ -148,14 +148,14 @@ def table(sizes: list[int], flex_sizes: list[int], repeat: int) -> None:
         print(line)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[16384, 65536])
     parser.add_argument("--flex-sizes", type=int, nargs="*", default=[16384],
                         help="sizes at which to time flex_attention's create_block_mask (CPU)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")

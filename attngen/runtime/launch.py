@@ -1,12 +1,19 @@
 """Launching generated softmax kernels: argument checks, call-time tables, grids.
 
 CPU tensors run the generated source under Triton's interpreter; CUDA tensors run it compiled.
-Per-shape call-time data (block-map lists, random tables) is cached per shape and tile size; segment
-block maps are rebuilt on every call from the ids passed.
+Per-shape call-time data (block-map lists, random tables) is cached per shape and tile size (the
+64 most recent shapes in memory, large block maps also on disk); segment block maps are rebuilt on
+every call from the ids passed.
+
+Tile configuration on a GPU: the first spill-free candidate of the shape class, decided once per
+(kernel, dtype, target); with ATTNGEN_AUTOTUNE=1, every spill-free candidate is timed on the first
+call of a shape class (head dim, dtype, architecture, nq and nk rounded up to powers of two) and the
+fastest is kept for that class (`SoftmaxLauncher.tuned_config`).
 """
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -52,6 +59,58 @@ def kernel_for(generated: GeneratedKernel, device: torch.device):
     return interpreted(kernel) if architecture(device) is None else kernel
 
 
+def length_bucket(n: int) -> int:
+    """n rounded up to a power of two: tuning keys on this, so varying lengths do not retune."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def fastest_without_spills(candidates, usage_of, time_of):
+    """The spill-free candidate with the least `time_of(config)` (ms; ties: the earlier one).
+    Candidates that spill are never timed; where every one spills, the one that spills least
+    (`first_without_spills`). `usage_of` is called once per candidate."""
+    usage = {cfg: usage_of(cfg) for cfg in candidates}
+    free = [cfg for cfg in candidates if usage[cfg].spills == 0]
+    if not free:
+        return first_without_spills(candidates, usage.__getitem__)[0]
+    times = {cfg: time_of(cfg) for cfg in free}
+    return min(free, key=times.__getitem__)
+
+
+def bench_ms(run) -> float:
+    """Milliseconds per call of `run` on the GPU (Triton's do_bench: warm-up, then the median)."""
+    from triton.testing import do_bench
+    return do_bench(run, warmup=5, rep=20)
+
+
+class ShapeTables(OrderedDict):
+    """Per-shape call-time tables, least recently used dropped past `capacity`: a server that sees
+    every length must not keep every length's block map."""
+
+    def __init__(self, capacity: int = 64):
+        super().__init__()
+        self.capacity = capacity
+
+    def get_or_build(self, key, build):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        value = self[key] = build()
+        if len(self) > self.capacity:
+            self.popitem(last=False)
+        return value
+
+
+def static_block_map_lists(spec: Spec, nq, nk, q_offset, cfg: TileConfig, device, *,
+                           transposed: bool = False) -> tuple:
+    """The block map's CSR lists for a shape without segments, int32 on `device`; large ones come
+    from the disk cache (`blockmap_cache`)."""
+    from .blockmap_cache import block_map_lists
+
+    lists = block_map_lists(spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset,
+                            transposed=transposed)
+    return tuple(t.to(device=device) for t in lists)
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     # float32 inputs must not silently drop to tf32 on GPUs: fp32 results are held to 1e-4.
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -87,13 +146,17 @@ def _segments(seg_q, seg_k, device):
 class SoftmaxLauncher:
     """Runs one generated softmax forward kernel; caches per-shape tables."""
 
+    # How autotuning times one configuration: run (a no-argument launch) → ms. Tests inject a fake.
+    timer = staticmethod(bench_ms)
+
     def __init__(self, generated: GeneratedKernel):
         self.generated = generated
         self.spec = generated.spec
         self.tables = random_tables(generated.graph)
         self.iteration = generated.graph.facts["iteration"]
-        self._shape_cache: dict = {}
+        self._shape_cache = ShapeTables()
         self._configs: dict = {}
+        self._tuned: dict = {}
 
     def config(self, head_dim: int, dtype: torch.dtype, device: torch.device) -> TileConfig:
         arch = architecture(device)
@@ -119,6 +182,24 @@ class SoftmaxLauncher:
             self._configs[key] = chosen
         return self._configs[key]
 
+    def tuned_config(self, q, k, v, *, q_offset, seg_q, seg_k) -> TileConfig:
+        """The configuration for this call. Without ATTNGEN_AUTOTUNE (or off a GPU): `config`.
+        With it, on the first call of a shape class every spill-free candidate runs on these very
+        inputs, timed by `timer`, and the fastest is kept for the class."""
+        head_dim, arch = q.shape[-1], architecture(q.device)
+        if arch is None or not env.autotune():
+            return self.config(head_dim, q.dtype, q.device)
+        key = (head_dim, q.dtype, arch, length_bucket(q.shape[2]), length_bucket(k.shape[2]))
+        if key not in self._tuned:
+            def time_of(cfg):
+                return self.timer(lambda: self.forward(q, k, v, q_offset=q_offset, seg_q=seg_q,
+                                                       seg_k=seg_k, config=cfg))
+            self._tuned[key] = fastest_without_spills(
+                candidate_configs(head_dim, q.dtype, arch),
+                lambda cfg: resource_usage(self.compile_for(arch, q.dtype, cfg)), time_of)
+            log.info("%s: autotuned %s for %s", self.generated.kernel_name, self._tuned[key], key)
+        return self._tuned[key]
+
     def call_tables(self, nq, nk, q_offset, cfg: TileConfig, device, seg_q, seg_k) -> CallTables:
         spec = self.spec
         if spec.uses_segments:
@@ -130,11 +211,9 @@ class SoftmaxLauncher:
         if seg_q is not None or seg_k is not None:
             raise ShapeError(f"spec {spec.name!r} has no segments mask, but seg_q/seg_k were given")
         key = (nq, nk, q_offset, cfg.block_m, cfg.block_n, str(device))
-        if key not in self._shape_cache:
-            lists = self._lists(nq, nk, q_offset, cfg, device, None, None)
-            self._shape_cache[key] = CallTables(lists=lists, random=self._random(nq, nk, q_offset, device),
-                                                alibi=self._alibi(device))
-        return self._shape_cache[key]
+        return self._shape_cache.get_or_build(key, lambda: CallTables(
+            lists=self._lists(nq, nk, q_offset, cfg, device, None, None),
+            random=self._random(nq, nk, q_offset, device), alibi=self._alibi(device)))
 
     def _alibi(self, device):
         return _alibi(self.spec.query_heads, str(device)) if self.spec.alibi else None
@@ -142,6 +221,8 @@ class SoftmaxLauncher:
     def _lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k):
         if self.iteration != "lists":
             return ()
+        if seg_q is None:
+            return static_block_map_lists(self.spec, nq, nk, q_offset, cfg, device)
         from ..analysis.blockmap import block_map
 
         bm = block_map(self.spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset,
@@ -179,10 +260,10 @@ class SoftmaxLauncher:
         """(out, lse[, tile_counts]): out like q's layout (B, Hq, Nq, D), lse float32 (B, Hq, Nq)."""
         spec = self.spec
         check_inputs(spec, q, k, v)
-        batch, _, nq, head_dim = q.shape
+        batch, _, nq, _ = q.shape
         nk = k.shape[2]
         q_offset = resolve_q_offset(nq, nk, q_offset)
-        cfg = config or self.config(head_dim, q.dtype, q.device)
+        cfg = config or self.tuned_config(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k)
         tables = self.call_tables(nq, nk, q_offset, cfg, q.device, seg_q, seg_k)
         interpreted = architecture(q.device) is None
         # Under the interpreter, outputs start as NaN so that an element the kernel forgot fails.

@@ -29,7 +29,8 @@ from ..codegen.plan_backward import kernel_names
 from ..errors import ShapeError
 from ..reference import _softmax_reference, reference
 from ..spec import Spec, resolve_q_offset
-from .launch import SoftmaxLauncher, architecture, check_inputs, dot_precision
+from .launch import (ShapeTables, SoftmaxLauncher, architecture, check_inputs, dot_precision,
+                     static_block_map_lists)
 from .loader import interpreted, load_source
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class BackwardLauncher(SoftmaxLauncher):
     def __init__(self, generated: GeneratedKernel):
         super().__init__(generated)
         self.names = kernel_names(generated.kernel_name)
-        self._by_key_cache: dict = {}
+        self._by_key_cache = ShapeTables()
         self._backward_configs: dict = {}
 
     def config(self, head_dim: int, dtype: torch.dtype, device: torch.device) -> BackwardConfig:
@@ -111,18 +112,16 @@ class BackwardLauncher(SoftmaxLauncher):
         """The transposed block map's CSR lists at the key-major tile sizes (non-interval masks)."""
         if self.iteration != "lists":
             return ()
-        key = (nq, nk, q_offset, cfg.block_m, cfg.block_n, str(device))
-        if self.spec.uses_segments or key not in self._by_key_cache:
-            from ..analysis.blockmap import block_map
+        if not self.spec.uses_segments:
+            key = (nq, nk, q_offset, cfg.block_m, cfg.block_n, str(device))
+            return self._by_key_cache.get_or_build(key, lambda: static_block_map_lists(
+                self.spec, nq, nk, q_offset, cfg, device, transposed=True))
+        from ..analysis.blockmap import block_map
 
-            bm = block_map(self.spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset,
-                           seg_q=seg_q, seg_k=seg_k).transposed()
-            lists = tuple(t.to(device=device, dtype=torch.int32)
-                          for t in (bm.partial_ptr, bm.partial_idx, bm.full_ptr, bm.full_idx))
-            if self.spec.uses_segments:
-                return lists
-            self._by_key_cache[key] = lists
-        return self._by_key_cache[key]
+        bm = block_map(self.spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset,
+                       seg_q=seg_q, seg_k=seg_k).transposed()
+        return tuple(t.to(device=device, dtype=torch.int32)
+                     for t in (bm.partial_ptr, bm.partial_idx, bm.full_ptr, bm.full_idx))
 
     def role_tiles(self, cfg: BackwardConfig) -> dict:
         """{role: TileConfig} of the three kernels (the preprocess streams `preprocess_rows` rows)."""

@@ -96,15 +96,21 @@ SIZES = {"bigbird": (45, 197), "sparse_fixed": (41, 139), "sparse_strided": (37,
          "block_local": (37, 150)}
 
 
-@pytest.mark.parametrize("spec", [pytest.param(s, id=s.name) for s in SOFTMAX_SPECS])
-def test_every_spec(spec, torch_rng):
+# float32 for every spec, and one 16-bit dtype each (alternating: a sampled product, not the full one).
+EVERY_SPEC_CASES = [pytest.param(s, torch.float32, id=f"{s.name}-fp32") for s in SOFTMAX_SPECS] + [
+    pytest.param(s, dtype, id=f"{s.name}-{str(dtype)[6:]}")
+    for s, dtype in zip(SOFTMAX_SPECS, [torch.float16, torch.bfloat16] * len(SOFTMAX_SPECS))]
+
+
+@pytest.mark.parametrize("spec, dtype", EVERY_SPEC_CASES)
+def test_every_spec(spec, dtype, torch_rng):
     spec = small(spec, head_dim=24 if spec.name == "gemma2_softcap" else 16)
     nq, nk = SIZES.get(spec.name, (37, 53))
     call = {}
     if spec.uses_segments:
         call = dict(seg_q=torch.tensor([0] * 10 + [1] * 20 + [2] * (nq - 30)),
                     seg_k=torch.tensor([0] * 20 + [1] * 25 + [2] * (nk - 45)))
-    check_gradients(spec, *tensors(spec, nq, nk, torch_rng), **call)
+    check_gradients(spec, *tensors(spec, nq, nk, torch_rng, dtype=dtype), **call)
 
 
 # -- masks small enough to show partial, full and empty tiles at these sizes -------------------

@@ -98,9 +98,16 @@ def shrunk(spec):
 SHIPPED = [s for s in A.load_specs("specs") if s.kind == "softmax"]
 
 
+# Every shipped spec at both odd sizes in float32, and in each 16-bit dtype at one of them (sampled:
+# the 16-bit paths differ from float32 only in the loads and the dot, checked on every mask above).
+SHIPPED_CASES = [(77, 190, torch.float32), (257, 257, torch.float32), (77, 190, torch.float16),
+                 (257, 257, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("nq, nk, dtype", SHIPPED_CASES, ids=lambda x: str(x).replace("torch.", ""))
 @pytest.mark.parametrize("spec", SHIPPED, ids=lambda s: s.name)
-def test_shipped_specs(spec):
-    check_forward(shrunk(spec), 77, 190, torch.float32, batch=1)
+def test_shipped_specs(spec, nq, nk, dtype):
+    check_forward(shrunk(spec), nq, nk, dtype, batch=1)
 
 
 @pytest.mark.parametrize("spec", [SPECS[6], SPECS[9], SPECS[12]], ids=lambda s: s.name)
@@ -108,10 +115,12 @@ def test_non_contiguous_bnhd_views(spec):
     check_forward(spec, 45, 70, torch.float16, layout="bnhd")
 
 
-@pytest.mark.parametrize("head_dim", [16, 80, 96, 112, 160, 192, 256])
-def test_head_dims_are_padded_internally(head_dim):
+@pytest.mark.parametrize("head_dim, dtype", [(d, torch.float32) for d in (16, 80, 96, 112, 160, 192, 256)]
+                         + [(80, torch.float16), (112, torch.bfloat16), (192, torch.float16)],
+                         ids=lambda x: str(x).replace("torch.", ""))
+def test_head_dims_are_padded_internally(head_dim, dtype):
     spec = small(f"d{head_dim}", hq=2, hkv=1, d=head_dim, causal=True, mask=A.band(left=9))
-    check_forward(spec, 37, 41, torch.float32, batch=1)
+    check_forward(spec, 37, 41, dtype, batch=1)
 
 
 def test_rows_with_no_allowed_key_give_zero_and_minus_inf():
@@ -127,17 +136,20 @@ def test_tile_sizes_do_not_change_the_meaning():
         check_forward(spec, 77, 150, torch.float32, config=cfg)
 
 
+@pytest.mark.parametrize("nq, nk, q_offset", [(150, 211, None), (257, 200, 40)],
+                         ids=["150x211", "257x200-off40"])
 @pytest.mark.parametrize("spec", SPECS + [shrunk(s) for s in SHIPPED], ids=lambda s: s.name)
-def test_tiles_visited_equal_non_empty_tiles(spec):
+def test_tiles_visited_equal_non_empty_tiles(spec, nq, nk, q_offset):
     """Tile efficiency 1.0: the kernel's own count of visited key tiles per query tile equals the
     number of non-empty tiles of the exact block map."""
-    nq, nk, batch = 150, 211, 1
+    batch = 1
     q, k, v = inputs(spec, nq, nk, torch.float32, batch=batch)
     segs = segments_for(spec, nq, nk, batch)
     launcher = A.compile(spec).launcher()
-    *_, counts = launcher.forward(q, k, v, count_tiles=True, **segs)
+    *_, counts = launcher.forward(q, k, v, q_offset=q_offset, count_tiles=True, **segs)
     cfg = INTERPRETER_CONFIG
-    bm = block_map(spec, nq, nk, cfg.block_m, cfg.block_n, **segs)
+    bm = block_map(spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset, **segs)
+    assert bm.unresolved == 0
     non_empty = torch.tensor([len(p) + len(f) for p, f in map(bm.tiles_of, range(bm.geometry.num_q_tiles))])
     visited = counts.view(batch * spec.query_heads, -1)
     assert torch.equal(visited, non_empty.expand_as(visited).to(visited.dtype)), (visited[0], non_empty)
@@ -198,3 +210,71 @@ def test_random_specs(mask, nq, nk, offset):
 def test_tolerance_table_is_the_contract():
     assert TOLERANCE[torch.float32] == 1e-4
     assert TOLERANCE[torch.float16] == TOLERANCE[torch.bfloat16] == 1e-2
+
+
+# -- the autotune hook (ATTNGEN_AUTOTUNE=1 on a GPU), its selection logic with an injected timer ----
+def _usage(spills: int):
+    from attngen.codegen.aot import ResourceUsage
+    return ResourceUsage(registers=128, shared=0, local=spills, stack=0)
+
+
+def test_fastest_without_spills_never_times_a_spilling_config():
+    from attngen.runtime.launch import fastest_without_spills
+    a, b, c, d = (TileConfig(m, 16, 4, 1) for m in (128, 64, 32, 16))
+    usage = {a: _usage(64), b: _usage(0), c: _usage(0), d: _usage(0)}
+    times = {a: 0.1, b: 3.0, c: 1.0, d: 1.0}
+    timed = []
+    def time_of(cfg):
+        timed.append(cfg)
+        return times[cfg]
+    pick = fastest_without_spills([a, b, c, d], usage.__getitem__, time_of)
+    assert pick == c and timed == [b, c, d]        # a spills: never timed; c and d tie: the earlier
+    all_spill = {a: _usage(64), b: _usage(8), c: _usage(32), d: _usage(16)}
+    timed.clear()
+    assert fastest_without_spills([a, b, c, d], all_spill.__getitem__, timed.append) == b and not timed
+
+
+def test_autotune_times_each_candidate_once_per_shape_class(monkeypatch):
+    """The launcher's wiring, on the CPU: a pretend sm_90 device, fake resource usage, and a timer
+    that runs the launch it is given (recording the configuration) and returns a time for it."""
+    from attngen.analysis.configs import candidate_configs
+    from attngen.runtime import launch
+
+    spec = SPECS[2]
+    launcher = launch.SoftmaxLauncher(A.compile(spec).launcher().generated)
+    q, k, v = inputs(spec, 100, 300, torch.float16, batch=1)
+    candidates = candidate_configs(spec.head_dim, torch.float16, "sm_90")
+    spilling, fastest = candidates[0], candidates[2]
+    monkeypatch.setattr(launch, "architecture", lambda device: "sm_90")
+    monkeypatch.setattr(launch, "resource_usage", lambda compiled: compiled)
+    launcher.compile_for = lambda arch, dtype, cfg: _usage(64 if cfg == spilling else 0)
+    launched = []
+    launcher.forward = lambda *args, config, **kw: launched.append((config, kw["q_offset"]))
+    timer_calls = []
+
+    def timer(run):
+        run()
+        timer_calls.append(launched[-1][0])
+        return 1.0 if launched[-1][0] == fastest else 2.0
+    launcher.timer = timer
+
+    call = dict(q_offset=200, seg_q=None, seg_k=None)
+    monkeypatch.delenv("ATTNGEN_AUTOTUNE", raising=False)
+    assert launcher.tuned_config(q, k, v, **call) == candidates[1] and not timer_calls   # first spill-free
+    monkeypatch.setenv("ATTNGEN_AUTOTUNE", "1")
+    assert launcher.tuned_config(q, k, v, **call) == fastest
+    assert timer_calls == list(candidates[1:]) and {o for _, o in launched} == {200}
+    # nq 100 -> 120 and nk 300 -> 500 stay in the buckets 128 and 512: no retuning.
+    q2, k2, v2 = inputs(spec, 120, 500, torch.float16, batch=1)
+    assert launcher.tuned_config(q2, k2, v2, **call) == fastest and len(timer_calls) == len(candidates) - 1
+    # Another length bucket, or another dtype, is another shape class.
+    q3, k3, v3 = inputs(spec, 300, 500, torch.float16, batch=1)
+    launcher.tuned_config(q3, k3, v3, **call)
+    assert len(timer_calls) == 2 * (len(candidates) - 1)
+    launcher.tuned_config(*(t.to(torch.bfloat16) for t in (q, k, v)), **call)
+    assert len(timer_calls) == 3 * (len(candidates) - 1)
+
+
+def test_length_buckets_are_powers_of_two():
+    from attngen.runtime.launch import length_bucket
+    assert [length_bucket(n) for n in (0, 1, 2, 3, 64, 65, 1000, 1024)] == [1, 1, 2, 4, 64, 128, 1024, 1024]
