@@ -5,13 +5,19 @@
 
 The public API is re-exported here; every stage lives in its own subpackage.
 """
-from .api import compile, emit, load
+import importlib
+
 from .errors import CompileError, ShapeError, SpecError
-from .reference import reference
+from .reference import reference        # eager: the submodule of the same name would shadow it
 from .spec import (FeatureMap, Predicate, Spec, band, blocks, causal, columns, global_tokens, load_spec,
                    load_specs, random, segments, stride)
-
 from .version import __version__
+
+# The compiler pulls in Triton, networkx, jinja2 and the code generator (about a second on a small
+# machine): `import attngen` stays light for the spec tools and the CLI's analysis commands, and
+# loads these on first use. Name → the module that defines it.
+_LAZY = {"compile": "api", "emit": "api", "load": "runtime.registry", "block_map": "analysis.blockmap",
+         "merge": "runtime.merge"}
 
 __all__ = [
     "CompileError", "FeatureMap", "block_map", "compile", "emit", "Predicate", "ShapeError", "Spec", "SpecError", "band", "blocks",
@@ -21,15 +27,12 @@ __all__ = [
 
 
 def __getattr__(name):
-    # The compiler pulls in Triton and the code generator; `import attngen` stays light for the
-    # spec tools and the CLI's analysis commands, and loads them on first use.
-    if name in ("compile", "emit"):
-        from . import api
-        return getattr(api, name)
-    if name == "block_map":
-        from .analysis.blockmap import block_map
-        return block_map
-    if name == "merge":
-        from .runtime.merge import merge
-        return merge
-    raise AttributeError(f"module 'attngen' has no attribute {name!r}")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'attngen' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value             # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -5,7 +5,8 @@
 Every measurement runs in a fresh Python process with an empty temporary ATTNGEN_CACHE_DIR (and
 Triton's cache inside it), so "cold" means cold on disk and in memory. Stages of one spec's forward
 kernel, cold:
-    lowering    spec → IR (`lower_forward`: IR passes, interval analysis, tile table)
+    ir          spec → IR (`build_forward` + the IR passes)
+    analysis    the passes that need analysis (interval bounds → iteration strategy, tile table)
     codegen     IR → Triton source (`forward_values` + jinja)
     store       writing the cache entry (`cache.generated`'s store stage)
     import      importing the source (Triton's @jit reads every function's source)
@@ -13,7 +14,9 @@ kernel, cold:
                 call pays, no GPU needed); warm: again in a second process, from Triton's cache,
                 which attngen points inside its own
     first call  one forward at n=64 under the interpreter (CPU), with its call-time tables
-Times are the median over --repeat processes.
+Times are the median over --repeat processes. `import attngen` is timed as the wall time of
+`python -c 'import attngen'` against `python -c 'import torch'` (interleaved, median), and broken
+down with `python -X importtime`.
 """
 from __future__ import annotations
 
@@ -34,7 +37,9 @@ STAGES_CHILD = textwrap.dedent("""
     import json, sys, time, warnings
     warnings.simplefilter("ignore")
     import torch, attngen
-    from attngen.analysis.lowering import lower_forward
+    from attngen.analysis.lowering import ANALYSIS_PASSES
+    from attngen.ir.passes import run_passes
+    from attngen.ir.softmax import IR_PASSES, build_forward
     from attngen.codegen.plan import forward_values
     from attngen.codegen.render import render
     from attngen.runtime import cache
@@ -43,7 +48,8 @@ STAGES_CHILD = textwrap.dedent("""
     t = {}
     def timed(name, fn):
         start = time.perf_counter(); out = fn(); t[name] = time.perf_counter() - start; return out
-    graph = timed("lowering", lambda: lower_forward(spec, check=False))
+    ir = timed("ir", lambda: run_passes(build_forward(spec), IR_PASSES, check=False))
+    graph = timed("analysis", lambda: run_passes(ir, ANALYSIS_PASSES, check=False))
     name = f"attngen_fwd_{spec.name}"
     timed("codegen", lambda: render("fwd.py.jinja", **forward_values(graph, kernel_name=name)))
     kernel = cache.generated(spec, "fwd")
@@ -118,9 +124,21 @@ def load_times(specs: Path, repeat: int) -> tuple[dict, dict]:
         "stats": warm[0]["stats"]}
 
 
-def import_overhead() -> dict:
-    """`python -X importtime -c 'import attngen'`: the total, attngen's own modules (self time),
-    and the cumulative time of the heavy packages it pulls in."""
+def import_wall(module: str) -> float:
+    code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                env=child_env(tempfile.gettempdir()), cwd=ROOT).stdout)
+
+
+def import_overhead(repeat: int) -> dict:
+    """Wall time of importing torch alone, attngen, and attngen.api (the whole compiler, which
+    `attngen.compile`/`load` import on first use), interleaved fresh processes, median; then
+    `python -X importtime -c 'import attngen'`: attngen's own modules (self time) and the
+    cumulative time of the heavy packages it pulls in."""
+    walls = {"torch": [], "attngen": [], "attngen.api": []}
+    for _ in range(repeat):
+        for module in walls:
+            walls[module].append(import_wall(module))
     done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import attngen"],
                           capture_output=True, text=True, env=child_env(tempfile.gettempdir()),
                           cwd=ROOT, timeout=300)
@@ -133,7 +151,10 @@ def import_overhead() -> dict:
     for _, cumulative, _, name in rows:
         if name in ("torch", "triton", "sympy", "jinja2", "networkx", "yaml") and name not in heavy:
             heavy[name] = cumulative
-    return {"total_s": total / 1e6, "attngen_self_s": own / 1e6,
+    return {"torch_wall_s": statistics.median(walls["torch"]),
+            "attngen_wall_s": statistics.median(walls["attngen"]),
+            "compiler_wall_s": statistics.median(walls["attngen.api"]),
+            "total_s": total / 1e6, "attngen_self_s": own / 1e6,
             "packages_s": {k: v / 1e6 for k, v in sorted(heavy.items(), key=lambda kv: -kv[1])}}
 
 
@@ -155,7 +176,11 @@ def main() -> None:
           f"cold {cold['load'] * 1e3:.0f} ms "
           f"(of which generating {cold['generate'] * 1e3:.0f} ms), warm {warm['load'] * 1e3:.0f} ms "
           f"(of which cache lookups {warm['generate'] * 1e3:.0f} ms; {warm['stats']})")
-    imports = import_overhead()
+    imports = import_overhead(max(args.repeat, 5))
+    print(f"import wall time (median of {max(args.repeat, 5)} fresh processes): torch alone "
+          f"{imports['torch_wall_s'] * 1e3:.0f} ms, attngen {imports['attngen_wall_s'] * 1e3:.0f} ms "
+          f"(+{(imports['attngen_wall_s'] - imports['torch_wall_s']) * 1e3:.0f} ms), with the compiler "
+          f"(attngen.api, loaded on first compile/load) {imports['compiler_wall_s'] * 1e3:.0f} ms")
     print(f"python -X importtime -c 'import attngen': {imports['total_s'] * 1e3:.0f} ms in all, "
           f"{imports['attngen_self_s'] * 1e3:.0f} ms in attngen's own modules; packages it imports: "
           + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in imports["packages_s"].items()))

@@ -9,6 +9,7 @@
                             size and sha256 of every other file (the checksum a read verifies)
       v1/<arch>/index/<lookup[:32]>.json       spec + name + kind + attngen's code → entry folder
       v1/<arch>/.locks/ .staging/ .trash/       lock files, entries being written or removed
+      v1/blockmaps/<spec_name>-<key[:32]>.pt   large block maps of static shapes (`blockmap_cache`)
       triton/              Triton's own cache (TRITON_CACHE_DIR, unless the user set it: env.py)
       sources/             generated sources imported outside any entry (`loader.write_source`)
 
@@ -38,6 +39,8 @@ Writes build a folder in .staging/ and `os.rename` it into place (atomic) while 
 all succeed and one builds. Readers take no lock: an entry is complete or absent. Every read
 verifies the checksums; a corrupt entry (truncated or missing file, bad JSON) is discarded with a
 `CacheWarning` and rebuilt, never a crash.
+
+Large block maps of static shapes live in v1/blockmaps/ (`blockmap_cache.py`).
 """
 from __future__ import annotations
 
@@ -263,14 +266,17 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def remove_tree(folder: Path) -> None:
-    """Remove an entry folder: renamed away first (atomic), so no reader sees half of it."""
+    """Remove an entry folder (or file): renamed away first (atomic), so no reader sees half of it."""
     trash = _scratch(folder, "trash")
     trash.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(folder, trash)
     except FileNotFoundError:
         return
-    shutil.rmtree(trash, ignore_errors=True)
+    if trash.is_dir():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        trash.unlink(missing_ok=True)
 
 
 def _discard(folder: Path, reason: str) -> None:
@@ -418,6 +424,11 @@ def _read_or_build(folder, kernel, key, parts, seconds) -> Entry:
     return _build(folder, kernel, key, parts, seconds)
 
 
+# -- block maps of static shapes: `blockmap_cache.py` reads and writes them -------------------
+def block_map_dir() -> Path:
+    return root() / "blockmaps"
+
+
 # -- listing and clearing (`attngen cache list|clear`) ---------------------------------------
 @dataclass(frozen=True)
 class EntryInfo:
@@ -439,7 +450,8 @@ def list_entries() -> list[EntryInfo]:
     """Every entry of every architecture, checksums verified, sorted by spec name and kind."""
     out = []
     base = root()
-    for arch in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else ():
+    archs = sorted(p for p in base.iterdir() if p.is_dir() and p.name != "blockmaps") if base.is_dir() else ()
+    for arch in archs:
         for folder in sorted(arch.iterdir()):
             if not folder.is_dir() or folder.name.startswith(".") or folder.name == "index":
                 continue
@@ -452,6 +464,12 @@ def list_entries() -> list[EntryInfo]:
             out.append(EntryInfo(folder, arch.name, meta.get("spec_name", name), meta.get("kind", "?"),
                                  meta.get("key", short), _folder_size(folder),
                                  meta.get("created", folder.stat().st_mtime), problem))
+    for path in sorted(block_map_dir().glob("*.pt")):
+        data = path.read_bytes()
+        digest, _, payload = data.partition(b"\n")
+        problem = None if digest == _sha256(payload).encode() else "checksum does not match"
+        name, _, key = path.stem.rpartition("-")
+        out.append(EntryInfo(path, "any", name, "blockmap", key, len(data), path.stat().st_mtime, problem))
     return sorted(out, key=lambda e: (e.spec_name, e.kind, e.arch, -e.created))
 
 

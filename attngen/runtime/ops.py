@@ -1,18 +1,21 @@
 """Compiled specs as torch operators: ``torch.ops.attngen.<name>``, seen whole by torch.compile.
 
-Each spec is registered with `torch.library.custom_op` as two operators in the ``attngen``
-namespace:
+Each spec is registered with `torch.library.custom_op` as operators in the ``attngen``
+namespace (softmax specs without a segments mask also get ``<name>_decode``):
 
     attngen::<name>(Tensor q, Tensor k, Tensor v, SymInt q_offset, Tensor? seg_q, Tensor? seg_k)
         -> (Tensor out, Tensor lse)
     attngen::<name>_backward(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dout,
                              SymInt q_offset, Tensor? seg_q, Tensor? seg_k) -> (Tensor, Tensor, Tensor)
+    attngen::<name>_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor? cache_seqlens,
+                           Tensor? block_table) -> (Tensor out, Tensor lse)
 
-Both have fake (meta) implementations that only compute shapes, so torch.compile and torch.export
+All have fake (meta) implementations that only compute shapes, so torch.compile and torch.export
 trace a model calling them without running a kernel and without a graph break; the forward's
 autograd formula (`torch.library.register_autograd`) calls the backward operator, so AOTAutograd
 traces the backward as one opaque call too. Real calls go to `CompiledAttention.forward_impl` /
-`backward_impl`, with the kernels taken from the disk cache (cache.py).
+`backward_impl` (and `decode`), with the kernels taken from the disk cache (cache.py). The decode
+operator is inference only: it has no autograd formula (decode.py's kernels have no backward).
 
 - ``q_offset`` is always an integer in the schema: `AttentionOp.__call__` resolves None to
   ``Nk - Nq`` (SPEC.md's bottom-right default) before calling the operator, so under dynamic shapes
@@ -22,7 +25,8 @@ traces the backward as one opaque call too. Real calls go to `CompiledAttention.
 - ``lse`` is not differentiable (as in `CompiledAttention`): a gradient flowing into it is ignored.
 - The operator's name is the spec's name. A second, different spec with a name already taken gets
   ``<name>_<first 8 hex digits of its content hash>`` (a warning is logged); registering the same
-  spec again returns the operator already made.
+  spec again returns the operator already made. The suffixed operators (``_backward``,
+  ``_decode``) count as taken names.
 - Shapes may change from call to call: kernels are generated once per spec, tile configurations
   are chosen by shape class at call time, and per-shape tables are cached in memory.
 """
@@ -34,6 +38,7 @@ import time
 
 import torch
 
+from ..errors import ShapeError
 from ..reference import check_qkv
 from ..spec import Spec, load_spec
 from . import cache
@@ -45,13 +50,23 @@ FORWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, SymInt q_offset, Tensor? seg_q
                   " -> (Tensor, Tensor)")
 BACKWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor dout, "
                    "SymInt q_offset, Tensor? seg_q, Tensor? seg_k) -> (Tensor, Tensor, Tensor)")
-# The kernel kinds compiled ahead of the first call, when codegen knows them (forward, backward).
-KINDS = {"softmax": ("fwd", "bwd"), "linear": ("linear_fwd", "linear_bwd")}
+DECODE_SCHEMA = ("(Tensor q, Tensor k_cache, Tensor v_cache, Tensor? cache_seqlens, "
+                 "Tensor? block_table) -> (Tensor, Tensor)")
+SUFFIXES = ("", "_backward", "_decode")          # the operator names one spec takes
 
 log = logging.getLogger("attngen.runtime")
 _LOCK = threading.Lock()
 _BY_SPEC: dict[tuple[str, str], "AttentionOp"] = {}     # (name, content hash) → its operator
 _TAKEN: set[str] = set()                                 # operator names used in this process
+
+
+def kernel_kinds(spec: Spec) -> tuple[str, ...]:
+    """The kernel kinds `prepare` generates ahead of the first call: every kind codegen has for the
+    spec, so that a module calling `attngen.load` finds all of them in the cache. Segment ids do
+    not exist in a KV cache, so segments specs have no decode kernel (codegen refuses it)."""
+    if spec.kind == "linear":
+        return ("linear_fwd", "linear_bwd")
+    return ("fwd", "bwd") if spec.uses_segments else ("fwd", "bwd", "decode")
 
 
 class AttentionOp:
@@ -70,19 +85,17 @@ class AttentionOp:
         namespace = getattr(torch.ops, NAMESPACE)
         self.op = getattr(namespace, name).default
         self.backward_op = getattr(namespace, f"{name}_backward").default
+        has_decode = "decode" in kernel_kinds(spec)
+        self.decode_op = getattr(namespace, f"{name}_decode").default if has_decode else None
 
     def prepare(self) -> None:
         """Generate every kernel kind codegen knows for this spec, into the disk cache, so that
         first calls find them (`attngen.load` calls this)."""
-        from ..codegen.emit import GENERATORS
-
-        for kind in KINDS[self.spec.kind]:
+        for kind in kernel_kinds(self.spec):
             if kind == "fwd":
                 kernel = self.attn.launcher(kind).generated
-            elif kind in GENERATORS:
-                kernel = cache.generated(self.spec, kind)
             else:
-                continue
+                kernel = cache.generated(self.spec, kind)
             start = time.perf_counter()
             load_source(kernel.source)
             log.debug("imported %s %s in %.1f ms", self.spec.name, kind, (time.perf_counter() - start) * 1e3)
@@ -92,6 +105,14 @@ class AttentionOp:
             q_offset = k.shape[-2] - q.shape[-2]
         out, lse = self.op(q, k, v, q_offset, seg_q, seg_k)
         return select_outputs(self.spec, out, lse, return_lse)
+
+    def decode(self, q, k_cache, v_cache, *, cache_seqlens=None, block_table=None, return_lse=False):
+        """`CompiledAttention.decode` through ``torch.ops.attngen.<name>_decode`` (docs/decode.md)."""
+        if self.decode_op is None:       # CompiledAttention says why (linear, segments)
+            return self.attn.decode(q, k_cache, v_cache, cache_seqlens=cache_seqlens,
+                                    block_table=block_table, return_lse=return_lse)
+        out, lse = self.decode_op(q, k_cache, v_cache, cache_seqlens, block_table)
+        return (out, lse) if return_lse else out
 
     def __repr__(self) -> str:
         return f"AttentionOp(torch.ops.{NAMESPACE}.{self.name}, {self.spec.kind}, {self.spec.grouping})"
@@ -107,14 +128,14 @@ def register(spec) -> AttentionOp:
         name = _free_name(spec)
         op = AttentionOp(spec, name)
         _BY_SPEC[identity] = op
-        _TAKEN.update((name, f"{name}_backward"))
+        _TAKEN.update(name + suffix for suffix in SUFFIXES)
         return op
 
 
 def _free_name(spec: Spec) -> str:
     digest = spec.content_hash()
     for name in (spec.name, f"{spec.name}_{digest[:8]}", f"{spec.name}_{digest[:16]}"):
-        if name not in _TAKEN and f"{name}_backward" not in _TAKEN:
+        if not _TAKEN & {name + suffix for suffix in SUFFIXES}:
             if name != spec.name:
                 log.warning("operator name %s.%s is taken by a different spec: registering spec "
                             "%r as %s.%s", NAMESPACE, spec.name, spec.name, NAMESPACE, name)
@@ -157,6 +178,28 @@ def _define(op: AttentionOp) -> None:
                                           mutates_args=(), schema=BACKWARD_SCHEMA)
     backward_op.register_fake(backward_fake)
     forward_op.register_autograd(_autograd_backward(backward_op), setup_context=_setup_context)
+    if "decode" in kernel_kinds(spec):
+        _define_decode(op)
+
+
+def _define_decode(op: AttentionOp) -> None:
+    attn, spec = op.attn, op.spec
+
+    def decode(q, k_cache, v_cache, cache_seqlens, block_table):
+        out, lse = attn.decode(q, k_cache, v_cache, cache_seqlens=cache_seqlens,
+                               block_table=block_table, return_lse=True)
+        return _contiguous(out, q), lse.contiguous()
+
+    def decode_fake(q, k_cache, v_cache, cache_seqlens, block_table):
+        # Only what the outputs' shapes depend on; the real call checks the caches and lengths.
+        if q.dim() != 4 or (q.shape[1], q.shape[3]) != (spec.query_heads, spec.head_dim):
+            raise ShapeError(f"q has shape {tuple(q.shape)}, expected (B, {spec.query_heads}, Nq, "
+                             f"{spec.head_dim}) for spec {spec.name!r}")
+        return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+    decode_op = torch.library.custom_op(f"{NAMESPACE}::{op.name}_decode", decode, mutates_args=(),
+                                        schema=DECODE_SCHEMA)
+    decode_op.register_fake(decode_fake)
 
 
 def _setup_context(ctx, inputs, output):

@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+import torch
 import yaml
 
 import attngen
@@ -65,6 +66,66 @@ def test_key_ignores_how_the_yaml_says_it(small_spec, a, b):
 def test_key_changes_with_the_name_the_source_carries(small_spec):
     # The generated kernel is named after the spec, so two names never share a folder.
     assert key_of(small_spec("k_one")) != key_of(small_spec("k_two"))
+
+
+@pytest.mark.parametrize("module, version", [
+    pytest.param(cache, "__version__", id="attngen"),
+    pytest.param(cache.torch, "__version__", id="torch"),
+    pytest.param(cache.triton, "__version__", id="triton"),
+])
+def test_key_and_index_change_with_each_version(small_spec, monkeypatch, module, version):
+    spec = attngen.load_spec(small_spec("k_version", causal=True))
+    graph = emit.generate(spec, "fwd").graph
+    before = cache.cache_key(graph, "fwd", "interpreter"), cache.lookup_key(spec, "fwd", "interpreter")
+    monkeypatch.setattr(module, version, "99.0.0+other")
+    after = cache.cache_key(graph, "fwd", "interpreter"), cache.lookup_key(spec, "fwd", "interpreter")
+    assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_key_changes_when_the_codegen_code_changes(small_spec, tmp_path, monkeypatch):
+    """The Python that renders the templates is part of the key, like the templates themselves."""
+    spec = attngen.load_spec(small_spec("k_codegen", causal=True))
+    graph = emit.generate(spec, "fwd").graph
+    copy = tmp_path / "attngen"
+    (copy / "codegen").mkdir(parents=True)
+    for path in (cache.PACKAGE_DIR / "codegen").glob("*.py"):
+        (copy / "codegen" / path.name).write_text(path.read_text())
+    monkeypatch.setattr(cache, "PACKAGE_DIR", copy)
+    cache.codegen_digest.cache_clear()
+    try:
+        before = cache.cache_key(graph, "fwd", "interpreter")
+        (copy / "codegen" / "render.py").write_text((copy / "codegen" / "render.py").read_text() + "# x\n")
+        cache.codegen_digest.cache_clear()
+        assert cache.cache_key(graph, "fwd", "interpreter") != before
+    finally:
+        monkeypatch.undo()
+        cache.codegen_digest.cache_clear()
+
+
+def test_cache_folder_defaults_to_the_user_cache(tmp_path, monkeypatch):
+    from attngen import env
+
+    monkeypatch.setenv("ATTNGEN_CACHE_DIR", "~/kernels")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert env.cache_dir() == tmp_path / "kernels"
+    monkeypatch.delenv("ATTNGEN_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert env.cache_dir() == tmp_path / "xdg" / "attngen"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert env.cache_dir() == tmp_path / ".cache" / "attngen"
+    assert cache.root() == tmp_path / ".cache" / "attngen" / "v1"
+
+
+def test_triton_cache_goes_inside_ours_unless_the_user_chose(tmp_path, monkeypatch):
+    from attngen import env
+
+    monkeypatch.setenv("ATTNGEN_CACHE_DIR", str(tmp_path / "ours"))
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    assert env.point_triton_cache() == tmp_path / "ours" / "triton"
+    assert cache.triton.knobs.cache.dir == str(tmp_path / "ours" / "triton")   # what Triton reads
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "theirs"))
+    assert env.point_triton_cache() == tmp_path / "theirs"
+    assert cache.triton.knobs.cache.dir == str(tmp_path / "theirs")
 
 
 def test_key_parts_name_every_ingredient(small_spec):

@@ -174,3 +174,94 @@ def test_linear_spec_as_an_operator(small_spec):
     assert lse.shape == (0,) and lse.dtype == torch.float32
     with pytest.raises(ValueError, match="no lse"):
         op(q, k, v, return_lse=True)
+
+
+def test_dynamic_shapes_trace_once_and_generate_once(small_spec):
+    """The fake implementation adds no guard on the lengths: one trace serves every shape, and the
+    kernel is generated once (first shape: Nq != Nk, else torch's duck sizing ties them)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    op = register(small_spec("op_dynamic", causal=True, mask={"band": 6}))
+    counter = CompileCounterWithBackend("aot_eager")
+    model = torch.compile(Block(op), fullgraph=True, dynamic=True, backend=counter)
+    for n, nk in ((24, 40), (17, 50), (33, 33), (5, 5)):
+        q, k, v = qkv(n, nk, seed=n)
+        torch.testing.assert_close(model(q, k, v), expected(op.spec, q, k, v), atol=1e-4, rtol=1e-4,
+                                   msg=f"n={n} nk={nk}")
+    assert counter.frame_count == 1, "a new length retraced the model"
+    assert cache.STATS["builds"] == 1, "a new length generated the kernel again"
+
+
+def test_linear_backward_through_the_operator(small_spec):
+    from attngen.reference_linear import linear_reference
+
+    op = register(small_spec("op_linear_bwd", kind="linear", feature_map="elu1", causal=True))
+    model = torch.compile(Block(op), fullgraph=True, backend="aot_eager")
+    q, k, v = qkv(20, 28, seed=7, grad=True)
+    weight = torch.linspace(-1, 1, 16)
+    (model(q, k, v) * weight).sum().backward()
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    repeat = lambda t: t.repeat_interleave(op.spec.group, 1)          # noqa: E731
+    ref = linear_reference(op.spec, leaves[0] * 1.5, repeat(leaves[1]), repeat(leaves[2]))
+    ((ref * 2.0) * weight.double()).sum().backward()
+    for name, got, want in zip("qkv", (q, k, v), leaves):
+        assert got.grad is not None and torch.isfinite(got.grad).all(), f"d{name}"
+        torch.testing.assert_close(got.grad, want.grad.float(), atol=1e-4, rtol=1e-4, msg=f"d{name}")
+
+
+class Decoder(torch.nn.Module):
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+
+    def forward(self, q, k_cache, v_cache, lengths):
+        return self.op.decode(q * 1.5, k_cache, v_cache, cache_seqlens=lengths)
+
+
+def test_decode_operator_under_compile_and_export(small_spec):
+    op = register(small_spec("op_decode", causal=True, mask={"band": {"left": 9}}))
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(2, 2, 3, 16, generator=g)
+    k_cache, v_cache = (torch.randn(2, 1, 40, 16, generator=g) for _ in range(2))
+    lengths = torch.tensor([37, 5], dtype=torch.int32)
+
+    def check(out, what):
+        for b, n in enumerate(lengths.tolist()):      # sequence b: its first n keys, q at n - 3..n - 1
+            want, _ = attngen.reference(op.spec, q[b:b + 1] * 1.5, k_cache[b:b + 1, :, :n],
+                                        v_cache[b:b + 1, :, :n], q_offset=n - 3)
+            torch.testing.assert_close(out[b:b + 1], want.float(), atol=1e-4, rtol=1e-4, msg=f"{what} b={b}")
+
+    model = torch.compile(Decoder(op), fullgraph=True, backend="aot_eager")
+    check(model(q, k_cache, v_cache, lengths), "compiled")
+    program = torch.export.export(Decoder(op), (q, k_cache, v_cache, lengths))
+    targets = [node.target for node in program.graph.nodes if node.op == "call_function"]
+    assert torch.ops.attngen.op_decode_decode.default in targets
+    check(program.module()(q, k_cache, v_cache, lengths), "exported")
+    out, lse = op.decode(q, k_cache, v_cache, cache_seqlens=lengths, return_lse=True)
+    assert lse.shape == (2, 2, 3) and lse.dtype == torch.float32 and out.is_contiguous()
+    torch.library.opcheck(op.decode_op, (q, k_cache, v_cache, lengths, None),
+                          test_utils=("test_schema", "test_faketensor"))
+    # The fake implementation refuses a bad head dim while tracing (dynamo wraps the ShapeError).
+    with pytest.raises(Exception, match=r"expected \(B, 2, Nq, 16\) for spec 'op_decode'"):
+        torch.compile(Decoder(op), fullgraph=True, backend="aot_eager")(q[..., :8], k_cache, v_cache, lengths)
+
+
+def test_decode_only_where_a_decode_kernel_exists(small_spec):
+    from attngen.errors import CompileError
+
+    segmented = register(small_spec("op_no_decode_seg", mask={"segments": True}))
+    linear = register(small_spec("op_no_decode_lin", kind="linear", feature_map="elu1"))
+    assert segmented.decode_op is None and linear.decode_op is None
+    assert not hasattr(torch.ops.attngen, "op_no_decode_seg_decode")
+    q, k = torch.randn(1, 2, 1, 16), torch.randn(1, 1, 8, 16)
+    with pytest.raises(CompileError, match="segments"):
+        segmented.decode(q, k, k)
+    with pytest.raises(CompileError, match="linear"):
+        linear.decode(q, k, k)
+
+
+def test_a_spec_named_like_another_specs_operator_gets_its_own_name(small_spec):
+    first = register(small_spec("op_suffix", causal=True))
+    clash = register(small_spec("op_suffix_decode", mask={"band": 2}))
+    assert first.decode_op is torch.ops.attngen.op_suffix_decode.default
+    assert clash.name.startswith("op_suffix_decode_") and clash.op is not first.decode_op
