@@ -5,6 +5,8 @@ ATTNGEN_VERIFY      "1" runs the IR verifier between lowering passes (tests alwa
 ATTNGEN_INTERPRET   "1" forces Triton's interpreter even for CUDA tensors (debugging)
 ATTNGEN_AUTOTUNE    "1" times every spill-free tile configuration on a GPU (first call of each shape
                     class) and keeps the fastest, instead of taking the first spill-free one
+ATTNGEN_POISON      "1" fills outputs with NaN before the kernels run on a GPU too (the interpreter
+                    always does), so that an element a kernel never writes shows up as NaN
 ATTNGEN_SLOW        "1" runs the test cases marked slow
 ATTNGEN_LOG         a level (debug, info, warning) at which the "attngen" logger prints to stderr;
                     unset: nothing is printed (records still reach handlers the application adds)
@@ -41,6 +43,10 @@ def force_interpreter() -> bool:
 
 def autotune() -> bool:
     return _flag("ATTNGEN_AUTOTUNE")
+
+
+def poison_outputs() -> bool:
+    return _flag("ATTNGEN_POISON")
 
 
 def run_slow_tests() -> bool:

@@ -125,7 +125,7 @@ def flash_runner(case: Case, spec: A.Spec, q, k, v, backward: bool) -> Callable 
 def time_ms(fn: Callable, device: str) -> float:
     if device == "cuda":
         from triton.testing import do_bench
-        return do_bench(fn, warmup=25, rep=100)
+        return do_bench(fn, warmup=25, rep=100, return_mode="median")
     fn()
     start = time.perf_counter()
     fn()

@@ -26,7 +26,7 @@ from ..codegen.plan import random_tables
 from ..codegen.plan_decode import kernel_names
 from ..errors import ShapeError, SpecError
 from ..spec import alibi_slopes, random_draw
-from .launch import DTYPES, architecture, dot_precision
+from .launch import DTYPES, architecture, dot_precision, poison
 from .loader import interpreted, load_source
 
 log = logging.getLogger("attngen")
@@ -215,9 +215,7 @@ class DecodeLauncher:
         split_out = torch.empty((rows * num_splits * spec.head_dim if split else 1,),
                                 dtype=torch.float32, device=q.device)
         split_lse = torch.empty((rows * num_splits if split else 1,), dtype=torch.float32, device=q.device)
-        if interpreted:     # an element the kernels forget to write fails the tests
-            for t in (out, lse, split_out, split_lse):
-                t.fill_(float("nan"))
+        poison(out, lse, split_out, split_lse, interpreted=interpreted)
         grid = (batch * spec.kv_heads, num_splits, row_tiles)
         counts = torch.zeros((*grid, 2), dtype=torch.int32, device=q.device)
         if batch == 0:

@@ -29,7 +29,7 @@ from ..codegen.plan_backward import kernel_names
 from ..errors import ShapeError
 from ..reference import _softmax_reference, reference
 from ..spec import Spec, resolve_q_offset
-from .launch import (ShapeTables, SoftmaxLauncher, architecture, check_inputs, dot_precision,
+from .launch import (ShapeTables, SoftmaxLauncher, architecture, check_inputs, dot_precision, poison,
                      static_block_map_lists)
 from .loader import interpreted, load_source
 
@@ -163,9 +163,7 @@ class BackwardLauncher(SoftmaxLauncher):
         cfg = config or self.config(head_dim, q.dtype, q.device)
         interpreted = architecture(q.device) is None
         dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
-        if interpreted:            # poisoned: an element the kernels forget to write fails the tests
-            for t in (dq, dk, dv):
-                t.fill_(float("nan"))
+        poison(dq, dk, dv, interpreted=interpreted)
         if nq == 0 or nk == 0:     # no pair at all: every gradient is 0
             return dq.zero_(), dk.zero_(), dv.zero_()
         dout = dout.to(q.dtype)

@@ -39,7 +39,7 @@ from ..reference_linear import linear_reference
 from ..spec import Spec, resolve_q_offset
 from ..spec.feature_maps import favor_features
 from . import cache
-from .launch import architecture, check_inputs, dot_precision
+from .launch import architecture, check_inputs, dot_precision, poison
 from .loader import interpreted, load_source
 
 if TYPE_CHECKING:
@@ -165,8 +165,7 @@ class LinearLauncher:
         q_offset = resolve_q_offset(nq, nk, q_offset)
         interpret = architecture(q.device) is None
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        if interpret:
-            out.fill_(float("nan"))
+        poison(out, interpreted=interpret)
         if nq == 0:
             return out
         if nk == 0:                                    # no key at all: every row is empty
@@ -198,9 +197,7 @@ class LinearLauncher:
         q_offset = resolve_q_offset(nq, nk, q_offset)
         interpret = architecture(q.device) is None
         grads = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v)]
-        if interpret:
-            for g in grads:
-                g.fill_(float("nan"))
+        poison(*grads, interpreted=interpret)
         if nq == 0 or nk == 0:
             return tuple(g.zero_() for g in grads)
         dq, dk, dv = grads
