@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
+from triton.runtime import interpreter as triton_interpreter
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
@@ -111,6 +112,31 @@ def _language_restored():
                     setattr(ns, name, value)
 
 
+def _scalar_index(self) -> int:
+    # The interpreter holds scalars in one-element 1-D arrays. Triton 3.6 converts them for
+    # range() with int(array), which numpy >= 2.4 refuses; .item() takes any one-element array.
+    return int(self.handle.data.item())
+
+
+@contextlib.contextmanager
+def _scalar_index_fixed():
+    """While an interpreted launch runs, the interpreter's tensor.__index__ patch is ours."""
+    scope = getattr(triton_interpreter, "_LangPatchScope", None)
+    if scope is None:
+        yield
+        return
+    original = scope.set_attr
+
+    def set_attr(self, obj, name, value):
+        original(self, obj, name, _scalar_index if name == "__index__" else value)
+
+    scope.set_attr = set_attr
+    try:
+        yield
+    finally:
+        scope.set_attr = original
+
+
 @contextlib.contextmanager
 def _jit_calls_interpreted():
     original = JITFunction.__call__
@@ -120,7 +146,7 @@ def _jit_calls_interpreted():
 
     JITFunction.__call__ = call
     try:
-        with _language_restored():
+        with _language_restored(), _scalar_index_fixed():
             yield
     finally:
         JITFunction.__call__ = original

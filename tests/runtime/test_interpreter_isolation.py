@@ -34,3 +34,33 @@ def test_interpreted_runs_do_not_break_later_compiles(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert int(done.stdout.split()[-1]) > 0
     assert list((tmp_path / "cache" / "triton").rglob("*.cubin")), "Triton cached outside attngen's cache"
+
+
+def test_interpreted_loop_bounds_take_one_element_arrays():
+    """The interpreter holds scalars as one-element 1-D arrays; Triton 3.6 turned them into range()
+    bounds with int(array), which numpy >= 2.4 refuses. The loader's __index__ takes them, and the
+    interpreter's own patch hook is back in place after the launch."""
+    import numpy as np
+    from types import SimpleNamespace
+
+    import triton
+    import triton.language as tl
+    import torch
+    from triton.runtime import interpreter
+
+    from attngen.runtime.loader import _scalar_index, interpreted
+
+    assert _scalar_index(SimpleNamespace(handle=SimpleNamespace(data=np.array([7], dtype=np.int32)))) == 7
+
+    @triton.jit
+    def count_up(out, n):
+        total = 0
+        for i in range(tl.program_id(0), n):        # bounds are interpreter scalars
+            total += i
+        tl.store(out, total)
+
+    hook = interpreter._LangPatchScope.set_attr
+    out = torch.zeros(1, dtype=torch.int32)
+    interpreted(count_up)[(1,)](out, 6)
+    assert out.item() == 15
+    assert interpreter._LangPatchScope.set_attr is hook
