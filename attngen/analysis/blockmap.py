@@ -77,6 +77,11 @@ class BlockMap:
         return g.num_q_tiles if self.by_key else g.num_k_tiles
 
     @property
+    def lists(self) -> tuple:
+        """(partial_ptr, partial_idx, full_ptr, full_idx): what the kernels that walk lists read."""
+        return (self.partial_ptr, self.partial_idx, self.full_ptr, self.full_idx)
+
+    @property
     def num_full(self) -> int:
         return len(self.full_idx)
 

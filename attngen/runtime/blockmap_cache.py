@@ -2,7 +2,7 @@
 
 Block maps depend on a call's lengths, offset and tile sizes, not on the spec alone, and most build
 in about a millisecond; but a large one of a non-interval mask takes seconds (sparse_strided at
-128K tokens: 1.5-3.7 s, 4 MB of lists; read back: 13-19 ms). `block_map_lists` keeps those of at
+128K tokens: 1.5-3.7 s, 4 MB of lists; read back: 13-19 ms). `cached_block_map_lists` keeps those of at
 least BLOCK_MAP_MIN_TILES tiles on disk, keyed by the spec's meaning, the shape, attngen's code and
 the versions; segment ids are call-time data, so segments masks are never stored. A file is a
 sha256 line, then `torch.save` of the four lists; a bad checksum is a `CacheWarning` and a rebuild.
@@ -21,8 +21,8 @@ import torch
 
 from ..analysis.blockmap import block_map
 from ..spec import Spec, load_spec
-from .cache import (LAYOUT, STATS, CacheWarning, CorruptEntry, _json_sha256, _sha256, atomic_write,
-                    block_map_dir, code_digest, versions)
+from .cache import (LAYOUT, STATS, CacheWarning, CorruptEntry, _json_sha256, atomic_write, block_map_dir,
+                    code_digest, framed, unframed, versions)
 
 log = logging.getLogger("attngen")
 
@@ -40,15 +40,15 @@ def _read_block_map(path: Path) -> tuple | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
-    digest, _, payload = data.partition(b"\n")
+    payload = unframed(data)
     try:
-        if digest.decode() != _sha256(payload):
-            raise CorruptEntry(f"its checksum does not match ({len(payload)} bytes)")
+        if payload is None:
+            raise CorruptEntry(f"its checksum does not match ({len(data)} bytes)")
         lists = torch.load(io.BytesIO(payload), weights_only=True)
         if not (isinstance(lists, list) and len(lists) == 4
                 and all(isinstance(t, torch.Tensor) and t.dtype == torch.int32 for t in lists)):
             raise CorruptEntry("it does not hold four int32 lists")
-    except (CorruptEntry, UnicodeDecodeError, RuntimeError, ValueError, EOFError) as err:
+    except (CorruptEntry, RuntimeError, ValueError, EOFError) as err:
         message = f"attngen cached block map {path} is corrupt ({err}); discarding and rebuilding it"
         warnings.warn(message, CacheWarning, stacklevel=3)
         log.warning(message)
@@ -58,8 +58,8 @@ def _read_block_map(path: Path) -> tuple | None:
     return tuple(lists)
 
 
-def block_map_lists(spec: Spec, nq: int, nk: int, block_m: int, block_n: int, *, q_offset: int,
-                    transposed: bool = False) -> tuple:
+def cached_block_map_lists(spec: Spec, nq: int, nk: int, block_m: int, block_n: int, *,
+                           q_offset: int, transposed: bool = False) -> tuple:
     """(partial_ptr, partial_idx, full_ptr, full_idx) int32 on the CPU of `spec`'s block map
     (`transposed()`: rows are key tiles), read from the disk cache when the map is large."""
     spec = load_spec(spec)
@@ -69,8 +69,7 @@ def block_map_lists(spec: Spec, nq: int, nk: int, block_m: int, block_n: int, *,
 
     def build() -> tuple:
         bm = block_map(spec, nq, nk, block_m, block_n, q_offset=q_offset)
-        bm = bm.transposed() if transposed else bm
-        return tuple(t.to(torch.int32) for t in (bm.partial_ptr, bm.partial_idx, bm.full_ptr, bm.full_idx))
+        return (bm.transposed() if transposed else bm).lists
 
     if -(-nq // block_m) * -(-nk // block_n) < BLOCK_MAP_MIN_TILES:
         return build()
@@ -87,7 +86,7 @@ def block_map_lists(spec: Spec, nq: int, nk: int, block_m: int, block_n: int, *,
     payload = io.BytesIO()
     torch.save([t.contiguous() for t in lists], payload)
     try:
-        atomic_write(path, _sha256(payload.getvalue()).encode() + b"\n" + payload.getvalue())
+        atomic_write(path, framed(payload.getvalue()))
     except OSError as err:
         warnings.warn(f"attngen could not write its cache at {path} ({err})", CacheWarning, stacklevel=2)
     STATS["block_map_builds"] += 1

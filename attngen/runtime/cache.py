@@ -429,6 +429,17 @@ def block_map_dir() -> Path:
     return root() / "blockmaps"
 
 
+def framed(payload: bytes) -> bytes:
+    """A single-file entry: its payload's sha256 on the first line, then the payload."""
+    return _sha256(payload).encode() + b"\n" + payload
+
+
+def unframed(data: bytes) -> bytes | None:
+    """The payload of a `framed` file, or None where the checksum does not match."""
+    digest, _, payload = data.partition(b"\n")
+    return payload if digest == _sha256(payload).encode() else None
+
+
 # -- listing and clearing (`attngen cache list|clear`) ---------------------------------------
 @dataclass(frozen=True)
 class EntryInfo:
@@ -466,8 +477,7 @@ def list_entries() -> list[EntryInfo]:
                                  meta.get("created", folder.stat().st_mtime), problem))
     for path in sorted(block_map_dir().glob("*.pt")):
         data = path.read_bytes()
-        digest, _, payload = data.partition(b"\n")
-        problem = None if digest == _sha256(payload).encode() else "checksum does not match"
+        problem = None if unframed(data) is not None else "checksum does not match"
         name, _, key = path.stem.rpartition("-")
         out.append(EntryInfo(path, "any", name, "blockmap", key, len(data), path.stat().st_mtime, problem))
     return sorted(out, key=lambda e: (e.spec_name, e.kind, e.arch, -e.created))

@@ -79,7 +79,7 @@ def fastest_without_spills(candidates, usage_of, time_of):
 def bench_ms(run) -> float:
     """Milliseconds per call of `run` on the GPU (Triton's do_bench: warm-up, then the median)."""
     from triton.testing import do_bench
-    return do_bench(run, warmup=5, rep=20)
+    return do_bench(run, warmup=5, rep=20, return_mode="median")
 
 
 class ShapeTables(OrderedDict):
@@ -100,14 +100,22 @@ class ShapeTables(OrderedDict):
         return value
 
 
-def static_block_map_lists(spec: Spec, nq, nk, q_offset, cfg: TileConfig, device, *,
-                           transposed: bool = False) -> tuple:
-    """The block map's CSR lists for a shape without segments, int32 on `device`; large ones come
-    from the disk cache (`blockmap_cache`)."""
-    from .blockmap_cache import block_map_lists
+def block_map_lists(spec: Spec, nq, nk, q_offset, cfg: TileConfig, device, seg_q=None, seg_k=None,
+                    *, transposed: bool = False) -> tuple:
+    """The block map's CSR lists (`BlockMap.lists`, by key tile where `transposed`) on `device`.
+    Segment maps come from this call's ids; static ones through `blockmap_cache` (large ones are
+    kept on disk)."""
+    if seg_q is None:
+        from .blockmap_cache import cached_block_map_lists
 
-    lists = block_map_lists(spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset,
-                            transposed=transposed)
+        lists = cached_block_map_lists(spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset,
+                                       transposed=transposed)
+    else:
+        from ..analysis.blockmap import block_map
+
+        bm = block_map(spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset, seg_q=seg_q,
+                       seg_k=seg_k)
+        lists = (bm.transposed() if transposed else bm).lists
     return tuple(t.to(device=device) for t in lists)
 
 
@@ -230,14 +238,7 @@ class SoftmaxLauncher:
     def _lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k):
         if self.iteration != "lists":
             return ()
-        if seg_q is None:
-            return static_block_map_lists(self.spec, nq, nk, q_offset, cfg, device)
-        from ..analysis.blockmap import block_map
-
-        bm = block_map(self.spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset,
-                       seg_q=seg_q, seg_k=seg_k)
-        return tuple(t.to(device=device, dtype=torch.int32)
-                     for t in (bm.partial_ptr, bm.partial_idx, bm.full_ptr, bm.full_idx))
+        return block_map_lists(self.spec, nq, nk, q_offset, cfg, device, seg_q, seg_k)
 
     def _random(self, nq, nk, q_offset, device):
         if not self.tables:

@@ -29,8 +29,8 @@ from ..codegen.plan_backward import kernel_names
 from ..errors import ShapeError
 from ..reference import _softmax_reference, reference
 from ..spec import Spec, resolve_q_offset
-from .launch import (ShapeTables, SoftmaxLauncher, architecture, check_inputs, dot_precision, poison,
-                     static_block_map_lists)
+from .launch import (ShapeTables, SoftmaxLauncher, architecture, block_map_lists, check_inputs,
+                     dot_precision, poison)
 from .loader import interpreted, load_source
 
 if TYPE_CHECKING:
@@ -112,16 +112,11 @@ class BackwardLauncher(SoftmaxLauncher):
         """The transposed block map's CSR lists at the key-major tile sizes (non-interval masks)."""
         if self.iteration != "lists":
             return ()
-        if not self.spec.uses_segments:
-            key = (nq, nk, q_offset, cfg.block_m, cfg.block_n, str(device))
-            return self._by_key_cache.get_or_build(key, lambda: static_block_map_lists(
-                self.spec, nq, nk, q_offset, cfg, device, transposed=True))
-        from ..analysis.blockmap import block_map
-
-        bm = block_map(self.spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset,
-                       seg_q=seg_q, seg_k=seg_k).transposed()
-        return tuple(t.to(device=device, dtype=torch.int32)
-                     for t in (bm.partial_ptr, bm.partial_idx, bm.full_ptr, bm.full_idx))
+        if self.spec.uses_segments:          # built from this call's ids, never kept
+            return block_map_lists(self.spec, nq, nk, q_offset, cfg, device, seg_q, seg_k, transposed=True)
+        key = (nq, nk, q_offset, cfg.block_m, cfg.block_n, str(device))
+        return self._by_key_cache.get_or_build(key, lambda: block_map_lists(
+            self.spec, nq, nk, q_offset, cfg, device, transposed=True))
 
     def role_tiles(self, cfg: BackwardConfig) -> dict:
         """{role: TileConfig} of the three kernels (the preprocess streams `preprocess_rows` rows)."""

@@ -13,13 +13,13 @@ from attngen.runtime import blockmap_cache, cache
 def test_large_block_maps_are_stored_and_read_back(small_spec, monkeypatch, cache_dir):
     spec = attngen.load_spec(small_spec("bm_stored", causal=True, mask={"stride": {"every": 4}}))
     monkeypatch.setattr(blockmap_cache, "BLOCK_MAP_MIN_TILES", 4)
-    first = blockmap_cache.block_map_lists(spec, 100, 130, 16, 32, q_offset=30)
+    first = blockmap_cache.cached_block_map_lists(spec, 100, 130, 16, 32, q_offset=30)
     bm = block_map(spec, 100, 130, 16, 32, q_offset=30)
-    for got, want in zip(first, (bm.partial_ptr, bm.partial_idx, bm.full_ptr, bm.full_idx)):
+    for got, want in zip(first, bm.lists):
         assert torch.equal(got, want.to(torch.int32))
     (stored,) = (cache_dir / "v1" / "blockmaps").glob("bm_stored-*.pt")
     monkeypatch.setattr(blockmap_cache, "block_map", lambda *a, **k: pytest.fail("rebuilt"))
-    again = blockmap_cache.block_map_lists(spec, 100, 130, 16, 32, q_offset=30)
+    again = blockmap_cache.cached_block_map_lists(spec, 100, 130, 16, 32, q_offset=30)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert cache.STATS["block_map_builds"] == 1 and cache.STATS["block_map_hits"] == 1
     assert [(e.spec_name, e.kind, e.path) for e in cache.list_entries()] == [("bm_stored", "blockmap", stored)]
@@ -30,19 +30,19 @@ def test_large_block_maps_are_stored_and_read_back(small_spec, monkeypatch, cach
 def test_block_map_files_differ_by_shape_and_direction(small_spec, monkeypatch, cache_dir):
     spec = attngen.load_spec(small_spec("bm_shapes", mask={"stride": {"every": 3}}))
     monkeypatch.setattr(blockmap_cache, "BLOCK_MAP_MIN_TILES", 4)
-    forward = blockmap_cache.block_map_lists(spec, 64, 64, 16, 16, q_offset=0)
-    by_key = blockmap_cache.block_map_lists(spec, 64, 64, 16, 16, q_offset=0, transposed=True)
-    blockmap_cache.block_map_lists(spec, 64, 64, 16, 16, q_offset=5)
+    forward = blockmap_cache.cached_block_map_lists(spec, 64, 64, 16, 16, q_offset=0)
+    by_key = blockmap_cache.cached_block_map_lists(spec, 64, 64, 16, 16, q_offset=0, transposed=True)
+    blockmap_cache.cached_block_map_lists(spec, 64, 64, 16, 16, q_offset=5)
     assert len(list((cache_dir / "v1" / "blockmaps").glob("*.pt"))) == 3
     assert cache.STATS["block_map_builds"] == 3 and len(by_key[0]) == len(forward[0])
 
 
 def test_small_and_segment_block_maps_are_not_stored(small_spec, cache_dir):
     spec = attngen.load_spec(small_spec("bm_small", mask={"stride": {"every": 3}}))
-    blockmap_cache.block_map_lists(spec, 64, 64, 16, 16, q_offset=0)
+    blockmap_cache.cached_block_map_lists(spec, 64, 64, 16, 16, q_offset=0)
     assert not (cache_dir / "v1" / "blockmaps").exists()
     with pytest.raises(ValueError, match="segment ids"):
-        blockmap_cache.block_map_lists(attngen.load_spec(small_spec("bm_seg", mask={"segments": True})),
+        blockmap_cache.cached_block_map_lists(attngen.load_spec(small_spec("bm_seg", mask={"segments": True})),
                               64, 64, 16, 16, q_offset=0)
 
 
@@ -54,15 +54,15 @@ def test_small_and_segment_block_maps_are_not_stored(small_spec, cache_dir):
 def test_corrupt_block_map_is_rebuilt_with_a_warning(small_spec, monkeypatch, cache_dir, damage):
     spec = attngen.load_spec(small_spec("bm_corrupt", causal=True, mask={"stride": {"every": 4}}))
     monkeypatch.setattr(blockmap_cache, "BLOCK_MAP_MIN_TILES", 4)
-    first = blockmap_cache.block_map_lists(spec, 80, 80, 16, 16, q_offset=0)
+    first = blockmap_cache.cached_block_map_lists(spec, 80, 80, 16, 16, q_offset=0)
     (path,) = (cache_dir / "v1" / "blockmaps").glob("*.pt")
     path.write_bytes(damage(path.read_bytes()))
     assert cache.list_entries()[0].problem is not None
     with pytest.warns(cache.CacheWarning, match="corrupt"):
-        again = blockmap_cache.block_map_lists(spec, 80, 80, 16, 16, q_offset=0)
+        again = blockmap_cache.cached_block_map_lists(spec, 80, 80, 16, 16, q_offset=0)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert cache.STATS["discarded"] == 1 and cache.STATS["block_map_builds"] == 2
-    assert blockmap_cache.block_map_lists(spec, 80, 80, 16, 16, q_offset=0)[1].tolist() == first[1].tolist()
+    assert blockmap_cache.cached_block_map_lists(spec, 80, 80, 16, 16, q_offset=0)[1].tolist() == first[1].tolist()
     assert cache.STATS["block_map_hits"] == 1
 
 
