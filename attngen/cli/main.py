@@ -41,7 +41,6 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
