@@ -9,7 +9,7 @@ import sympy
 from ..ir.graph import Graph
 from ..ir.passes import run_passes
 from ..ir.softmax import IR_PASSES, build_forward
-from ..spec import Spec, parse_mask
+from ..spec import Spec
 from .configs import config_table, padded_head_dim
 from .intervals import key_interval
 
@@ -17,11 +17,10 @@ from .intervals import key_interval
 def choose_iteration(g: Graph) -> Graph:
     """Interval masks get key-tile ranges from formulas; the rest walk per-tile index lists."""
     if "mask" not in g:
-        return g.with_facts(iteration="ranges", bounds=[str(-sympy.oo), str(sympy.oo)])
-    pred = parse_mask(g.node("mask").attrs["predicate"])
-    bounds = key_interval(pred)
+        return g.with_facts(iteration="ranges", bounds=(-sympy.oo, sympy.oo))
+    bounds = key_interval(g.node("mask").attrs["predicate"])
     if bounds is not None:
-        return g.with_facts(iteration="ranges", bounds=[sympy.srepr(b) for b in bounds])
+        return g.with_facts(iteration="ranges", bounds=tuple(bounds))
     return g.with_facts(iteration="lists", bounds=None)
 
 

@@ -1,7 +1,6 @@
 """The lowering of a softmax spec's backward: IR build, IR passes, then the passes that need analysis.
 
-    lower_backward(spec) = run_passes(build_backward(spec),
-                                      IR_PASSES + BACKWARD_IR_PASSES + BACKWARD_ANALYSIS_PASSES)
+    lower_backward(spec) = run_passes(build_backward(spec), IR_PASSES + BACKWARD_ANALYSIS_PASSES)
 
 Two kernels walk tiles (FlashAttention-2): the query-major dQ kernel walks key tiles exactly as the
 forward does (`choose_iteration`: ranges from L(i), R(i), or the block map's lists); the key-major
@@ -19,8 +18,8 @@ from ..errors import CompileError
 from ..ir.graph import Graph
 from ..ir.passes import run_passes
 from ..ir.softmax import IR_PASSES
-from ..ir.softmax_backward import BACKWARD_IR_PASSES, build_backward
-from ..spec import Spec, parse_mask
+from ..ir.softmax_backward import build_backward
+from ..spec import Spec
 from .configs import ARCHS, TileConfig, padded_head_dim
 from .intervals import query_interval
 from .lowering import choose_iteration
@@ -125,11 +124,11 @@ def choose_query_ranges(g: Graph) -> Graph:
     if g.facts["iteration"] != "ranges":
         return g.with_facts(query_bounds=None)
     if "mask" not in g:
-        return g.with_facts(query_bounds=[sympy.srepr(-sympy.oo), sympy.srepr(sympy.oo)])
-    bounds = query_interval(parse_mask(g.node("mask").attrs["predicate"]))
+        return g.with_facts(query_bounds=(-sympy.oo, sympy.oo))
+    bounds = query_interval(g.node("mask").attrs["predicate"])
     if bounds is None:       # key_interval and query_interval accept the same predicates
         raise CompileError(f"{g.label}: interval mask without a transposed interval")
-    return g.with_facts(query_bounds=[sympy.srepr(b) for b in bounds])
+    return g.with_facts(query_bounds=tuple(bounds))
 
 
 def choose_backward_tiles(g: Graph) -> Graph:
@@ -140,7 +139,7 @@ def choose_backward_tiles(g: Graph) -> Graph:
 
 
 BACKWARD_ANALYSIS_PASSES = (choose_iteration, choose_query_ranges, choose_backward_tiles)
-BACKWARD_PASSES = IR_PASSES + BACKWARD_IR_PASSES + BACKWARD_ANALYSIS_PASSES
+BACKWARD_PASSES = IR_PASSES + BACKWARD_ANALYSIS_PASSES
 
 
 def lower_backward(spec: Spec, *, check: bool | None = None) -> Graph:

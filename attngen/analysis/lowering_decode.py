@@ -1,7 +1,6 @@
 """The lowering of a softmax spec's decode kernel, its tile configurations and its split count.
 
-    lower_decode(spec) = run_passes(build_decode(spec),
-                                    IR_PASSES + DECODE_IR_PASSES + DECODE_ANALYSIS_PASSES)
+    lower_decode(spec) = run_passes(build_decode(spec), IR_PASSES + DECODE_ANALYSIS_PASSES)
 
 A decode program owns one row tile of one (sequence, kv head): the GROUP query heads of the kv head
 times the Nq new tokens, padded to BLOCK_M >= 16 rows (tl.dot's minimum), and one split of the
@@ -19,11 +18,11 @@ from __future__ import annotations
 import sympy
 import torch
 
-from ..ir.decode import DECODE_IR_PASSES, build_decode
+from ..ir.decode import build_decode
 from ..ir.graph import Graph
 from ..ir.passes import run_passes
 from ..ir.softmax import IR_PASSES
-from ..spec import All_, Spec, parse_mask
+from ..spec import All_, Spec
 from .configs import ARCHS, TileConfig, arch_family, padded_head_dim
 from .intervals import evaluate_bound, key_interval
 from .lowering import choose_iteration
@@ -102,9 +101,9 @@ def choose_num_splits(*, batch: int, kv_heads: int, row_tiles: int, key_span: in
 
 
 def key_span(graph: Graph, nq: int, capacity: int) -> int:
-    """The most keys the nq rows of one sequence can see: the capacity, or less under a window."""
-    bounds = graph.facts["bounds"]
-    lower, upper = (sympy.sympify(b) for b in bounds)
+    """The most keys the nq rows of one sequence can see: the capacity, or less under a window.
+    Symbolic work: launchers call it once per (nq, capacity) and keep the answer."""
+    lower, upper = graph.facts["bounds"]
     if lower == -sympy.oo or upper == sympy.oo:
         return capacity
     far = torch.tensor([1 << 40, (1 << 40) + max(nq, 1) - 1], dtype=torch.int64)
@@ -117,8 +116,7 @@ def choose_decode_iteration(g: Graph) -> Graph:
     g = choose_iteration(g)
     if g.facts["iteration"] != "lists":
         return g
-    pred = parse_mask(g.node("mask").attrs["predicate"])
-    return g.with_facts(iteration="scan", bounds=[sympy.srepr(b) for b in outer_interval(pred)])
+    return g.with_facts(iteration="scan", bounds=outer_interval(g.node("mask").attrs["predicate"]))
 
 
 def outer_interval(pred) -> tuple[sympy.Expr, sympy.Expr]:
@@ -141,7 +139,7 @@ def choose_decode_tiles(g: Graph) -> Graph:
 
 
 DECODE_ANALYSIS_PASSES = (choose_decode_iteration, choose_decode_tiles)
-DECODE_PASSES = IR_PASSES + DECODE_IR_PASSES + DECODE_ANALYSIS_PASSES
+DECODE_PASSES = IR_PASSES + DECODE_ANALYSIS_PASSES
 
 
 def lower_decode(spec: Spec, *, check: bool | None = None) -> Graph:

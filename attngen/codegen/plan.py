@@ -11,7 +11,7 @@ import sympy
 
 from ..version import __version__
 from ..ir.graph import Graph
-from ..spec import Random, parse_mask
+from ..spec import Random, Segments
 from .printer import print_triton
 
 
@@ -35,7 +35,7 @@ def random_tables(g: Graph) -> list[RandomTableArgs]:
     if "mask" not in g:
         return []
     seen = []
-    for pred in parse_mask(g.node("mask").attrs["predicate"]).walk():
+    for pred in g.node("mask").attrs["predicate"].walk():
         if isinstance(pred, Random) and (pred.per_row, pred.block, pred.seed) not in seen:
             seen.append((pred.per_row, pred.block, pred.seed))
     return [RandomTableArgs(r, b, s, n) for n, (r, b, s) in enumerate(seen)]
@@ -71,8 +71,7 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
     has_mask = "mask" in g
     if has_mask:
         mask = g.node("mask").attrs
-        pred = parse_mask(mask["predicate"])
-        mask_code = print_triton(pred.expr(), query="q_pos", key="k_pos", random_args=random_map)
+        mask_code = print_triton(mask["predicate"].expr(), query="q_pos", key="k_pos", random_args=random_map)
         mask_formula = mask["formula"]
     else:
         mask_code, mask_formula = "(q_pos == q_pos) & (k_pos == k_pos)", "True (every pair allowed)"
@@ -96,7 +95,7 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
 
 
 def spec_uses_segments(g: Graph) -> bool:
-    return "mask" in g and "segments" in repr(g.node("mask").attrs["predicate"])
+    return "mask" in g and any(isinstance(p, Segments) for p in g.node("mask").attrs["predicate"].walk())
 
 
 def _grouping(spec: dict) -> str:
@@ -109,7 +108,7 @@ def _iteration_values(g: Graph) -> dict:
         return dict(iteration_note="per query tile, lists of partial and full key tiles (block map)",
                     lower_formula="", upper_formula="", lo_key_code="", hi_key_code="",
                     full_lo_key_code="", full_hi_key_code="")
-    lower, upper = (sympy.sympify(b) for b in g.facts["bounds"])   # stored with sympy.srepr
+    lower, upper = g.facts["bounds"]
     return dict(
         iteration_note="closed-form key-tile ranges from the mask's interval bounds (no index lists)",
         lower_formula=str(lower), upper_formula=str(upper),

@@ -37,7 +37,7 @@ def _key_major_values(g: Graph) -> dict:
                                    "block map)",
                     lower_inv_formula="", upper_inv_formula="", lo_row_code="", hi_row_code="",
                     full_lo_row_code="", full_hi_row_code="")
-    lower, upper = (sympy.sympify(b) for b in g.facts["query_bounds"])   # stored with sympy.srepr
+    lower, upper = g.facts["query_bounds"]
     return dict(
         key_major_note="closed-form query-tile ranges from the transposed interval (no index lists)",
         lower_inv_formula=str(lower), upper_inv_formula=str(upper),

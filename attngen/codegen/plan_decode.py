@@ -18,7 +18,7 @@ def kernel_names(kernel_name: str) -> dict[str, str]:
 
 
 def _bounds_values(g: Graph) -> dict:
-    lower, upper = (sympy.sympify(b) for b in g.facts["bounds"])   # stored with sympy.srepr
+    lower, upper = g.facts["bounds"]
     return dict(
         lower_formula=str(lower), upper_formula=str(upper),
         lo_key_code=_bound_code(lower, "first_pos", clamp="maximum", limit="0"),

@@ -40,9 +40,13 @@ def _stabiliser_note(g: Graph) -> str:
 
 def _algorithm_note(g: Graph) -> str:
     if g.facts["kernel"] == "linear_bwd":
-        return ("state pass (chunk states recomputed), dq pass over query tiles (leaves 1/den, "
-                "dden per row), reverse state pass (G = sum phi(q) dnum^T, g = sum phi(q) dden), "
-                "dk/dv pass over key chunks")
+        if g.facts["algorithm"] == "chunked_scan":
+            return ("chunked scans: state pass (chunk states recomputed), dq pass over query tiles "
+                    "(leaves 1/den, dden per row), reverse state pass (G = sum phi(q) dnum^T, "
+                    "g = sum phi(q) dden, after every chunk), dk/dv pass over key chunks")
+        return ("state pass (final state recomputed), dq pass over query tiles (leaves 1/den, dden "
+                "per row), reverse pass reducing G = sum phi(q) dnum^T, g = sum phi(q) dden over all "
+                "rows, dk/dv pass over key chunks")
     if g.facts["algorithm"] == "chunked_scan":
         return ("chunked: a state pass per kv head stores the state before every chunk (favor's "
                 "running maximum rescaling it); an output pass per query tile adds the chunk's "

@@ -9,9 +9,10 @@
 
 The score chain is the forward's own nodes (same ops, same attributes), so the forward's IR passes
 (`attngen.ir.softmax.IR_PASSES`) apply unchanged. What decoding adds: the query rows of one program
-are the GROUP query heads of a kv head times the Nq new tokens (`pack_group_rows`), and the keys of
-one sequence are split across programs whose partial (out, lse) pairs a second kernel merges
-exactly (`split_keys`).
+are the GROUP query heads of a kv head times the Nq new tokens (K/V read once per group), and the
+keys of one sequence are split across programs whose partial (out, lse) pairs a second kernel
+merges exactly (flash-decoding). Both are how the decode template is built; the split count is a
+per-call decision of the launcher (`analysis.lowering_decode.choose_num_splits`).
 """
 from __future__ import annotations
 
@@ -48,16 +49,3 @@ def build_decode(spec: Spec) -> Graph:
     return g
 
 
-def pack_group_rows(g: Graph) -> Graph:
-    """The GROUP query heads of a kv head and the Nq tokens share a tile: K/V read once per group."""
-    g = g.with_attrs("load_q", rows="group x tokens", group=g.facts["group"])
-    g = g.with_attrs("load_k", tensor="k_cache", layout="contiguous or paged")
-    return g.with_attrs("load_v", tensor="v_cache", layout="contiguous or paged")
-
-
-def split_keys(g: Graph) -> Graph:
-    """Split each sequence's keys across programs (flash-decoding): a batch of 1 fills the GPU."""
-    return g.with_attrs("softmax", partial="float32 out and lse per key split")
-
-
-DECODE_IR_PASSES = (pack_group_rows, split_keys)

@@ -1,8 +1,13 @@
 """The IR: a small dataflow graph of one attention computation (networkx DiGraph underneath).
 
 Nodes are named steps (``load_q``, ``scores``, ``mask``, ``online_softmax``, ...) with an op and
-JSON-able attributes; edges carry data from a producer to its consumers, in input order. A graph is
-never mutated by a pass: `with_attrs`, `without` and `inserted_after` return new graphs.
+attributes; edges carry data from a producer to its consumers, in input order. A graph is never
+mutated by a pass: `with_attrs`, `without` and `inserted_after` return new graphs.
+
+Attributes and facts hold real objects: mask predicates (`attngen.spec.Predicate`), sympy
+expressions, numbers, strings and tuples/dicts of them. Passes and the code generator read them as
+they are; they are turned into JSON only for the content hash and the cache's ir.json
+(`to_json`/`from_json`, which tag predicates and sympy expressions so that they come back whole).
 
 The content hash of a node is the sha256 of its op, its attributes and its inputs' content hashes
 (in order), so it changes exactly when something it depends on changes. It is part of every cache key.
@@ -15,21 +20,42 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
+import sympy
+
+from ..spec import Predicate, parse_mask
+
+
+_PREDICATE, _SYMPY = "__predicate__", "__sympy__"      # tags of objects in the JSON form
 
 
 def _canonical(value: Any) -> Any:
-    """Attributes as plain JSON data (tuples → lists, sympy → its srepr string)."""
+    """Attributes as plain JSON data: tuples → lists, a predicate → its tagged YAML form, a sympy
+    expression → its tagged srepr (exact: `sympify` of it rebuilds the same tree)."""
     if isinstance(value, dict):
         return {str(k): _canonical(v) for k, v in sorted(value.items())}
     if isinstance(value, (list, tuple)):
         return [_canonical(v) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    import sympy
-
+    if isinstance(value, Predicate):
+        return {_PREDICATE: value.to_dict()}
     if isinstance(value, sympy.Basic):
-        return sympy.srepr(value)
-    raise TypeError(f"IR attribute of type {type(value).__name__} is not JSON-able: {value!r}")
+        return {_SYMPY: sympy.srepr(value)}
+    raise TypeError(f"IR attribute of type {type(value).__name__} has no JSON form: {value!r}")
+
+
+def _revived(value: Any) -> Any:
+    """The inverse of `_canonical` (JSON lists stay lists: facts and attributes that were tuples
+    are read as sequences)."""
+    if isinstance(value, dict):
+        if set(value) == {_PREDICATE}:
+            return parse_mask(value[_PREDICATE])
+        if set(value) == {_SYMPY}:
+            return sympy.sympify(value[_SYMPY])
+        return {k: _revived(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_revived(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -147,9 +173,9 @@ class Graph:
     @classmethod
     def from_json(cls, data: dict) -> "Graph":
         """The inverse of `to_json` (nodes are listed in topological order)."""
-        graph = cls(data["label"], data["facts"])
+        graph = cls(data["label"], _revived(data["facts"]))
         for node in data["nodes"]:
-            graph.add(node["name"], node["op"], tuple(node["inputs"]), **node["attrs"])
+            graph.add(node["name"], node["op"], tuple(node["inputs"]), **_revived(node["attrs"]))
         return graph
 
     def to_json(self) -> dict:

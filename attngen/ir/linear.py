@@ -15,8 +15,9 @@ yields dk and dv:
     reverse_reduce (G, g) ← phi(q), row_grads ─┬ key_grads → feature_map_grad(key) → store_dk
                                                 └ value_grads                      → store_dv
 
-A `feature_map` node is applied where its input is loaded (`fuse_feature_maps_into_loads`):
-phi(Q) and phi(K) are never written to memory.
+The templates apply a `feature_map` node where its input is loaded (phi(Q) and phi(K) are never
+written to memory) and compute favor's logits in log2 units for exp2; both are how the templates
+are built, so no pass records them.
 """
 from __future__ import annotations
 
@@ -90,21 +91,6 @@ def build_backward(spec: Spec) -> Graph:
     return g
 
 
-def fuse_feature_maps_into_loads(g: Graph) -> Graph:
-    """phi(Q) and phi(K) are computed in registers where Q and K are loaded, never stored."""
-    for node in g.of_op("feature_map"):
-        g = g.with_attrs(node.name, applied_in=node.inputs[0])
-    return g.with_facts(materialised=[])
-
-
-def log2_feature_units(g: Graph) -> Graph:
-    """exp2 is the hardware exponential: favor's logits and stabilisers live in log2 units."""
-    for node in g.of_op("feature_map"):
-        if node.attrs["map"] == "favor":
-            g = g.with_attrs(node.name, base="2")
-    return g
-
-
 def choose_stabilisers(g: Graph) -> Graph:
     """favor subtracts maxima: per query row; over all keys, or causally a prefix maximum."""
     for node in g.of_op("feature_map"):
@@ -123,4 +109,4 @@ def choose_algorithm(g: Graph) -> Graph:
     return g.with_facts(algorithm="chunked_scan" if g.facts["causal"] else "reduce_then_apply")
 
 
-IR_PASSES = (fuse_feature_maps_into_loads, log2_feature_units, choose_stabilisers, choose_algorithm)
+IR_PASSES = (choose_stabilisers, choose_algorithm)

@@ -39,7 +39,7 @@ def build_forward(spec: Spec) -> Graph:
     if spec.alibi:
         last = g.add("alibi", "alibi", (last,), num_heads=spec.query_heads)
     mask = spec.effective_mask
-    predicate = None if isinstance(mask, Everything) else mask.to_dict()
+    predicate = None if isinstance(mask, Everything) else mask
     last = g.add("mask", "mask", (last,), predicate=predicate, formula=str(mask.expr()))
     g.add("softmax", "online_softmax", (last,), base="e")
     g.add("weighted", "dot", ("softmax", "load_v"), contract="key")
@@ -68,11 +68,6 @@ def exp2_softmax(g: Graph) -> Graph:
     return g
 
 
-def mask_partial_tiles_only(g: Graph) -> Graph:
-    """Full tiles never evaluate the mask; only partial tiles do."""
-    if "mask" in g:
-        return g.with_attrs("mask", applies_to="partial")
-    return g
-
-
-IR_PASSES = (drop_trivial_mask, exp2_softmax, mask_partial_tiles_only)
+# Full tiles never evaluate the mask, only partial tiles do: that is how the templates are built
+# (separate masked and unmasked tile loops), not a decision a pass makes, so no pass records it.
+IR_PASSES = (drop_trivial_mask, exp2_softmax)

@@ -11,7 +11,9 @@
 The score chain is the forward's own nodes (same ops, same attributes), so the forward's IR passes
 (`attngen.ir.softmax.IR_PASSES`) apply unchanged: the recomputed probabilities are named ``softmax``.
 ALiBi adds a constant per (i, j) and the mask sets scores to -inf (p = 0): neither has a gradient
-node. dk and dv of a kv head are sums over the group's query heads (`sum_group_in_key_program`).
+node. Two properties of the kernels are fixed by the template, not decided by a pass: a row with
+no allowed key (lse = -inf) recomputes p = 0 (zero gradient, no NaN), and dK/dV of a kv head sum
+its GROUP query heads inside one key-major program (no atomics, deterministic).
 """
 from __future__ import annotations
 
@@ -55,16 +57,3 @@ def build_backward(spec: Spec) -> Graph:
     return g
 
 
-def guard_empty_rows(g: Graph) -> Graph:
-    """A row with no allowed key has lse = -inf: recompute it as p = 0 (zero gradient, no NaN)."""
-    return g.with_attrs("softmax", empty_rows="zero")
-
-
-def sum_group_in_key_program(g: Graph) -> Graph:
-    """dK/dV of a kv head sum its query heads in one key-major program: no atomics, no repeated K/V."""
-    group = g.facts["group"]
-    g = g.with_attrs("dk", sum_query_heads=group)
-    return g.with_attrs("dv", sum_query_heads=group)
-
-
-BACKWARD_IR_PASSES = (guard_empty_rows, sum_group_in_key_program)
