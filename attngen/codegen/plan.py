@@ -13,6 +13,7 @@ from ..version import __version__
 from ..ir.graph import Graph
 from ..spec import Random, Segments
 from .printer import print_triton
+from .signature import Arg, KernelSignature, constexprs, sizes, strides, tensors
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,35 @@ def random_tables(g: Graph) -> list[RandomTableArgs]:
         if isinstance(pred, Random) and (pred.per_row, pred.block, pred.seed) not in seen:
             seen.append((pred.per_row, pred.block, pred.seed))
     return [RandomTableArgs(r, b, s, n) for n, (r, b, s) in enumerate(seen)]
+
+
+def random_args(tables: list[RandomTableArgs]) -> tuple[Arg, ...]:
+    """Per random table: the int32 table, its first query block and its row count."""
+    out = []
+    for t in tables:
+        table, first, rows = t.names
+        out += [Arg(table, "tensor", "i32"), Arg(first, "size"), Arg(rows, "size")]
+    return tuple(out)
+
+
+def block_list_args(g: Graph, prefix: str = "") -> tuple[Arg, ...]:
+    """The block map's CSR lists (non-interval masks): partial and full key (or query) tiles."""
+    if g.facts["iteration"] != "lists":
+        return ()
+    return tensors(*(f"{prefix}{n}" for n in ("partial_ptr", "partial_idx", "full_ptr", "full_idx")),
+                   dtype="i32")
+
+
+def forward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]:
+    """{role: signature} of the forward source: one kernel, role ``fwd``."""
+    args = (tensors("q", "k", "v", "out") + tensors("lse", "alibi_slopes", dtype="fp32")
+            + tensors("seg_q", "seg_k", dtype="i32") + block_list_args(g) + random_args(random_tables(g))
+            + tensors("tile_counts", dtype="i32")
+            + strides("q") + strides("k") + strides("v") + strides("o")
+            + strides("seg_q", "bn") + strides("seg_k", "bn")
+            + sizes("nq", "nk", "q_offset", "num_query_heads")
+            + constexprs("BLOCK_M", "BLOCK_N", "EVEN_K", "COUNT_TILES", "DOT_PRECISION", "UPCAST_DOT"))
+    return {"fwd": KernelSignature(kernel_name, args)}
 
 
 def _bound_code(bound: sympy.Expr, position: str, *, clamp: str, limit: str) -> str:
@@ -88,7 +118,7 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
         tile_configs=sorted(g.facts["tile_configs"].items()), ir_hash=g.content_hash(),
         iteration=g.facts["iteration"],
         random_args="".join(f", {a}, {b}, {c}" for a, b, c in (t.names for t in tables)),
-        random_kernel_params="".join(f"{a}, {b}, {c}, " for a, b, c in (t.names for t in tables)),
+        signatures=forward_signatures(g, kernel_name),
     )
     values.update(_iteration_values(g))
     return values

@@ -9,8 +9,9 @@ from __future__ import annotations
 import sympy
 
 from ..ir.graph import Graph
-from .plan import forward_values
+from .plan import block_list_args, forward_values, random_args, random_tables
 from .printer import print_triton
+from .signature import KernelSignature, constexprs, sizes, strides, tensors
 
 # The kernels of one backward source, by role: `{kernel_name}_{suffix}`, launched in this order.
 KERNEL_SUFFIXES = ("preprocess", "dkdv", "dq")
@@ -19,6 +20,29 @@ KERNEL_SUFFIXES = ("preprocess", "dkdv", "dq")
 def kernel_names(kernel_name: str) -> dict[str, str]:
     """{role: function name} of the three kernels generated under the prefix `kernel_name`."""
     return {role: f"{kernel_name}_{role}" for role in KERNEL_SUFFIXES}
+
+
+def backward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]:
+    """{role: signature} of the three backward kernels, in launch order."""
+    names = kernel_names(kernel_name)
+    tile_walk = (tensors("alibi_slopes", dtype="fp32") + tensors("seg_q", "seg_k", dtype="i32"))
+    saved = tensors("q", "k", "v", "dout") + tensors("lse", "delta", dtype="fp32")
+    inputs = strides("q") + strides("k") + strides("v") + strides("do")
+    seg = strides("seg_q", "bn") + strides("seg_k", "bn")
+    randoms = random_args(random_tables(g))
+    return {
+        "preprocess": KernelSignature(names["preprocess"], (
+            tensors("out", "dout") + tensors("delta", dtype="fp32") + strides("o") + strides("do")
+            + sizes("nq", "num_query_heads") + constexprs("BLOCK_M"))),
+        "dkdv": KernelSignature(names["dkdv"], (
+            saved + tensors("dk", "dv") + tile_walk + block_list_args(g, "by_key_") + randoms
+            + inputs + strides("dk") + strides("dv") + seg + sizes("nq", "nk", "q_offset", "num_kv_heads")
+            + constexprs("BLOCK_M", "BLOCK_N", "DOT_PRECISION", "UPCAST_DOT"))),
+        "dq": KernelSignature(names["dq"], (
+            saved + tensors("dq") + tile_walk + block_list_args(g) + randoms
+            + inputs + strides("dq") + seg + sizes("nq", "nk", "q_offset", "num_query_heads")
+            + constexprs("BLOCK_M", "BLOCK_N", "EVEN_K", "DOT_PRECISION", "UPCAST_DOT"))),
+    }
 
 
 def _row_code(bound: sympy.Expr, key: str, *, clamp: str, limit: str) -> str:
@@ -57,6 +81,7 @@ def backward_values(g: Graph, *, kernel_name: str) -> dict:
         iteration_note="dQ kernel: " + values["iteration_note"],
         preprocess_name=names["preprocess"], dkdv_name=names["dkdv"], dq_name=names["dq"],
         sm_scale=repr(g.node("scale_grad").attrs["value"]),
+        signatures=backward_signatures(g, kernel_name),
     )
     values.update(_key_major_values(g))
     return values

@@ -10,11 +10,30 @@ import sympy
 
 from ..ir.graph import Graph
 from .plan import _bound_code, forward_values, random_tables
+from .signature import Arg, KernelSignature, constexprs, sizes, strides, tensors
 
 
 def kernel_names(kernel_name: str) -> dict[str, str]:
     """{role: function name}: the split-KV decode kernel and the kernel merging its splits."""
     return {"decode": kernel_name, "merge": f"{kernel_name}_merge"}
+
+
+def decode_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]:
+    """{role: signature}: the split-KV decode kernel, then the merge of its splits."""
+    names = kernel_names(kernel_name)
+    randoms = []
+    for t in random_tables(g):      # one table per sequence: (B, rows, per_row) and its rows
+        randoms += [Arg(t.names[0], "tensor", "i32"), Arg(t.names[2], "size")]
+    decode = (tensors("q", "k_cache", "v_cache", "out") + tensors("lse", "split_out", "split_lse", dtype="fp32")
+              + tensors("cache_seqlens", "block_table", dtype="i32") + tensors("alibi_slopes", dtype="fp32")
+              + tuple(randoms) + tensors("tile_counts", dtype="i32")
+              + strides("q") + strides("k") + strides("v") + strides("o") + strides("table_", "b")
+              + sizes("nq", "nk_max", "num_kv_heads")
+              + constexprs("BLOCK_M", "BLOCK_N", "PAGED", "PAGE_SIZE", "KV_ALIGNED", "SPLIT", "COUNT_TILES",
+                           "DOT_PRECISION", "UPCAST_DOT"))
+    merge = (tensors("split_out", "split_lse", dtype="fp32") + tensors("out") + tensors("lse", dtype="fp32")
+             + strides("o") + sizes("nq", "num_query_heads", "num_splits"))
+    return {"decode": KernelSignature(names["decode"], decode), "merge": KernelSignature(names["merge"], merge)}
 
 
 def _bounds_values(g: Graph) -> dict:
@@ -47,7 +66,7 @@ def decode_values(g: Graph, *, kernel_name: str) -> dict:
         merge_name=names["merge"],
         # Each sequence has its own random table (the draw depends on its length): the kernel gets
         # one table of `rows` rows per sequence and computes the first query block itself.
-        random_decode_params="".join(f"{t.names[0]}, {t.names[2]}, " for t in tables),
+        signatures=decode_signatures(g, kernel_name),
         random_call_args="".join(f", {t.names[0]}_seq, {t.names[1]}, {t.names[2]}" for t in tables),
         random_locals=[dict(table=t.names[0], first=t.names[1], rows=t.names[2], per_row=t.per_row,
                             block=t.block) for t in tables],

@@ -9,6 +9,7 @@ import math
 
 from ..ir.graph import Graph
 from ..version import __version__
+from .signature import KernelSignature, constexprs, sizes, strides, tensors
 
 FEATURE_FORMULAS = {
     "elu1": "phi(x) = elu(x) + 1 = x + 1 (x > 0), exp(x) (x <= 0)",
@@ -28,6 +29,46 @@ def kernel_names(g: Graph) -> dict[str, str]:
         return {"states": f"attngen_linear_states_{name}", "main": f"attngen_linear_fwd_{name}"}
     return {"states": f"attngen_linear_bwd_states_{name}", "dq": f"attngen_linear_dq_{name}",
             "reverse": f"attngen_linear_reverse_{name}", "main": f"attngen_linear_dkv_{name}"}
+
+
+def linear_signatures(g: Graph) -> dict[str, KernelSignature]:
+    """{role: signature} of a linear source's kernels, in launch order (see `kernel_names`)."""
+    names = kernel_names(g)
+    tiles = constexprs("CHUNK", "DOT_PRECISION")
+    states = (tensors("k", "v") + tensors("features", "chunk_state", "chunk_norm", "chunk_max", dtype="fp32")
+              + strides("k") + strides("v") + sizes("nk", "num_kv_heads", "num_chunks", "num_slots") + tiles)
+    rows = sizes("nq", "nk", "q_offset", "num_query_heads", "zero_rows", "first_chunk", "num_chunks",
+                 "tail_start", "num_slots")
+    qkv = strides("q") + strides("k") + strides("v")
+    if g.facts["kernel"] == "linear_fwd":
+        return {
+            "states": KernelSignature(names["states"], states),
+            "main": KernelSignature(names["main"], (
+                tensors("q", "k", "v", "out")
+                + tensors("features", "chunk_state", "chunk_norm", "chunk_max", dtype="fp32")
+                + qkv + strides("o") + rows + tiles)),
+        }
+    grads = tensors("grad_state", "grad_norm", "grad_max", dtype="fp32")
+    return {
+        "states": KernelSignature(names["states"], states),
+        "dq": KernelSignature(names["dq"], (
+            tensors("q", "k", "v", "out", "dout", "dq")
+            + tensors("features", "chunk_state", "chunk_norm", "chunk_max", "row_rden", "row_dden", "row_max",
+                      dtype="fp32")
+            + qkv + strides("o") + strides("do") + strides("dq") + rows + tiles)),
+        "reverse": KernelSignature(names["reverse"], (
+            tensors("q", "dout")
+            + tensors("features", "chunk_max", "row_rden", "row_dden", "row_max", dtype="fp32") + grads
+            + strides("q") + strides("do")
+            + sizes("nq", "q_offset", "num_kv_heads", "first_chunk", "num_chunks", "tail_start", "num_slots",
+                    "grad_slots") + tiles)),
+        "main": KernelSignature(names["main"], (
+            tensors("q", "k", "v", "dout", "dk", "dv")
+            + tensors("features", "chunk_max", "row_rden", "row_dden", dtype="fp32") + grads
+            + qkv + strides("do") + strides("dk") + strides("dv")
+            + sizes("nq", "nk", "q_offset", "num_kv_heads", "first_chunk", "num_chunks", "num_slots", "grad_slots")
+            + tiles)),
+    }
 
 
 def _stabiliser_note(g: Graph) -> str:
@@ -92,4 +133,5 @@ def linear_values(g: Graph) -> dict:
         causal=g.facts["causal"], is_favor=is_favor, is_elu1=phi["map"] == "elu1",
         algorithm_note=_algorithm_note(g),
         chunk_configs=sorted(g.facts["chunk_configs"].items()), ir_hash=g.content_hash(),
+        signatures=linear_signatures(g),
     )
