@@ -31,7 +31,7 @@ import torch
 from ..spec.predicates import (All_, Any_, Band, Blocks, Columns, Everything, GlobalTokens, Predicate,
                                Stride)
 from ..spec.spec import Spec
-from .cost import allowed_pairs, counted_mask
+from .pairs import allowed_pairs, counted_mask
 
 if TYPE_CHECKING:
     import networkx as nx

@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from ..analysis.cost import allowed_pairs, flops_forward
+from ..analysis.cost import flops_forward
+from ..analysis.pairs import allowed_pairs
 from ..checking import TOLERANCE, relative_error
 from ..reference import reference
 from ..spec import Spec, resolve_q_offset

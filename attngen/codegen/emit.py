@@ -5,12 +5,13 @@ from dataclasses import dataclass
 
 from ..analysis.lowering import lower_forward
 from ..analysis.lowering_backward import lower_backward
+from ..analysis.lowering_decode import lower_decode
 from ..analysis.lowering_linear import lower_linear
 from ..ir.graph import Graph
 from ..spec import Spec, load_spec
 from .plan import forward_values
 from .plan_backward import backward_values
-from .plan_decode import decode_kernel
+from .plan_decode import decode_values
 from .plan_linear import kernel_names, linear_values
 from .render import render
 
@@ -46,6 +47,14 @@ def linear_kernel(spec: Spec, kernel: str, *, check: bool | None = None) -> Gene
     graph = lower_linear(spec, kernel, check=check)
     source = render(f"linear_{kernel}.py.jinja", **linear_values(graph))
     return GeneratedKernel(spec, f"linear_{kernel}", source, graph, kernel_names(graph)["main"])
+
+
+def decode_kernel(spec: Spec, *, check: bool | None = None) -> GeneratedKernel:
+    """One source holding the decode kernel (`attngen_decode_<spec>`) and its merge kernel."""
+    graph = lower_decode(spec, check=check)
+    name = f"attngen_decode_{spec.name}"
+    source = render("decode.py.jinja", **decode_values(graph, kernel_name=name))
+    return GeneratedKernel(spec, "decode", source, graph, name)
 
 
 GENERATORS = {"fwd": forward_kernel, "bwd": backward_kernel,

@@ -74,14 +74,3 @@ def decode_values(g: Graph, *, kernel_name: str) -> dict:
     values.update(_bounds_values(g))
     return values
 
-
-def decode_kernel(spec, *, check: bool | None = None):
-    """One source holding the decode kernel (`attngen_decode_<spec>`) and its merge kernel."""
-    from ..analysis.lowering_decode import lower_decode
-    from .emit import GeneratedKernel        # emit imports this module: look it up at call time
-    from .render import render
-
-    graph = lower_decode(spec, check=check)
-    name = f"attngen_decode_{spec.name}"
-    source = render("decode.py.jinja", **decode_values(graph, kernel_name=name))
-    return GeneratedKernel(spec, "decode", source, graph, name)

@@ -1,5 +1,5 @@
-"""attngen.analysis.cost: exact pair counts (against the dense mask), closed forms, FLOPs, bytes, KV
-cache, and counting at a million positions without building the mask."""
+"""attngen.analysis.pairs and .cost: exact pair counts (against the dense mask), closed forms, FLOPs,
+bytes, KV cache, and counting at a million positions without building the mask."""
 from __future__ import annotations
 
 import time
@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from attngen import Spec, load_spec
-from attngen.analysis import cost as cost_module
-from attngen.analysis.cost import allowed_pairs, cost, pairs_formula
+from attngen.analysis import pairs as pairs_module
+from attngen.analysis.cost import cost
+from attngen.analysis.pairs import allowed_pairs, pairs_formula
 from attngen.spec import band, causal, spec_from_dict
 
 MASKS = {
@@ -81,8 +82,8 @@ def test_segments_without_ids_count_as_one_segment_and_say_so():
 def test_a_period_too_long_to_tabulate_falls_back_to_exact_row_chunks(monkeypatch):
     spec = _spec(MASKS["stride_and_columns_coprime"], causal_=True)
     want = int(spec.dense_mask(50, 50).sum())
-    monkeypatch.setattr(cost_module, "MAX_TABLE", 8)
-    monkeypatch.setattr(cost_module, "DENSE_CHUNK", 100)      # several chunks
+    monkeypatch.setattr(pairs_module, "MAX_TABLE", 8)
+    monkeypatch.setattr(pairs_module, "DENSE_CHUNK", 100)      # several chunks
     assert allowed_pairs(spec, 50, 50) == want
 
 

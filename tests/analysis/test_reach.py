@@ -10,7 +10,7 @@ import pytest
 
 from attngen import load_spec
 from attngen.analysis import reach as reach_module
-from attngen.analysis.cost import counted_mask
+from attngen.analysis.pairs import counted_mask
 from attngen.analysis.reach import MAX_GRAPH_N, allowed_graph, reach
 from attngen.cli.main import main
 from attngen.spec import spec_from_dict
