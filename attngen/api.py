@@ -8,19 +8,22 @@ import torch
 
 from .codegen.aot import DTYPE_NAMES, STAGES
 from .codegen.emit import generate
-from .runtime.autograd import CompiledAttention
+from .runtime.ops import CompiledAttention, register
 from .runtime.registry import load  # noqa: F401 - re-exported: attngen.load(path) → torch ops
 from .spec import load_spec
 
 
 def compile(spec) -> CompiledAttention:  # noqa: A001 - the verb users expect (torch.compile)
-    """Lower, generate and load a spec's kernels; returns a callable
+    """A spec as a callable registered as torch operators (``torch.ops.attngen.<name>``):
 
         attn(q, k, v, *, q_offset=None, seg_q=None, seg_k=None, return_lse=False)
 
-    that runs compiled on CUDA tensors and under Triton's interpreter on CPU tensors.
+    runs compiled on CUDA tensors and under Triton's interpreter on CPU tensors, and traces whole
+    under torch.compile(fullgraph=True) and torch.export from its first call. Kernels are generated
+    (through the disk cache) on the first real call. Compiling the same spec again returns the same
+    object.
     """
-    return CompiledAttention(load_spec(spec))
+    return register(load_spec(spec))
 
 
 def emit(spec, *, kernel: str = "fwd", stage: str = "triton", target: str = "sm_90",
@@ -35,5 +38,5 @@ def emit(spec, *, kernel: str = "fwd", stage: str = "triton", target: str = "sm_
                          f"got {stage!r}")
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"dtype must be one of {list(DTYPE_NAMES)}, got {dtype}")
-    compiled = CompiledAttention(spec).compile_for(target, dtype, kernel=kernel)
+    compiled = compile(spec).compile_for(target, dtype, kernel=kernel)
     return compiled.asm[stage]

@@ -109,9 +109,7 @@ def main(argv=None) -> int:
     attn = A.compile(spec)
     softmax = A.compile(A.Spec(name="softmax_bench", query_heads=args.heads, kv_heads=args.heads,
                                head_dim=args.head_dim, causal=True)) if args.softmax else None
-    from attngen.runtime.linear import launcher_of
-
-    chunk = launcher_of(attn).config(torch.device(args.device)).chunk
+    chunk = attn.launcher("fwd").config(torch.device(args.device)).chunk
     rows = {"fwd": [], "fwd+bwd": [], "softmax fwd": []}
     print(f"causal elu1, head_dim {args.head_dim}, {args.heads} head(s), batch {args.batch}, "
           f"{args.device}, chunk {chunk}, {args.clock} clock")

@@ -4,10 +4,8 @@ Used by `attngen emit --stage ttir|ttgir|ptx` and by the tests that compile ever
 sm_80 and sm_90 and read the cubin's resource usage (registers, shared memory, spills) with the
 ``cuobjdump`` that Triton's NVIDIA backend ships.
 
-Kernel arguments are typed by naming convention, shared by every template: the tensors q/k/v/out/
-dout/dq/dk/dv carry the input dtype; names listed in `FLOAT32_POINTERS` point to float32; names in
-`INT32_POINTERS` or ending in ``_table``, ``_ptr``, ``_idx`` point to int32; every other non-constexpr
-argument is a 32-bit integer scalar.
+Arguments are typed from the kernel's declared signature (`codegen/signature.py`): tensors by
+their declared dtype (the input dtype, float32 or int32), strides and sizes as 32-bit integers.
 """
 from __future__ import annotations
 
@@ -23,15 +21,9 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from ..errors import CompileError
+from .signature import KernelSignature
 
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-INPUT_POINTERS = {"q", "k", "v", "out", "dout", "dq", "dk", "dv", "k_cache", "v_cache",
-                  "partial_out"}
-FLOAT32_POINTERS = {"lse", "alibi_slopes", "delta", "partial_lse", "dq_accum", "features",
-                    "state", "state_z", "lse_out", "chunk_state", "chunk_norm", "chunk_max",
-                    "grad_state", "grad_norm", "grad_max", "row_rden", "row_dden", "row_max",
-                    "split_out", "split_lse"}
-INT32_POINTERS = {"seg_q", "seg_k", "tile_counts", "cache_seqlens", "block_table"}
 STAGES = ("ttir", "ttgir", "llir", "ptx", "cubin")
 
 
@@ -42,42 +34,28 @@ def parse_arch(target: str) -> int:
     return int(match.group(1))
 
 
-def signature_of(kernel, dtype: torch.dtype, constexprs: dict) -> dict:
-    """The ASTSource signature of a generated kernel, by the naming convention above."""
-    sig = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name in INPUT_POINTERS:
-            sig[name] = "*" + DTYPE_NAMES[dtype]
-        elif name in FLOAT32_POINTERS:
-            sig[name] = "*fp32"
-        elif name in INT32_POINTERS or name.endswith(("_table", "_ptr", "_idx")):
-            sig[name] = "*i32"
-        else:
-            sig[name] = "i32"
-    return sig
-
-
-def specializations(kernel, signature: dict) -> tuple[dict, dict]:
-    """What Triton's JIT would see for contiguous inputs: unit last-dim strides (``stride_*d``,
-    ``stride_*n`` of 1-D tables) become the constant 1, and pointers are 16-byte aligned. Without
-    this, every element would carry its own 64-bit address and the kernel would spill."""
-    unit = {name: 1 for name in kernel.arg_names
-            if signature.get(name) == "i32" and re.fullmatch(r"stride_\w*d", name)}
-    aligned = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]]
-               for name, kind in signature.items() if kind.startswith("*")}
+def specializations(signature: KernelSignature, types: dict) -> tuple[dict, dict]:
+    """What Triton's JIT would see for contiguous inputs: unit head-dim strides become the
+    constant 1, and pointers are 16-byte aligned. Without this, every element would carry its own
+    64-bit address and the kernel would spill."""
+    unit = {a.name: 1 for a in signature.args if a.role == "stride" and a.axis == "d" and types[a.name] == "i32"}
+    aligned = {(signature.names.index(name),): [["tt.divisibility", 16]]
+               for name, kind in types.items() if kind.startswith("*")}
     return unit, aligned
 
 
-def compile_for_gpu(kernel, *, dtype: torch.dtype, constexprs: dict, target: str = "sm_90",
-                    num_warps: int = 4, num_stages: int = 2):
-    """A Triton CompiledKernel (asm: ttir, ttgir, llir, ptx, cubin) for `target`."""
+def compile_for_gpu(kernel, signature: KernelSignature, *, dtype: torch.dtype, constexprs: dict,
+                    target: str = "sm_90", num_warps: int = 4, num_stages: int = 2):
+    """A Triton CompiledKernel (asm: ttir, ttgir, llir, ptx, cubin) of the JIT function `kernel`,
+    declared by `signature`, for `target`."""
+    if tuple(kernel.arg_names) != signature.names:
+        raise CompileError(f"{signature.name}: the generated function's arguments {kernel.arg_names} are not "
+                           f"its declared signature {list(signature.names)}")
     arch = parse_arch(target)
-    signature = signature_of(kernel, dtype, constexprs)
-    unit, aligned = specializations(kernel, signature)
-    signature.update({name: "constexpr" for name in unit})
-    source = ASTSource(fn=kernel, signature=signature, constexprs={**constexprs, **unit}, attrs=aligned)
+    types = signature.aot_types(DTYPE_NAMES[dtype], constexprs)
+    unit, aligned = specializations(signature, types)
+    types.update({name: "constexpr" for name in unit})
+    source = ASTSource(fn=kernel, signature=types, constexprs={**constexprs, **unit}, attrs=aligned)
     try:
         return triton.compile(source, target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..analysis.lowering import lower_forward
 from ..analysis.lowering_backward import lower_backward
@@ -9,11 +10,20 @@ from ..analysis.lowering_decode import lower_decode
 from ..analysis.lowering_linear import lower_linear
 from ..ir.graph import Graph
 from ..spec import Spec, load_spec
-from .plan import forward_values
-from .plan_backward import backward_values
-from .plan_decode import decode_values
-from .plan_linear import kernel_names, linear_values
+from .plan import forward_signatures, forward_values
+from .plan_backward import backward_signatures, backward_values
+from .plan_decode import decode_signatures, decode_values
+from .plan_linear import kernel_names, linear_signatures, linear_values
 from .render import render
+from .signature import KernelSignature
+
+# {kind: (lowered graph, kernel name) → {role: signature}}: the same declarations the templates
+# rendered, recomputed from the IR (a cache hit has the IR, not the template values).
+SIGNATURES = {
+    "fwd": forward_signatures, "bwd": backward_signatures, "decode": decode_signatures,
+    "linear_fwd": lambda graph, name: linear_signatures(graph),
+    "linear_bwd": lambda graph, name: linear_signatures(graph),
+}
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,11 @@ class GeneratedKernel:
     source: str
     graph: Graph
     kernel_name: str
+
+    @cached_property
+    def signatures(self) -> dict[str, KernelSignature]:
+        """{role: signature} of the source's kernels, in launch order."""
+        return SIGNATURES[self.kind](self.graph, self.kernel_name)
 
 
 def forward_kernel(spec: Spec, *, check: bool | None = None) -> GeneratedKernel:

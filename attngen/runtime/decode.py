@@ -20,34 +20,55 @@ import torch
 from ..analysis.configs import TileConfig
 from ..analysis.lowering_decode import (DEFAULT_SMS, candidate_decode_configs, choose_num_splits, key_span,
                                         row_block)
-from ..codegen.aot import compile_for_gpu, first_without_spills, resource_usage
+from ..codegen.aot import resource_usage
 from ..codegen.emit import GeneratedKernel
 from ..codegen.plan import random_tables
-from ..codegen.plan_decode import kernel_names
 from ..errors import ShapeError, SpecError
 from ..spec import alibi_slopes, random_draw
-from .launch import DTYPES, architecture, dot_precision, poison
-from .loader import interpreted, load_source
+from .launch import stride_args
+from .launcher import DTYPES, KernelLauncher, architecture, dot_precision, poison
 
 log = logging.getLogger("attngen")
 MAX_NQ = 16
 
 
-class DecodeLauncher:
-    """Runs one spec's generated decode kernel and its merge kernel."""
+class DecodeLauncher(KernelLauncher):
+    """Runs one spec's generated decode kernel and its merge kernel.
+
+    Kept per launcher, so that a warm call does no symbolic or driver work: the key span per
+    (Nq, capacity) (`key_span` evaluates the mask's sympy bounds), the SM count per device, ALiBi's
+    slopes per device, and a placeholder for the tile counts."""
 
     def __init__(self, generated: GeneratedKernel):
-        self.generated = generated
-        self.spec = generated.spec
-        self.graph = generated.graph
+        super().__init__(generated)
         self.tables = random_tables(generated.graph)
-        self.names = kernel_names(generated.kernel_name)
-        self._configs: dict = {}
+        self._spans: dict = {}
+        self._sms: dict = {}
+        self._device_tensors: dict = {}
 
-    # -- kernels and configurations ----------------------------------------------------------
-    def kernel(self, role: str, device: torch.device):
-        fn = getattr(load_source(self.generated.source), self.names[role])
-        return interpreted(fn) if architecture(device) is None else fn
+    # -- per-call constants, computed once ---------------------------------------------------
+    def span(self, nq: int, capacity: int) -> int:
+        key = (nq, capacity)
+        if key not in self._spans:
+            self._spans[key] = key_span(self.graph, nq, capacity)
+        return self._spans[key]
+
+    def num_sms(self, device: torch.device) -> int:
+        if device.type != "cuda":
+            return DEFAULT_SMS
+        if device not in self._sms:
+            self._sms[device] = torch.cuda.get_device_properties(device).multi_processor_count
+        return self._sms[device]
+
+    def device_tensors(self, device: torch.device) -> tuple:
+        """(ALiBi slopes or None, a 1-element int32 placeholder for tile_counts) on `device`."""
+        if device not in self._device_tensors:
+            slopes = (alibi_slopes(self.spec.query_heads).to(device=device, dtype=torch.float32)
+                      if self.spec.alibi else None)
+            self._device_tensors[device] = (slopes, torch.zeros(1, dtype=torch.int32, device=device))
+        return self._device_tensors[device]
+
+    # -- configurations ----------------------------------------------------------------------
 
     def config(self, nq: int, dtype: torch.dtype, device: torch.device) -> TileConfig:
         block_m = row_block(self.spec.group, nq, self.spec.head_dim)
@@ -59,16 +80,10 @@ class DecodeLauncher:
     def spill_free_config(self, target: str, dtype: torch.dtype, block_m: int) -> TileConfig:
         """The first candidate whose compiled kernel (paged, split: the larger variant) has no
         spills on `target`; decided once per (target, dtype, rows)."""
-        key = (target, dtype, block_m)
-        if key not in self._configs:
-            chosen, usage = first_without_spills(
-                candidate_decode_configs(self.spec.head_dim, dtype, target, block_m),
-                lambda cfg: resource_usage(self.compile_for(target, dtype, cfg)))
-            if usage.spills:
-                log.warning("%s: every tile configuration spills on %s/%s at %d rows; using %s",
-                            self.generated.kernel_name, target, dtype, block_m, chosen)
-            self._configs[key] = chosen
-        return self._configs[key]
+        return self.choose((target, dtype, block_m),
+                           candidate_decode_configs(self.spec.head_dim, dtype, target, block_m),
+                           lambda cfg: resource_usage(self.compile_for(target, dtype, cfg)),
+                           f"{self.generated.kernel_name} on {target}/{dtype} at {block_m} rows")
 
     @staticmethod
     def constexprs(cfg: TileConfig, dtype: torch.dtype, *, paged: bool, page_size: int, split: bool,
@@ -83,16 +98,14 @@ class DecodeLauncher:
                     kernel: str = "decode", nq: int = 1, paged: bool = True, page_size: int = 16,
                     split: bool = True):
         """Compile the decode (or merge) kernel ahead of time for `target`; no GPU needed."""
-        fn = getattr(load_source(self.generated.source), self.names[kernel])
         if kernel == "merge":
-            return compile_for_gpu(fn, dtype=dtype, target=target, num_warps=1, num_stages=1,
-                                   constexprs={})
+            return self.compile_role("merge", target, dtype, {}, num_warps=1, num_stages=1)
         block_m = row_block(self.spec.group, nq, self.spec.head_dim)
         cfg = config or self.spill_free_config(target, dtype, block_m)
-        return compile_for_gpu(fn, dtype=dtype, target=target, num_warps=cfg.num_warps,
-                               num_stages=cfg.num_stages,
-                               constexprs=self.constexprs(cfg, dtype, paged=paged, page_size=page_size,
-                                                          split=split, interpreted=False))
+        return self.compile_role("decode", target, dtype,
+                                 self.constexprs(cfg, dtype, paged=paged, page_size=page_size, split=split,
+                                                 interpreted=False),
+                                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     # -- inputs -------------------------------------------------------------------------------
     def check(self, q, k_cache, v_cache, cache_seqlens, block_table):
@@ -163,11 +176,12 @@ class DecodeLauncher:
                              "(the cache's capacity)")
         return cache_seqlens.to(torch.int32).contiguous()
 
-    def _random(self, seqlens: torch.Tensor, nq: int, device) -> tuple:
-        """Per table: (B, rows, per_row) int32 draws, each sequence's from its own length, and rows."""
+    def _random(self, seqlens: torch.Tensor, nq: int, device) -> dict:
+        """Per table, by argument name: (B, rows, per_row) int32 draws, each sequence's from its
+        own length, and rows."""
         if not self.tables:
-            return ()
-        out = []
+            return {}
+        out = {}
         lengths = seqlens.tolist()
         for t in self.tables:
             spans = [random_draw.query_block_span(nq, n - nq, t.block) for n in lengths]
@@ -182,8 +196,8 @@ class DecodeLauncher:
                 except SpecError as exc:
                     raise ShapeError(f"sequence {b} holds {n} keys: {exc}") from exc
                 table[b, :count] = drawn.to(torch.int32)
-            out += [table.to(device), rows]
-        return tuple(out)
+            out.update({t.names[0]: table.to(device), t.names[2]: rows})
+        return out
 
     # -- the call -----------------------------------------------------------------------------
     def decode(self, q, k_cache, v_cache, *, cache_seqlens=None, block_table=None,
@@ -198,46 +212,50 @@ class DecodeLauncher:
         batch, nq, capacity, paged, page_size, seqlens = self.check(q, k_cache, v_cache,
                                                                     cache_seqlens, block_table)
         cfg = config or self.config(nq, q.dtype, q.device)
-        interpreted = architecture(q.device) is None
+        interpret = architecture(q.device) is None
         row_tiles = -(-spec.group * nq // cfg.block_m)
         if num_splits is None:
-            sms = (torch.cuda.get_device_properties(q.device).multi_processor_count
-                   if q.device.type == "cuda" else DEFAULT_SMS)
             num_splits = choose_num_splits(batch=batch, kv_heads=spec.kv_heads, row_tiles=row_tiles,
-                                           key_span=key_span(self.graph, nq, capacity),
-                                           block_n=cfg.block_n, num_sms=sms)
+                                           key_span=self.span(nq, capacity), block_n=cfg.block_n,
+                                           num_sms=self.num_sms(q.device))
         if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1:
             raise ShapeError(f"num_splits={num_splits!r} must be an integer >= 1")
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
         split = num_splits > 1
         rows = batch * spec.query_heads * nq
-        split_out = torch.empty((rows * num_splits * spec.head_dim if split else 1,),
-                                dtype=torch.float32, device=q.device)
-        split_lse = torch.empty((rows * num_splits if split else 1,), dtype=torch.float32, device=q.device)
-        poison(out, lse, split_out, split_lse, interpreted=interpreted)
+        if split:
+            split_out = torch.empty((rows * num_splits * spec.head_dim,), dtype=torch.float32, device=q.device)
+            split_lse = torch.empty((rows * num_splits,), dtype=torch.float32, device=q.device)
+            poison(out, lse, split_out, split_lse, interpreted=interpret)
+        else:                            # not read: the kernel writes out and lse directly
+            split_out = split_lse = lse
+            poison(out, lse, interpreted=interpret)
         grid = (batch * spec.kv_heads, num_splits, row_tiles)
-        counts = torch.zeros((*grid, 2), dtype=torch.int32, device=q.device)
+        slopes, no_counts = self.device_tensors(q.device)
+        counts = torch.zeros((*grid, 2), dtype=torch.int32, device=q.device) if count_tiles else no_counts
         if batch == 0:
             return (out, lse, counts) if count_tiles else (out, lse)
         kb, kh, kn, kd = _cache_strides(k_cache, paged)
         vb, vh, vn, vd = _cache_strides(v_cache, paged)
-        table = block_table if paged else seqlens
-        alibi = alibi_slopes(spec.query_heads).to(device=q.device, dtype=torch.float32) if spec.alibi else lse
-        self.kernel("decode", q.device)[grid](
-            q, k_cache, v_cache, out, lse, split_out, split_lse, seqlens, table, alibi,
-            *self._random(seqlens, nq, q.device), counts,
-            *q.stride(), kb, kh, kn, kd, vb, vh, vn, vd, *out.stride(),
-            table.stride(0) if paged else 0, nq, capacity, spec.kv_heads,
+        args = dict(
+            q=q, k_cache=k_cache, v_cache=v_cache, out=out, lse=lse, split_out=split_out, split_lse=split_lse,
+            cache_seqlens=seqlens, block_table=block_table if paged else seqlens,
+            alibi_slopes=lse if slopes is None else slopes, tile_counts=counts,
+            **self._random(seqlens, nq, q.device), **stride_args("q", q), **stride_args("o", out),
+            stride_kb=kb, stride_kh=kh, stride_kn=kn, stride_kd=kd,
+            stride_vb=vb, stride_vh=vh, stride_vn=vn, stride_vd=vd,
+            stride_table_b=block_table.stride(0) if paged else 0, nq=nq, nk_max=capacity,
+            num_kv_heads=spec.kv_heads,
             **self.constexprs(cfg, q.dtype, paged=paged, page_size=page_size, split=split,
-                              interpreted=interpreted, count_tiles=count_tiles,
-                              kv_aligned=all(s % 8 == 0 for s in (kb, kh, kn, vb, vh, vn))),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
+                              interpreted=interpret, count_tiles=count_tiles,
+                              kv_aligned=all(s % 8 == 0 for s in (kb, kh, kn, vb, vh, vn))))
+        self.launch("decode", grid, args, num_warps=cfg.num_warps, num_stages=cfg.num_stages, interpret=interpret)
         if split:
-            self.kernel("merge", q.device)[(rows,)](
-                split_out, split_lse, out, lse, *out.stride(), nq, spec.query_heads, num_splits,
-                num_warps=1, num_stages=1)
+            self.launch("merge", (rows,), dict(
+                split_out=split_out, split_lse=split_lse, out=out, lse=lse, **stride_args("o", out), nq=nq,
+                num_query_heads=spec.query_heads, num_splits=num_splits),
+                num_warps=1, num_stages=1, interpret=interpret)
         return (out, lse, counts) if count_tiles else (out, lse)
 
 
@@ -245,11 +263,3 @@ def _cache_strides(cache: torch.Tensor, paged: bool) -> tuple[int, int, int, int
     """(per sequence or page, per kv head, per key, per dim) strides of a cache."""
     s = cache.stride()
     return (s[0], s[2], s[1], s[3]) if paged else (s[0], s[1], s[2], s[3])
-
-
-def decode_launcher(attn) -> DecodeLauncher:
-    """The decode launcher of a `CompiledAttention`, made once and kept with its other launchers."""
-    if not isinstance(attn._launchers.get("decode"), DecodeLauncher):
-        from . import cache
-        attn._launchers["decode"] = DecodeLauncher(cache.generated(attn.spec, "decode"))
-    return attn._launchers["decode"]

@@ -15,22 +15,22 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import triton
 
 from .. import env
 from ..analysis.configs import TileConfig, candidate_configs
-from ..codegen.aot import compile_for_gpu, first_without_spills, resource_usage
+from ..codegen.aot import first_without_spills, resource_usage
 from ..codegen.emit import GeneratedKernel
 from ..codegen.plan import random_tables
 from ..errors import ShapeError
 from ..reference import check_qkv
 from ..spec import Random, Spec, alibi_slopes, resolve_q_offset
-from .loader import interpreted, load_source
+from ..analysis.blockmap import block_map
+from .blockmap_cache import cached_block_map_lists
+from .launcher import DTYPES, KernelLauncher, architecture, dot_precision, poison
 
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 log = logging.getLogger("attngen")
 
 
@@ -43,20 +43,6 @@ def check_inputs(spec: Spec, q, k, v) -> None:
             raise ShapeError(f"{name} has dtype {t.dtype}, expected q's dtype {q.dtype}")
         if t.device != q.device:
             raise ShapeError(f"{name} is on {t.device}, expected q's device {q.device}")
-
-
-def architecture(device: torch.device) -> str | None:
-    """'sm_XY' for a CUDA device, None where the interpreter runs."""
-    if device.type != "cuda" or env.force_interpreter():
-        return None
-    major, minor = torch.cuda.get_device_capability(device)
-    return f"sm_{major}{minor}"
-
-
-def kernel_for(generated: GeneratedKernel, device: torch.device):
-    """The kernel function, launchable as ``kernel[grid](...)`` on this device's tensors."""
-    kernel = getattr(load_source(generated.source), generated.kernel_name)
-    return interpreted(kernel) if architecture(device) is None else kernel
 
 
 def length_bucket(n: int) -> int:
@@ -106,36 +92,13 @@ def block_map_lists(spec: Spec, nq, nk, q_offset, cfg: TileConfig, device, seg_q
     Segment maps come from this call's ids; static ones through `blockmap_cache` (large ones are
     kept on disk)."""
     if seg_q is None:
-        from .blockmap_cache import cached_block_map_lists
-
         lists = cached_block_map_lists(spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset,
                                        transposed=transposed)
     else:
-        from ..analysis.blockmap import block_map
-
         bm = block_map(spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset, seg_q=seg_q,
                        seg_k=seg_k)
         lists = (bm.transposed() if transposed else bm).lists
     return tuple(t.to(device=device) for t in lists)
-
-
-def poison(*tensors: torch.Tensor, interpreted: bool) -> None:
-    """Fill outputs with NaN before a launch, so that an element a kernel forgets to write fails
-    the check against the reference: always under the interpreter (the tests' path), on a GPU with
-    ATTNGEN_POISON=1 (the gpu tier), where fresh memory may still hold an earlier correct result."""
-    if interpreted or env.poison_outputs():
-        for t in tensors:
-            t.fill_(float("nan"))
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    # float32 inputs must not silently drop to tf32 on GPUs: fp32 results are held to 1e-4.
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-@lru_cache(maxsize=32)
-def _alibi(num_heads: int, device: str) -> torch.Tensor:
-    return alibi_slopes(num_heads).to(device=device, dtype=torch.float32)
 
 
 @dataclass(frozen=True)
@@ -160,20 +123,21 @@ def _segments(seg_q, seg_k, device):
     return tuple(out)
 
 
-class SoftmaxLauncher:
+
+
+class SoftmaxLauncher(KernelLauncher):
     """Runs one generated softmax forward kernel; caches per-shape tables."""
 
     # How autotuning times one configuration: run (a no-argument launch) → ms. Tests inject a fake.
     timer = staticmethod(bench_ms)
 
     def __init__(self, generated: GeneratedKernel):
-        self.generated = generated
-        self.spec = generated.spec
+        super().__init__(generated)
         self.tables = random_tables(generated.graph)
         self.iteration = generated.graph.facts["iteration"]
         self._shape_cache = ShapeTables()
-        self._configs: dict = {}
         self._tuned: dict = {}
+        self._alibi: dict = {}
 
     def config(self, head_dim: int, dtype: torch.dtype, device: torch.device) -> TileConfig:
         arch = architecture(device)
@@ -186,18 +150,11 @@ class SoftmaxLauncher:
 
         Decided once per (kernel, dtype, target) by compiling ahead of time and reading the
         cubin's resource usage; register allocation depends on the whole kernel, so no fixed
-        table can promise this for every spec.
+        table can promise this for every spec. The compiled candidates are kept (`compiled`).
         """
-        key = (target, dtype)
-        if key not in self._configs:
-            chosen, usage = first_without_spills(
-                candidate_configs(self.spec.head_dim, dtype, target),
-                lambda cfg: resource_usage(self.compile_for(target, dtype, cfg)))
-            if usage.spills:
-                log.warning("%s: every tile configuration spills on %s/%s; using %s",
-                            self.generated.kernel_name, target, dtype, chosen)
-            self._configs[key] = chosen
-        return self._configs[key]
+        return self.choose((target, dtype), candidate_configs(self.spec.head_dim, dtype, target),
+                           lambda cfg: resource_usage(self.compile_for(target, dtype, cfg)),
+                           f"{self.generated.kernel_name} on {target}/{dtype}")
 
     def tuned_config(self, q, k, v, *, q_offset, seg_q, seg_k) -> TileConfig:
         """The configuration for this call. Without ATTNGEN_AUTOTUNE (or off a GPU): `config`.
@@ -224,16 +181,21 @@ class SoftmaxLauncher:
                 raise ShapeError(f"spec {spec.name!r} has a segments mask: pass seg_q and seg_k")
             spec.eval_context(nq, nk, q_offset, seg_q, seg_k)         # validates shapes and dtypes
             return CallTables(lists=self._lists(nq, nk, q_offset, cfg, device, seg_q, seg_k),
-                              segments=_segments(seg_q, seg_k, device), alibi=self._alibi(device))
+                              segments=_segments(seg_q, seg_k, device), alibi=self.alibi(device))
         if seg_q is not None or seg_k is not None:
             raise ShapeError(f"spec {spec.name!r} has no segments mask, but seg_q/seg_k were given")
-        key = (nq, nk, q_offset, cfg.block_m, cfg.block_n, str(device))
+        key = (nq, nk, q_offset, cfg.block_m, cfg.block_n, device)
         return self._shape_cache.get_or_build(key, lambda: CallTables(
             lists=self._lists(nq, nk, q_offset, cfg, device, None, None),
-            random=self._random(nq, nk, q_offset, device), alibi=self._alibi(device)))
+            random=self._random(nq, nk, q_offset, device), alibi=self.alibi(device)))
 
-    def _alibi(self, device):
-        return _alibi(self.spec.query_heads, str(device)) if self.spec.alibi else None
+    def alibi(self, device) -> torch.Tensor | None:
+        """ALiBi's slopes on `device` (float32), made once per device."""
+        if not self.spec.alibi:
+            return None
+        if device not in self._alibi:
+            self._alibi[device] = alibi_slopes(self.spec.query_heads).to(device=device, dtype=torch.float32)
+        return self._alibi[device]
 
     def _lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k):
         if self.iteration != "lists":
@@ -260,10 +222,8 @@ class SoftmaxLauncher:
     def compile_for(self, target: str, dtype: torch.dtype, config: TileConfig | None = None):
         """Compile the kernel ahead of time for a GPU `target` ('sm_80', 'sm_90'); no GPU needed."""
         cfg = config or self.spill_free_config(target, dtype)
-        kernel = getattr(load_source(self.generated.source), self.generated.kernel_name)
-        return compile_for_gpu(kernel, dtype=dtype, target=target, num_warps=cfg.num_warps,
-                               num_stages=cfg.num_stages,
-                               constexprs=self.constexprs(cfg, dtype, even_k=False, interpreted=False))
+        return self.compile_role("fwd", target, dtype, self.constexprs(cfg, dtype, even_k=False, interpreted=False),
+                                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     def forward(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None,
                 config: TileConfig | None = None, count_tiles: bool = False):
@@ -275,10 +235,10 @@ class SoftmaxLauncher:
         q_offset = resolve_q_offset(nq, nk, q_offset)
         cfg = config or self.tuned_config(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k)
         tables = self.call_tables(nq, nk, q_offset, cfg, q.device, seg_q, seg_k)
-        interpreted = architecture(q.device) is None
+        interpret = architecture(q.device) is None
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
-        poison(out, lse, interpreted=interpreted)
+        poison(out, lse, interpreted=interpret)
         grid = (triton.cdiv(max(nq, 1), cfg.block_m), batch * spec.query_heads)
         counts = torch.zeros(grid[1] * grid[0], dtype=torch.int32, device=q.device) if count_tiles else out
         if nq == 0:
@@ -287,16 +247,42 @@ class SoftmaxLauncher:
             out.zero_()
             lse.fill_(float("-inf"))
             return (out, lse, counts.zero_()) if count_tiles else (out, lse)
-        seg = tables.segments or (out, 0, 0, out, 0, 0)
-        kernel = kernel_for(self.generated, q.device)
-        kernel[grid](
-            q, k, v, out, lse, tables.alibi if tables.alibi is not None else out, seg[0], seg[3],
-            *tables.lists, *tables.random, counts,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            seg[1], seg[2], seg[4], seg[5],
-            nq, nk, q_offset, spec.query_heads,
-            **self.constexprs(cfg, q.dtype, even_k=nk % cfg.block_n == 0, interpreted=interpreted,
-                              count_tiles=count_tiles),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
+        args = dict(q=q, k=k, v=v, out=out, lse=lse, alibi_slopes=out if tables.alibi is None else tables.alibi,
+                    tile_counts=counts, nq=nq, nk=nk, q_offset=q_offset, num_query_heads=spec.query_heads,
+                    **block_list_args(tables.lists), **random_table_args(self.tables, tables.random),
+                    **segment_args(tables.segments, out),
+                    **stride_args("q", q), **stride_args("k", k), **stride_args("v", v), **stride_args("o", out),
+                    **self.constexprs(cfg, q.dtype, even_k=nk % cfg.block_n == 0, interpreted=interpret,
+                                      count_tiles=count_tiles))
+        self.launch("fwd", grid, args, num_warps=cfg.num_warps, num_stages=cfg.num_stages, interpret=interpret)
         return (out, lse, counts) if count_tiles else (out, lse)
+
+
+def stride_args(prefix: str, t: torch.Tensor) -> dict:
+    """stride_<prefix>b, h, n, d of a 4-dim tensor."""
+    sb, sh, sn, sd = t.stride()
+    return {f"stride_{prefix}b": sb, f"stride_{prefix}h": sh, f"stride_{prefix}n": sn, f"stride_{prefix}d": sd}
+
+
+def block_list_args(lists: tuple, prefix: str = "") -> dict:
+    """The block map's CSR lists by argument name (none for interval masks)."""
+    if not lists:
+        return {}
+    return dict(zip((f"{prefix}partial_ptr", f"{prefix}partial_idx", f"{prefix}full_ptr", f"{prefix}full_idx"),
+                    lists))
+
+
+def random_table_args(tables, values: tuple) -> dict:
+    """Each random table's (table, first query block, rows) by argument name."""
+    out = {}
+    for n, t in enumerate(tables):
+        table, first, rows = t.names
+        out.update({table: values[3 * n], first: values[3 * n + 1], rows: values[3 * n + 2]})
+    return out
+
+
+def segment_args(segments: tuple, placeholder: torch.Tensor) -> dict:
+    """Segment ids and their strides; a placeholder pointer and zero strides without segments."""
+    seg = segments or (placeholder, 0, 0, placeholder, 0, 0)
+    return dict(seg_q=seg[0], stride_seg_qb=seg[1], stride_seg_qn=seg[2],
+                seg_k=seg[3], stride_seg_kb=seg[4], stride_seg_kn=seg[5])

@@ -1,4 +1,4 @@
-"""Launching the generated backward kernels: `softmax_backward` and its `BackwardLauncher`.
+"""Launching the generated backward kernels: `BackwardLauncher`, and the float64 reference path.
 
 Three launches (templates/bwd.py.jinja): the delta preprocess over query tiles, the key-major dK/dV
 kernel over (key tile, batch * kv head) — each program loops over the GROUP query heads of its kv
@@ -14,42 +14,20 @@ torch autograd through the same dense float64 computation (`reference._softmax_r
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 import triton
 
 from ..analysis.configs import TileConfig
 from ..analysis.lowering_backward import (ROLES, BackwardConfig, candidate_backward_configs,
                                           default_backward_config, preprocess_rows)
-from ..codegen.aot import CompiledKernels, compile_for_gpu, first_without_spills, resource_usage
+from ..codegen.aot import CompiledKernels, resource_usage
 from ..codegen.emit import GeneratedKernel
-from ..codegen.plan_backward import kernel_names
 from ..errors import ShapeError
 from ..reference import _softmax_reference, reference
 from ..spec import Spec, resolve_q_offset
-from .launch import (ShapeTables, SoftmaxLauncher, architecture, block_map_lists, check_inputs,
-                     dot_precision, poison)
-from .loader import interpreted, load_source
-
-if TYPE_CHECKING:
-    from .autograd import CompiledAttention
-
-
-def softmax_backward(attn: "CompiledAttention", q, k, v, out, lse, dout, *, q_offset=None, seg_q=None,
-                     seg_k=None, config: BackwardConfig | None = None):
-    """(dq, dk, dv) of a softmax spec's attention, given the forward's `out` and `lse` and the
-    gradient `dout` of `out`; each gradient has its input's shape, dtype and layout.
-
-    float64 inputs take the reference-precision path (see the module docstring); `config` picks the
-    tiles of both tile-walking kernels (default: by shape class, on a GPU the first spill-free
-    candidate, `BackwardLauncher.spill_free_config`).
-    """
-    if q.dtype == torch.float64:
-        return reference_gradients(attn.spec, q, k, v, dout, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k)
-    return attn.launcher("bwd").backward(q, k, v, out, lse, dout, q_offset=q_offset, seg_q=seg_q,
-                                         seg_k=seg_k, config=config)
+from .launch import (ShapeTables, SoftmaxLauncher, block_list_args, block_map_lists, check_inputs,
+                     random_table_args, segment_args, stride_args)
+from .launcher import architecture, dot_precision, poison
 
 
 def reference_forward(spec: Spec, q, k, v, *, q_offset=None, seg_q=None, seg_k=None):
@@ -74,9 +52,7 @@ class BackwardLauncher(SoftmaxLauncher):
 
     def __init__(self, generated: GeneratedKernel):
         super().__init__(generated)
-        self.names = kernel_names(generated.kernel_name)
         self._by_key_cache = ShapeTables()
-        self._backward_configs: dict = {}
 
     def config(self, head_dim: int, dtype: torch.dtype, device: torch.device) -> BackwardConfig:
         arch = architecture(device)
@@ -91,22 +67,11 @@ class BackwardLauncher(SoftmaxLauncher):
         Decided once per (dtype, target) by compiling ahead of time and reading the cubin's
         resource usage, as the forward does (`SoftmaxLauncher.spill_free_config`).
         """
-        key = (target, dtype)
-        if key not in self._backward_configs:
-            module = load_source(self.generated.source)
-            chosen = {}
-            for role in ROLES:
-                chosen[role], _ = first_without_spills(
-                    candidate_backward_configs(self.spec.head_dim, dtype, target, role),
-                    lambda cfg, role=role: resource_usage(self._compile_role(module, role, cfg, dtype, target)))
-            self._backward_configs[key] = BackwardConfig(chosen["dkdv"], chosen["dq"])
-        return self._backward_configs[key]
-
-    def kernels(self, device: torch.device) -> dict:
-        """{role: kernel launchable as ``kernel[grid](...)`` on this device's tensors}."""
-        module = load_source(self.generated.source)
-        wrap = interpreted if architecture(device) is None else (lambda kernel: kernel)
-        return {role: wrap(getattr(module, name)) for role, name in self.names.items()}
+        chosen = {role: self.choose(
+            (role, target, dtype), candidate_backward_configs(self.spec.head_dim, dtype, target, role),
+            lambda cfg, role=role: resource_usage(self._compile_role(role, cfg, dtype, target)),
+            f"{self.signatures[role].name} on {target}/{dtype}") for role in ROLES}
+        return BackwardConfig(chosen["dkdv"], chosen["dq"])
 
     def by_key_lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k) -> tuple:
         """The transposed block map's CSR lists at the key-major tile sizes (non-interval masks)."""
@@ -114,7 +79,7 @@ class BackwardLauncher(SoftmaxLauncher):
             return ()
         if self.spec.uses_segments:          # built from this call's ids, never kept
             return block_map_lists(self.spec, nq, nk, q_offset, cfg, device, seg_q, seg_k, transposed=True)
-        key = (nq, nk, q_offset, cfg.block_m, cfg.block_n, str(device))
+        key = (nq, nk, q_offset, cfg.block_m, cfg.block_n, device)
         return self._by_key_cache.get_or_build(key, lambda: block_map_lists(
             self.spec, nq, nk, q_offset, cfg, device, transposed=True))
 
@@ -133,17 +98,15 @@ class BackwardLauncher(SoftmaxLauncher):
                    UPCAST_DOT=interpreted and dtype == torch.bfloat16)
         return {**out, "EVEN_K": even_k} if role == "dq" else out
 
-    def _compile_role(self, module, role: str, tiles: TileConfig, dtype: torch.dtype, target: str):
-        return compile_for_gpu(getattr(module, self.names[role]), dtype=dtype, target=target,
-                               num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-                               constexprs=self.role_constexprs(role, tiles, dtype, even_k=False,
-                                                               interpreted=False))
+    def _compile_role(self, role: str, tiles: TileConfig, dtype: torch.dtype, target: str):
+        return self.compile_role(role, target, dtype,
+                                 self.role_constexprs(role, tiles, dtype, even_k=False, interpreted=False),
+                                 num_warps=tiles.num_warps, num_stages=tiles.num_stages)
 
     def compile_for(self, target: str, dtype: torch.dtype, config: BackwardConfig | None = None):
         """The three kernels compiled ahead of time for a GPU `target`; no GPU needed."""
         cfg = config or self.spill_free_config(target, dtype)
-        module = load_source(self.generated.source)
-        return CompiledKernels({role: self._compile_role(module, role, tiles, dtype, target)
+        return CompiledKernels({role: self._compile_role(role, tiles, dtype, target)
                                  for role, tiles in self.role_tiles(cfg).items()})
 
     def backward(self, q, k, v, out, lse, dout, *, q_offset=None, seg_q=None, seg_k=None,
@@ -156,9 +119,9 @@ class BackwardLauncher(SoftmaxLauncher):
         nk = k.shape[2]
         q_offset = resolve_q_offset(nq, nk, q_offset)
         cfg = config or self.config(head_dim, q.dtype, q.device)
-        interpreted = architecture(q.device) is None
+        interpret = architecture(q.device) is None
         dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
-        poison(dq, dk, dv, interpreted=interpreted)
+        poison(dq, dk, dv, interpreted=interpret)
         if nq == 0 or nk == 0:     # no pair at all: every gradient is 0
             return dq.zero_(), dk.zero_(), dv.zero_()
         dout = dout.to(q.dtype)
@@ -167,27 +130,27 @@ class BackwardLauncher(SoftmaxLauncher):
         qm, km, rows = tiles["dq"], tiles["dkdv"], tiles["preprocess"]
         tables = self.call_tables(nq, nk, q_offset, qm, q.device, seg_q, seg_k)
         by_key = self.by_key_lists(nq, nk, q_offset, km, q.device, seg_q, seg_k)
-        seg = tables.segments or (q, 0, 0, q, 0, 0)
-        alibi = tables.alibi if tables.alibi is not None else lse
         constexprs = {role: self.role_constexprs(role, t, q.dtype, even_k=nk % qm.block_n == 0,
-                                                 interpreted=interpreted) for role, t in tiles.items()}
-        kernels = self.kernels(q.device)
+                                                 interpreted=interpret) for role, t in tiles.items()}
 
         delta = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
-        kernels["preprocess"][(triton.cdiv(nq, rows.block_m), batch * spec.query_heads)](
-            out, dout, delta, *out.stride(), *dout.stride(), nq, spec.query_heads,
-            **constexprs["preprocess"], num_warps=rows.num_warps, num_stages=rows.num_stages)
-        common = (q, k, v, dout, lse, delta)
-        strides = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
-        seg_strides = (seg[1], seg[2], seg[4], seg[5])
-        kernels["dkdv"][(triton.cdiv(nk, km.block_n), batch * spec.kv_heads)](
-            *common, dk, dv, alibi, seg[0], seg[3], *by_key, *tables.random,
-            *strides, *dk.stride(), *dv.stride(), *seg_strides, nq, nk, q_offset, spec.kv_heads,
-            **constexprs["dkdv"], num_warps=km.num_warps, num_stages=km.num_stages)
-        kernels["dq"][(triton.cdiv(nq, qm.block_m), batch * spec.query_heads)](
-            *common, dq, alibi, seg[0], seg[3], *tables.lists, *tables.random,
-            *strides, *dq.stride(), *seg_strides, nq, nk, q_offset, spec.query_heads,
-            **constexprs["dq"], num_warps=qm.num_warps, num_stages=qm.num_stages)
+        self.launch("preprocess", (triton.cdiv(nq, rows.block_m), batch * spec.query_heads), dict(
+            out=out, dout=dout, delta=delta, nq=nq, num_query_heads=spec.query_heads,
+            **stride_args("o", out), **stride_args("do", dout), **constexprs["preprocess"]),
+            num_warps=rows.num_warps, num_stages=rows.num_stages, interpret=interpret)
+        common = dict(q=q, k=k, v=v, dout=dout, lse=lse, delta=delta, nq=nq, nk=nk, q_offset=q_offset,
+                      alibi_slopes=lse if tables.alibi is None else tables.alibi,
+                      **random_table_args(self.tables, tables.random), **segment_args(tables.segments, q),
+                      **stride_args("q", q), **stride_args("k", k), **stride_args("v", v),
+                      **stride_args("do", dout))
+        self.launch("dkdv", (triton.cdiv(nk, km.block_n), batch * spec.kv_heads), dict(
+            common, dk=dk, dv=dv, num_kv_heads=spec.kv_heads, **block_list_args(by_key, "by_key_"),
+            **stride_args("dk", dk), **stride_args("dv", dv), **constexprs["dkdv"]),
+            num_warps=km.num_warps, num_stages=km.num_stages, interpret=interpret)
+        self.launch("dq", (triton.cdiv(nq, qm.block_m), batch * spec.query_heads), dict(
+            common, dq=dq, num_query_heads=spec.query_heads, **block_list_args(tables.lists),
+            **stride_args("dq", dq), **constexprs["dq"]),
+            num_warps=qm.num_warps, num_stages=qm.num_stages, interpret=interpret)
         return dq, dk, dv
 
 

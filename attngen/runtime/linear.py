@@ -25,25 +25,20 @@ path (torch autograd through `attngen.reference_linear`), for `torch.autograd.gr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import triton
 
 from ..analysis.lowering_linear import ChunkConfig, chunk_config
-from ..codegen.aot import CompiledKernels, compile_for_gpu
-from ..codegen.plan_linear import kernel_names
+from ..codegen.aot import CompiledKernels
+from ..codegen.emit import GeneratedKernel
 from ..errors import ShapeError
 from ..reference import check_qkv
 from ..reference_linear import linear_reference
 from ..spec import Spec, resolve_q_offset
 from ..spec.feature_maps import favor_features
-from . import cache
-from .launch import architecture, check_inputs, dot_precision, poison
-from .loader import interpreted, load_source
-
-if TYPE_CHECKING:
-    from .autograd import CompiledAttention
+from .launch import check_inputs, stride_args
+from .launcher import KernelLauncher, architecture, dot_precision, poison
 
 
 @dataclass(frozen=True)
@@ -92,43 +87,29 @@ def chunk_span(causal: bool, nq: int, nk: int, q_offset: int, chunk: int) -> Chu
     return ChunkSpan(chunk, zero_rows, first_chunk, num_chunks, tail_start, num_chunks + 1)
 
 
-class LinearLauncher:
-    """The generated forward and backward kernels of one linear spec, loaded on first use."""
+class LinearLauncher(KernelLauncher):
+    """The generated forward (`kind` linear_fwd) or backward (linear_bwd) kernels of a linear spec."""
 
-    def __init__(self, spec: Spec):
-        if spec.kind != "linear":
-            raise ValueError(f"spec {spec.name!r} is {spec.kind} attention, not linear")
-        self.spec = spec
-        self._generated: dict = {}
+    def __init__(self, generated: GeneratedKernel):
+        if generated.spec.kind != "linear":
+            raise ValueError(f"spec {generated.spec.name!r} is {generated.spec.kind} attention, not linear")
+        super().__init__(generated)
+        self.kernel_kind = "fwd" if generated.kind == "linear_fwd" else "bwd"
+        self.block_d, self.block_f = self.graph.facts["block_d"], self.graph.facts["block_f"]
         self._features: dict = {}
-
-    def generated(self, kernel: str):
-        """The fwd or bwd source, through the disk cache (`runtime.cache`)."""
-        if kernel not in self._generated:
-            self._generated[kernel] = cache.generated(self.spec, kernel)
-        return self._generated[kernel]
-
-    def kernel(self, kernel: str, role: str, device: torch.device):
-        """A kernel function of the fwd/bwd source by role (main, state, dq), for this device."""
-        gen = self.generated(kernel)
-        fn = getattr(load_source(gen.source), kernel_names(gen.graph)[role])
-        return interpreted(fn) if architecture(device) is None else fn
 
     def features(self, device: torch.device) -> torch.Tensor:
         """favor's W as float32 (m, D) on `device`; a 1-element placeholder for other maps."""
-        key = str(device)
-        if key not in self._features:
+        if device not in self._features:
             if self.spec.feature_map.name == "favor":
                 w = favor_features(self.spec).to(torch.float32).contiguous()
             else:
                 w = torch.zeros(1, dtype=torch.float32)
-            self._features[key] = w.to(device)
-        return self._features[key]
+            self._features[device] = w.to(device)
+        return self._features[device]
 
-    def config(self, device: torch.device, kernel: str = "fwd",
-               dtype: torch.dtype = torch.float16) -> ChunkConfig:
-        facts = self.generated(kernel).graph.facts
-        return chunk_config(facts["block_d"], facts["block_f"], architecture(device), kernel, dtype)
+    def config(self, device: torch.device, dtype: torch.dtype = torch.float16) -> ChunkConfig:
+        return chunk_config(self.block_d, self.block_f, architecture(device), self.kernel_kind, dtype)
 
     @staticmethod
     def constexprs(cfg: ChunkConfig, dtype: torch.dtype) -> dict:
@@ -140,20 +121,24 @@ class LinearLauncher:
     def span(self, nq: int, nk: int, q_offset: int, chunk: int) -> ChunkSpan:
         return chunk_span(self.spec.causal, nq, nk, q_offset, chunk)
 
-    def _states(self, kernel: str, k, v, span: ChunkSpan, launch: dict):
+    def _run(self, role: str, grid, args: dict, cfg: ChunkConfig, dtype, interpret: bool) -> None:
+        self.launch(role, grid, {**args, **self.constexprs(cfg, dtype)}, num_warps=cfg.num_warps,
+                    num_stages=stages_of(role, cfg.num_stages), interpret=interpret)
+
+    def _states(self, k, v, span: ChunkSpan, cfg: ChunkConfig, interpret: bool):
         """The state pass: per (batch, kv head), the state before every chunk and after the last
         (causal), or only the final state (non-causal), in float32 buffers."""
         programs = k.shape[0] * self.spec.kv_heads
-        facts = self.generated(kernel).graph.facts
         slots = span.num_slots
-        chunk_state = torch.empty((programs, slots, facts["block_f"], facts["block_d"]),
-                                  dtype=torch.float32, device=k.device)
-        chunk_norm = torch.empty((programs, slots, facts["block_f"]), dtype=torch.float32, device=k.device)
+        chunk_state = torch.empty((programs, slots, self.block_f, self.block_d), dtype=torch.float32,
+                                  device=k.device)
+        chunk_norm = torch.empty((programs, slots, self.block_f), dtype=torch.float32, device=k.device)
         chunk_max = torch.empty((programs, slots), dtype=torch.float32, device=k.device)
-        self.kernel(kernel, "states", k.device)[(programs,)](
-            k, v, self.features(k.device), chunk_state, chunk_norm, chunk_max,
-            *k.stride(), *v.stride(), k.shape[2], self.spec.kv_heads, span.num_chunks, slots,
-            **{**launch, "num_stages": stages_of("states", launch["num_stages"])})
+        self._run("states", (programs,), dict(
+            k=k, v=v, features=self.features(k.device), chunk_state=chunk_state, chunk_norm=chunk_norm,
+            chunk_max=chunk_max, **stride_args("k", k), **stride_args("v", v), nk=k.shape[2],
+            num_kv_heads=self.spec.kv_heads, num_chunks=span.num_chunks, num_slots=slots),
+            cfg, k.dtype, interpret)
         return chunk_state, chunk_norm, chunk_max
 
     # -- forward --------------------------------------------------------------------------------
@@ -170,15 +155,20 @@ class LinearLauncher:
             return out
         if nk == 0:                                    # no key at all: every row is empty
             return out.zero_()
-        cfg = config or self.config(q.device, "fwd", q.dtype)
-        launch = dict(**self.constexprs(cfg, q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        cfg = config or self.config(q.device, q.dtype)
         span = self.span(nq, nk, q_offset, cfg.chunk)
-        states = self._states("fwd", k, v, span, launch)
-        self.kernel("fwd", "main", q.device)[(span.row_tiles(nq), batch * spec.query_heads)](
-            q, k, v, out, self.features(q.device), *states,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            nq, nk, q_offset, spec.query_heads, *span.row_args, span.num_slots, **launch)
+        chunk_state, chunk_norm, chunk_max = self._states(k, v, span, cfg, interpret)
+        self._run("main", (span.row_tiles(nq), batch * spec.query_heads), dict(
+            q=q, k=k, v=v, out=out, features=self.features(q.device), chunk_state=chunk_state,
+            chunk_norm=chunk_norm, chunk_max=chunk_max, **stride_args("q", q), **stride_args("k", k),
+            **stride_args("v", v), **stride_args("o", out), nq=nq, nk=nk, q_offset=q_offset,
+            num_query_heads=spec.query_heads, **self.row_args(span)), cfg, q.dtype, interpret)
         return out
+
+    @staticmethod
+    def row_args(span: ChunkSpan) -> dict:
+        return dict(zero_rows=span.zero_rows, first_chunk=span.first_chunk, num_chunks=span.num_chunks,
+                    tail_start=span.tail_start, num_slots=span.num_slots)
 
     # -- backward -------------------------------------------------------------------------------
     def backward(self, q, k, v, out, dout, *, q_offset=None, config: ChunkConfig | None = None):
@@ -201,80 +191,63 @@ class LinearLauncher:
         if nq == 0 or nk == 0:
             return tuple(g.zero_() for g in grads)
         dq, dk, dv = grads
-        cfg = config or self.config(q.device, "bwd", q.dtype)
-        launch = dict(**self.constexprs(cfg, q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        cfg = config or self.config(q.device, q.dtype)
         span = self.span(nq, nk, q_offset, cfg.chunk)
         features = self.features(q.device)
-        chunk_state, chunk_norm, chunk_max = self._states("bwd", k, v, span, launch)
+        chunk_state, chunk_norm, chunk_max = self._states(k, v, span, cfg, interpret)
         row_rden = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
         row_dden = torch.empty_like(row_rden)
         row_max = torch.empty_like(row_rden) if spec.feature_map.name == "favor" else row_rden[:0]
-        self.kernel("bwd", "dq", q.device)[(span.row_tiles(nq), batch * spec.query_heads)](
-            q, k, v, out, dout, dq, features, chunk_state, chunk_norm, chunk_max, row_rden, row_dden,
-            row_max, *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dq.stride(),
-            nq, nk, q_offset, spec.query_heads, *span.row_args, span.num_slots, **launch)
+        rows = dict(features=features, chunk_max=chunk_max, row_rden=row_rden, row_dden=row_dden)
+        self._run("dq", (span.row_tiles(nq), batch * spec.query_heads), dict(
+            rows, q=q, k=k, v=v, out=out, dout=dout, dq=dq, chunk_state=chunk_state, chunk_norm=chunk_norm,
+            row_max=row_max, **stride_args("q", q), **stride_args("k", k), **stride_args("v", v),
+            **stride_args("o", out), **stride_args("do", dout), **stride_args("dq", dq), nq=nq, nk=nk,
+            q_offset=q_offset, num_query_heads=spec.query_heads, **self.row_args(span)), cfg, q.dtype, interpret)
         del chunk_state, chunk_norm
         programs = batch * spec.kv_heads
-        facts = self.generated("bwd").graph.facts
         grad_slots = span.num_chunks if spec.causal else 1
-        grad_state = torch.empty((programs, grad_slots, facts["block_f"], facts["block_d"]),
-                                 dtype=torch.float32, device=q.device)
-        grad_norm = torch.empty((programs, grad_slots, facts["block_f"]), dtype=torch.float32, device=q.device)
-        grad_max = torch.empty((programs, grad_slots), dtype=torch.float32, device=q.device)
-        grad = (grad_state, grad_norm, grad_max)
-        self.kernel("bwd", "reverse", q.device)[(programs,)](
-            q, dout, features, chunk_max, row_rden, row_dden, row_max, *grad,
-            *q.stride(), *dout.stride(),
-            nq, q_offset, spec.kv_heads, span.first_chunk, span.num_chunks, span.tail_start,
-            span.num_slots, grad_slots, **launch)
-        self.kernel("bwd", "main", q.device)[(triton.cdiv(nk, cfg.chunk), programs)](
-            q, k, v, dout, dk, dv, features, chunk_max, row_rden, row_dden, *grad,
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
-            nq, nk, q_offset, spec.kv_heads, span.first_chunk, span.num_chunks, span.num_slots,
-            grad_slots, **launch)
+        grads = dict(
+            grad_state=torch.empty((programs, grad_slots, self.block_f, self.block_d), dtype=torch.float32,
+                                   device=q.device),
+            grad_norm=torch.empty((programs, grad_slots, self.block_f), dtype=torch.float32, device=q.device),
+            grad_max=torch.empty((programs, grad_slots), dtype=torch.float32, device=q.device))
+        chunks = dict(first_chunk=span.first_chunk, num_chunks=span.num_chunks, num_slots=span.num_slots,
+                      grad_slots=grad_slots, nq=nq, q_offset=q_offset, num_kv_heads=spec.kv_heads)
+        self._run("reverse", (programs,), dict(
+            rows, **grads, **chunks, q=q, dout=dout, row_max=row_max, tail_start=span.tail_start,
+            **stride_args("q", q), **stride_args("do", dout)), cfg, q.dtype, interpret)
+        self._run("main", (triton.cdiv(nk, cfg.chunk), programs), dict(
+            rows, **grads, **chunks, q=q, k=k, v=v, dout=dout, dk=dk, dv=dv, nk=nk,
+            **stride_args("q", q), **stride_args("k", k), **stride_args("v", v), **stride_args("do", dout),
+            **stride_args("dk", dk), **stride_args("dv", dv)), cfg, q.dtype, interpret)
         return dq, dk, dv
 
     # -- ahead of time ----------------------------------------------------------------------------
-    def compile_for(self, target: str, dtype: torch.dtype, kernel: str = "fwd",
-                    config: ChunkConfig | None = None) -> "CompiledKernels":
-        """Every kernel of the fwd or bwd source compiled for `target` ('sm_80', 'sm_90')."""
-        gen = self.generated(kernel)
-        facts = gen.graph.facts
-        cfg = config or chunk_config(facts["block_d"], facts["block_f"], target, kernel, dtype)
-        module = load_source(gen.source)
+    def compile_for(self, target: str, dtype: torch.dtype, config: ChunkConfig | None = None) -> CompiledKernels:
+        """Every kernel of the source compiled for `target` ('sm_80', 'sm_90')."""
+        cfg = config or chunk_config(self.block_d, self.block_f, target, self.kernel_kind, dtype)
         return CompiledKernels({
-            role: compile_for_gpu(getattr(module, name), dtype=dtype, target=target,
-                                  num_warps=cfg.num_warps, num_stages=stages_of(role, cfg.num_stages),
-                                  constexprs=self.constexprs(cfg, dtype))
-            for role, name in kernel_names(gen.graph).items()})
+            role: self.compile_role(role, target, dtype, self.constexprs(cfg, dtype), num_warps=cfg.num_warps,
+                                    num_stages=stages_of(role, cfg.num_stages))
+            for role in self.signatures})
 
 
-def launcher_of(attn: "CompiledAttention") -> LinearLauncher:
-    """The linear launcher cached on a CompiledAttention."""
-    if "linear" not in attn._launchers:
-        attn._launchers["linear"] = LinearLauncher(attn.spec)
-    return attn._launchers["linear"]
+def reference_forward(spec: Spec, q, k, v, q_offset):
+    """out of the float64 reference (the reference-precision path of float64 inputs)."""
+    with torch.no_grad():
+        return _reference_path(spec, q, k, v, q_offset)
+
+
+def reference_gradients(spec: Spec, q, k, v, dout, q_offset):
+    """(dq, dk, dv) by torch autograd through the float64 reference."""
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        result = _reference_path(spec, *leaves, q_offset)
+        return torch.autograd.grad(result, leaves, dout.to(torch.float64))
 
 
 def _reference_path(spec: Spec, q, k, v, q_offset):
     check_qkv(spec, q, k, v)
     return linear_reference(spec, q, k.repeat_interleave(spec.group, dim=1),
                             v.repeat_interleave(spec.group, dim=1), q_offset=q_offset)
-
-
-def linear_forward(attn: "CompiledAttention", q, k, v, *, q_offset=None) -> torch.Tensor:
-    """out (B, Hq, Nq, D) of a linear spec's attention, in q's dtype."""
-    if isinstance(q, torch.Tensor) and q.dtype == torch.float64:
-        with torch.no_grad():
-            return _reference_path(attn.spec, q, k, v, q_offset)
-    return launcher_of(attn).forward(q, k, v, q_offset=q_offset)
-
-
-def linear_backward(attn: "CompiledAttention", q, k, v, out, dout, *, q_offset=None):
-    """(dq, dk, dv) of a linear spec's attention given `out` and its gradient `dout`."""
-    if q.dtype == torch.float64:
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
-            result = _reference_path(attn.spec, *leaves, q_offset)
-            return torch.autograd.grad(result, leaves, dout.to(torch.float64))
-    return launcher_of(attn).backward(q, k, v, out, dout, q_offset=q_offset)

@@ -1,6 +1,9 @@
 """Compiled specs as torch operators: ``torch.ops.attngen.<name>``, seen whole by torch.compile.
 
-Each spec is registered with `torch.library.custom_op` as operators in the ``attngen``
+`attngen.compile(spec)` returns a `CompiledAttention`, whose call *is* the operator: the operators
+are registered when the spec is compiled (eagerly, outside any trace), so a module calling
+``attn(q, k, v)`` works under ``torch.compile(fullgraph=True)`` and ``torch.export`` from its very
+first call, forward and backward. Each spec is registered with `torch.library.custom_op` as operators in the ``attngen``
 namespace (softmax specs without a segments mask also get ``<name>_decode``):
 
     attngen::<name>(Tensor q, Tensor k, Tensor v, SymInt q_offset, Tensor? seg_q, Tensor? seg_k)
@@ -13,11 +16,11 @@ namespace (softmax specs without a segments mask also get ``<name>_decode``):
 All have fake (meta) implementations that only compute shapes, so torch.compile and torch.export
 trace a model calling them without running a kernel and without a graph break; the forward's
 autograd formula (`torch.library.register_autograd`) calls the backward operator, so AOTAutograd
-traces the backward as one opaque call too. Real calls go to `CompiledAttention.forward_impl` /
-`backward_impl` (and `decode`), with the kernels taken from the disk cache (cache.py). The decode
+traces the backward as one opaque call too. Real calls go to `AttentionKernels.forward_impl` /
+`backward_impl` / `decode_impl` (dispatch.py), with the kernels taken from the disk cache. The decode
 operator is inference only: it has no autograd formula (decode.py's kernels have no backward).
 
-- ``q_offset`` is always an integer in the schema: `AttentionOp.__call__` resolves None to
+- ``q_offset`` is always an integer in the schema: `CompiledAttention.__call__` resolves None to
   ``Nk - Nq`` (SPEC.md's bottom-right default) before calling the operator, so under dynamic shapes
   it is a symbolic ``k.shape[2] - q.shape[2]`` and no sentinel value exists.
 - ``out`` has q's shape and dtype, contiguous; ``lse`` is (B, Hq, Nq) float32. Linear kinds have no
@@ -41,9 +44,7 @@ import torch
 from ..errors import ShapeError
 from ..reference import check_qkv
 from ..spec import Spec, load_spec
-from . import cache
-from .autograd import CompiledAttention, select_outputs
-from .loader import load_source
+from .dispatch import AttentionKernels
 
 NAMESPACE = "attngen"
 FORWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, SymInt q_offset, Tensor? seg_q, Tensor? seg_k)"
@@ -56,7 +57,7 @@ SUFFIXES = ("", "_backward", "_decode")          # the operator names one spec t
 
 log = logging.getLogger("attngen.runtime")
 _LOCK = threading.Lock()
-_BY_SPEC: dict[tuple[str, str], "AttentionOp"] = {}     # (name, content hash) → its operator
+_BY_SPEC: dict[tuple[str, str], "CompiledAttention"] = {}     # (name, content hash) → its operator
 _TAKEN: set[str] = set()                                 # operator names used in this process
 
 
@@ -69,18 +70,29 @@ def kernel_kinds(spec: Spec) -> tuple[str, ...]:
     return ("fwd", "bwd") if spec.uses_segments else ("fwd", "bwd", "decode")
 
 
-class AttentionOp:
-    """A compiled spec as a torch operator; call it like `CompiledAttention`:
+def select_outputs(spec: Spec, out, lse, return_lse: bool):
+    """`out`, or `(out, lse)` when asked for; linear kinds have no lse to give."""
+    if not return_lse:
+        return out
+    if spec.kind == "linear":
+        raise ValueError(f"spec {spec.name!r} is linear attention: it has no lse")
+    return out, lse
 
-        op(q, k, v, *, q_offset=None, seg_q=None, seg_k=None, return_lse=False)
 
-    ``op.op`` is ``torch.ops.attngen.<name>.default``, ``op.attn`` the CompiledAttention behind it.
+class CompiledAttention:
+    """A spec compiled to kernels and registered as torch operators. Call it like an attention op:
+
+        attn(q, k, v, *, q_offset=None, seg_q=None, seg_k=None, return_lse=False)
+        attn.decode(q, k_cache, v_cache, *, cache_seqlens=None, block_table=None, return_lse=False)
+
+    ``attn.op`` is ``torch.ops.attngen.<name>.default`` (what a call runs), ``attn.kernels`` the
+    `AttentionKernels` behind the operators (launchers, ahead-of-time compilation).
     """
 
     def __init__(self, spec: Spec, name: str):
         self.spec = spec
         self.name = name
-        self.attn = CompiledAttention(spec)
+        self.kernels = AttentionKernels(spec)
         _define(self)
         namespace = getattr(torch.ops, NAMESPACE)
         self.op = getattr(namespace, name).default
@@ -89,16 +101,20 @@ class AttentionOp:
         self.decode_op = getattr(namespace, f"{name}_decode").default if has_decode else None
 
     def prepare(self) -> None:
-        """Generate every kernel kind codegen knows for this spec, into the disk cache, so that
-        first calls find them (`attngen.load` calls this)."""
+        """Generate and import every kernel kind codegen knows for this spec (through the disk
+        cache), so that first calls find them (`attngen.load` calls this)."""
         for kind in kernel_kinds(self.spec):
-            if kind == "fwd":
-                kernel = self.attn.launcher(kind).generated
-            else:
-                kernel = cache.generated(self.spec, kind)
             start = time.perf_counter()
-            load_source(kernel.source)
-            log.debug("imported %s %s in %.1f ms", self.spec.name, kind, (time.perf_counter() - start) * 1e3)
+            launcher = self.kernels.launcher(kind.removeprefix("linear_"))
+            launcher.jit_function(next(iter(launcher.signatures)))          # imports the source
+            log.debug("prepared %s %s in %.1f ms", self.spec.name, kind, (time.perf_counter() - start) * 1e3)
+
+    def launcher(self, kind: str = "fwd"):
+        return self.kernels.launcher(kind)
+
+    def compile_for(self, target: str, dtype: torch.dtype, *, kernel: str = "fwd"):
+        """Ahead-of-time compilation of one kernel kind for a GPU target (no GPU needed)."""
+        return self.kernels.compile_for(target, dtype, kernel=kernel)
 
     def __call__(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, return_lse=False):
         if q_offset is None:
@@ -107,18 +123,22 @@ class AttentionOp:
         return select_outputs(self.spec, out, lse, return_lse)
 
     def decode(self, q, k_cache, v_cache, *, cache_seqlens=None, block_table=None, return_lse=False):
-        """`CompiledAttention.decode` through ``torch.ops.attngen.<name>_decode`` (docs/decode.md)."""
-        if self.decode_op is None:       # CompiledAttention says why (linear, segments)
-            return self.attn.decode(q, k_cache, v_cache, cache_seqlens=cache_seqlens,
-                                    block_table=block_table, return_lse=return_lse)
-        out, lse = self.decode_op(q, k_cache, v_cache, cache_seqlens, block_table)
+        """Attention of Nq new tokens against a KV cache (docs/decode.md), through
+        ``torch.ops.attngen.<name>_decode``: q (B, Hq, Nq, D), a contiguous (B, Hkv, Nk_max, D)
+        cache or pages (num_pages, page_size, Hkv, D) with `block_table` (B, max_pages) int32;
+        token t of sequence b sits at cache_seqlens[b] - Nq + t."""
+        if self.decode_op is None:       # the kernels say why (linear, segments)
+            out, lse = self.kernels.decode_impl(q, k_cache, v_cache, cache_seqlens, block_table)
+        else:
+            out, lse = self.decode_op(q, k_cache, v_cache, cache_seqlens, block_table)
         return (out, lse) if return_lse else out
 
     def __repr__(self) -> str:
-        return f"AttentionOp(torch.ops.{NAMESPACE}.{self.name}, {self.spec.kind}, {self.spec.grouping})"
+        return (f"CompiledAttention({self.spec.name!r}, {self.spec.kind}, {self.spec.grouping}, "
+                f"torch.ops.{NAMESPACE}.{self.name})")
 
 
-def register(spec) -> AttentionOp:
+def register(spec) -> CompiledAttention:
     """The operator of `spec`, registered on first use (see the module's docstring for names)."""
     spec = load_spec(spec)
     identity = (spec.name, spec.content_hash())
@@ -126,7 +146,7 @@ def register(spec) -> AttentionOp:
         if identity in _BY_SPEC:
             return _BY_SPEC[identity]
         name = _free_name(spec)
-        op = AttentionOp(spec, name)
+        op = CompiledAttention(spec, name)
         _BY_SPEC[identity] = op
         _TAKEN.update(name + suffix for suffix in SUFFIXES)
         return op
@@ -149,8 +169,8 @@ def _contiguous(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.to(like.dtype).contiguous()
 
 
-def _define(op: AttentionOp) -> None:
-    attn, spec = op.attn, op.spec
+def _define(op: CompiledAttention) -> None:
+    attn, spec = op.kernels, op.spec
     linear = spec.kind == "linear"
 
     def forward(q, k, v, q_offset, seg_q, seg_k):
@@ -182,12 +202,11 @@ def _define(op: AttentionOp) -> None:
         _define_decode(op)
 
 
-def _define_decode(op: AttentionOp) -> None:
-    attn, spec = op.attn, op.spec
+def _define_decode(op: CompiledAttention) -> None:
+    attn, spec = op.kernels, op.spec
 
     def decode(q, k_cache, v_cache, cache_seqlens, block_table):
-        out, lse = attn.decode(q, k_cache, v_cache, cache_seqlens=cache_seqlens,
-                               block_table=block_table, return_lse=True)
+        out, lse = attn.decode_impl(q, k_cache, v_cache, cache_seqlens, block_table)
         return _contiguous(out, q), lse.contiguous()
 
     def decode_fake(q, k_cache, v_cache, cache_seqlens, block_table):

@@ -3,7 +3,7 @@
     kernels = attngen.load("specs/")          # in a model's module: ready when it is imported
     out = kernels.gqa(q, k, v)                # or torch.ops.attngen.gqa(q, k, v, q_offset, None, None)
 
-Each spec becomes an `AttentionOp` (ops.py): a torch operator with a fake implementation and
+Each spec becomes an `CompiledAttention` (ops.py): a torch operator with a fake implementation and
 autograd, whose kernels come from the disk cache (cache.py). The first load of a spec lowers and
 generates it; a later load, in any process, reads it back from the cache without lowering.
 """
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from ..spec import load_spec
-from .ops import AttentionOp, register
+from .ops import CompiledAttention, register
 
 log = logging.getLogger("attngen.runtime")
 
@@ -22,11 +22,11 @@ log = logging.getLogger("attngen.runtime")
 class Kernels:
     """The operators of a load, by spec name: ``kernels.mha``, ``kernels["mha"]``, iteration."""
 
-    def __init__(self, ops: dict[str, AttentionOp]):
+    def __init__(self, ops: dict[str, CompiledAttention]):
         self.__dict__.update(ops)
         self._names = tuple(ops)
 
-    def __getitem__(self, name: str) -> AttentionOp:
+    def __getitem__(self, name: str) -> CompiledAttention:
         if name not in self._names:
             raise KeyError(f"no spec named {name!r} was loaded; loaded: {', '.join(self._names)}")
         return self.__dict__[name]
@@ -64,7 +64,7 @@ def load(path, *, prepare: bool = True) -> Kernels:
     Two files of one folder may not give different specs the same name.
     """
     start = time.perf_counter()
-    ops: dict[str, AttentionOp] = {}
+    ops: dict[str, CompiledAttention] = {}
     origin: dict[str, Path] = {}
     for file in spec_files(path):
         spec = load_spec(file)

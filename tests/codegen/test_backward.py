@@ -21,7 +21,6 @@ from attngen.analysis.lowering_backward import BackwardConfig, lower_backward
 from attngen.checking import GRAD_TOLERANCE, check_close
 from attngen.codegen.emit import generate
 from attngen.reference import _softmax_reference
-from attngen.runtime.launch_backward import softmax_backward
 from attngen.spec import All_, band, blocks, causal, columns, global_tokens, segments, stride
 from attngen.spec.predicates import i, j
 
@@ -75,8 +74,8 @@ def autograd_reference(spec, q, k, v, dout, *, q_offset=None, seg_q=None, seg_k=
 def kernel_gradients(spec, q, k, v, dout, *, config=TILES16, **call):
     """The generated kernels' (dq, dk, dv), from the reference's out and lse (backward alone)."""
     out, lse = attngen.reference(spec, q, k, v, **call)
-    return softmax_backward(attngen.compile(spec), q, k, v, out.to(q.dtype), lse.to(torch.float32), dout,
-                            config=config, **call)
+    return attngen.compile(spec).kernels.backward_impl(q, k, v, out.to(q.dtype), lse.to(torch.float32), dout,
+                                                       config=config, **call)
 
 
 def check_gradients(spec, q, k, v, dout, *, config=TILES16, **call):
@@ -210,7 +209,7 @@ def test_no_queries_or_no_keys():
     for nq, nk in ((0, 5), (5, 0)):
         q, k, v = torch.randn(1, 2, nq, 16), torch.randn(1, 1, nk, 16), torch.randn(1, 1, nk, 16)
         lse = torch.full((1, 2, nq), float("-inf"))
-        dq, dk, dv = softmax_backward(attn, q, k, v, torch.zeros_like(q), lse, torch.ones_like(q))
+        dq, dk, dv = attn.kernels.backward_impl(q, k, v, torch.zeros_like(q), lse, torch.ones_like(q))
         for g, x in ((dq, q), (dk, k), (dv, v)):
             assert g.shape == x.shape and not g.isnan().any() and not g.any()
 

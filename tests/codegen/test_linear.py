@@ -13,7 +13,6 @@ from attngen.checking import GRAD_TOLERANCE, check_close
 from attngen.errors import ShapeError, SpecError
 from attngen.reference import reference
 from attngen.reference_linear import linear_reference
-from attngen.runtime.linear import LinearLauncher
 from attngen.spec import spec_from_yaml
 
 FP32, FP16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -167,7 +166,7 @@ def test_bad_inputs_are_refused_with_names_and_shapes(torch_rng):
     with pytest.raises(ShapeError, match="q_offset must be an int"):
         attn(q, k, v, q_offset=1.5)
     with pytest.raises(ShapeError, match=r"dout has shape \(1, 4, 8, 16\)"):
-        LinearLauncher(spec).backward(q, k, v, q, dout[:, :, :8])
+        attn.launcher("bwd").backward(q, k, v, q, dout[:, :, :8])
     with pytest.raises(ValueError, match="linear attention: it has no lse"):
         attn(q, k, v, return_lse=True)
 

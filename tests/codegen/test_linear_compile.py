@@ -9,14 +9,13 @@ import torch
 
 import attngen as A
 from attngen.codegen.aot import resource_usage
-from attngen.runtime.linear import LinearLauncher
 
 LINEAR = [s for s in A.load_specs("specs") if s.kind == "linear"]
 TARGETS = ["sm_80", "sm_90"]
 
 
 def assert_no_spills(spec, target, dtype, kernel):
-    for role, compiled in LinearLauncher(spec).compile_for(target, dtype, kernel).kernels.items():
+    for role, compiled in A.compile(spec).compile_for(target, dtype, kernel=kernel).kernels.items():
         usage = resource_usage(compiled)
         assert usage.local == 0 and usage.stack == 0, f"{spec.name} {kernel}/{role} {target} {dtype}: {usage}"
         assert usage.registers <= 255

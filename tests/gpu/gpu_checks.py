@@ -27,7 +27,7 @@ import attngen as A
 from attngen.checking import GRAD_TOLERANCE, check_close
 from attngen.runtime import launch_backward
 from attngen.runtime.launch import architecture
-from attngen.runtime.linear import linear_backward
+from attngen.runtime import linear
 from attngen.spec import Random
 
 LAYOUTS = ("bhnd", "bnhd")
@@ -107,7 +107,7 @@ def reference_gradients(spec: A.Spec, q, k, v, dout, **call):
     the package's reference-precision paths for float64 inputs."""
     q, k, v, dout = (t.detach().to(torch.float64) for t in (q, k, v, dout))
     if spec.kind == "linear":
-        return linear_backward(compiled(spec), q, k, v, None, dout, q_offset=call.get("q_offset"))
+        return linear.reference_gradients(spec, q, k, v, dout, call.get("q_offset"))
     return launch_backward.reference_gradients(spec, q, k, v, dout, **call)
 
 

@@ -81,7 +81,7 @@ def test_compile_fullgraph_backward_wiring(small_spec, monkeypatch):
     behind backward_impl is replaced by the reference here (the real one: next test)."""
     op = register(small_spec("op_bwd_wiring", mask={"band": 5}))
     stand_in, calls = reference_backward(op.spec)
-    monkeypatch.setattr(op.attn, "backward_impl", stand_in)
+    monkeypatch.setattr(op.kernels, "backward_impl", stand_in)
     model = torch.compile(Block(op), fullgraph=True, backend="aot_eager")
     q, k, v = qkv(24, 32, grad=True)
     (model(q, k, v) * torch.linspace(-1, 1, 16)).sum().backward()

@@ -1,0 +1,128 @@
+"""The launcher base: one generated source, its kernels by role, launched from keyword mappings.
+
+Every launcher (forward, backward, decode, linear) is a `KernelLauncher` over one
+`GeneratedKernel`. What it does once, and keeps:
+- the generated module (imported once, not re-hashed per call) and each kernel by role and by
+  where it runs (compiled, or wrapped for Triton's interpreter);
+- the tile configuration chosen per shape class (`choose`: on a GPU the first candidate that
+  compiles without spills), and every kernel compiled ahead of time on the way (`compiled`), so
+  that `compile_for` and `attngen emit --stage` reuse what the search built;
+- a check, on the first launch of each kernel, that the launcher's keyword mapping names exactly
+  the kernel's declared arguments (`KernelSignature.check_arguments`).
+A warm launch is: build the keyword mapping, `launch_kernel`. Nothing symbolic runs on it.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .. import env
+from ..codegen.aot import compile_for_gpu, first_without_spills, resource_usage
+from ..codegen.emit import GeneratedKernel
+from .loader import interpreted, load_source
+
+log = logging.getLogger("attngen")
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def launch_kernel(kernel, grid, args: dict, num_warps: int, num_stages: int) -> None:
+    """The one place a generated kernel is launched (benchmarks/host_overhead.py stubs it out to
+    time everything else)."""
+    kernel[grid](**args, num_warps=num_warps, num_stages=num_stages)
+
+
+def is_interpreted(device: torch.device) -> bool:
+    return device.type != "cuda" or env.force_interpreter()
+
+
+_ARCHS: dict = {}
+
+
+def architecture(device: torch.device) -> str | None:
+    """'sm_XY' for a CUDA device, None where the interpreter runs (asked of the driver once per
+    device)."""
+    if is_interpreted(device):
+        return None
+    key = device.index
+    if key not in _ARCHS:
+        major, minor = torch.cuda.get_device_capability(device)
+        _ARCHS[key] = f"sm_{major}{minor}"
+    return _ARCHS[key]
+
+
+def poison(*tensors: torch.Tensor, interpreted: bool) -> None:
+    """Fill outputs with NaN before a launch, so that an element a kernel forgets to write fails
+    the check against the reference: always under the interpreter (the tests' path), on a GPU with
+    ATTNGEN_POISON=1 (the gpu tier), where fresh memory may still hold an earlier correct result."""
+    if interpreted or env.poison_outputs():
+        for t in tensors:
+            t.fill_(float("nan"))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs must not silently drop to tf32 on GPUs: fp32 results are held to 1e-4.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+class KernelLauncher:
+    """Runs the kernels of one generated source (see the module docstring)."""
+
+    def __init__(self, generated: GeneratedKernel):
+        self.generated = generated
+        self.spec = generated.spec
+        self.graph = generated.graph
+        self.signatures = generated.signatures
+        self._module = None
+        self._kernels: dict = {}
+        self._checked: set = set()
+        self._choices: dict = {}
+        self.compiled: dict = {}        # (role, target, dtype, constexprs, warps, stages) → CompiledKernel
+
+    # -- kernels --------------------------------------------------------------------------------
+    def jit_function(self, role: str):
+        if self._module is None:
+            self._module = load_source(self.generated.source)
+        return getattr(self._module, self.signatures[role].name)
+
+    def kernel(self, role: str, interpret: bool):
+        """The kernel of `role`, launchable as ``kernel[grid](**args)``, compiled or interpreted."""
+        key = (role, interpret)
+        kernel = self._kernels.get(key)
+        if kernel is None:
+            fn = self.jit_function(role)
+            kernel = self._kernels[key] = interpreted(fn) if interpret else fn
+        return kernel
+
+    def launch(self, role: str, grid, args: dict, *, num_warps: int, num_stages: int,
+               interpret: bool) -> None:
+        if role not in self._checked:
+            self.signatures[role].check_arguments(args)
+            self._checked.add(role)
+        launch_kernel(self.kernel(role, interpret), grid, args, num_warps, num_stages)
+
+    # -- ahead of time ------------------------------------------------------------------------
+    def compile_role(self, role: str, target: str, dtype: torch.dtype, constexprs: dict, *,
+                     num_warps: int, num_stages: int):
+        """One kernel compiled ahead of time for `target` (no GPU needed); kept, so that the
+        configuration search and `compile_for` never compile the same kernel twice."""
+        key = (role, target, dtype, tuple(sorted(constexprs.items())), num_warps, num_stages)
+        if key not in self.compiled:
+            self.compiled[key] = compile_for_gpu(self.jit_function(role), self.signatures[role], dtype=dtype,
+                                                 constexprs=constexprs, target=target, num_warps=num_warps,
+                                                 num_stages=num_stages)
+        return self.compiled[key]
+
+    def choose(self, key, candidates, usage_of, what: str):
+        """The first of `candidates` whose compiled kernel has no spills (`usage_of(candidate)`
+        compiles and measures it), decided once per `key`."""
+        if key not in self._choices:
+            chosen, usage = first_without_spills(candidates, usage_of)
+            if usage.spills:
+                log.warning("%s: every tile configuration spills (%s); using %s", what, key, chosen)
+            self._choices[key] = chosen
+        return self._choices[key]
+
+    @staticmethod
+    def usage(compiled):
+        return resource_usage(compiled)
