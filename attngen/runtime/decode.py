@@ -170,10 +170,10 @@ class DecodeLauncher(KernelLauncher):
             raise ShapeError(f"cache_seqlens is on {cache_seqlens.device}, expected q's device {device}")
         # Checked on the host only where that costs no synchronisation; on GPUs the kernel clamps
         # each length to the capacity.
-        if device.type == "cpu" and cache_seqlens.numel() and (
-                cache_seqlens.min() < 0 or cache_seqlens.max() > capacity):
-            raise ShapeError(f"cache_seqlens {cache_seqlens.tolist()} must lie in 0..{capacity} "
-                             "(the cache's capacity)")
+        if device.type == "cpu":
+            lengths = cache_seqlens.tolist()     # one host copy: cheaper than two reductions
+            if lengths and (min(lengths) < 0 or max(lengths) > capacity):
+                raise ShapeError(f"cache_seqlens {lengths} must lie in 0..{capacity} (the cache's capacity)")
         return cache_seqlens.to(torch.int32).contiguous()
 
     def _random(self, seqlens: torch.Tensor, nq: int, device) -> dict:

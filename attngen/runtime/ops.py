@@ -70,6 +70,27 @@ def kernel_kinds(spec: Spec) -> tuple[str, ...]:
     return ("fwd", "bwd") if spec.uses_segments else ("fwd", "bwd", "decode")
 
 
+class _ReferencePrecision(torch.autograd.Function):
+    """float64 inputs (torch.autograd.gradcheck): the reference, forward and backward, outside the
+    operator. Its backward differentiates the reference with autograd, which a custom operator's
+    implementation cannot (it runs below the autograd dispatch key)."""
+
+    @staticmethod
+    def forward(ctx, kernels, q, k, v, q_offset, seg_q, seg_k):
+        out, lse = kernels.forward_impl(q, k, v, q_offset, seg_q, seg_k)
+        ctx.kernels, ctx.q_offset, ctx.segments = kernels, q_offset, (seg_q, seg_k)
+        ctx.save_for_backward(q, k, v)
+        lse = q.new_empty((0,), dtype=torch.float32) if lse is None else lse
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v = ctx.saved_tensors
+        dq, dk, dv = ctx.kernels.backward_impl(q, k, v, None, None, dout, ctx.q_offset, *ctx.segments)
+        return None, dq, dk, dv, None, None, None
+
+
 def select_outputs(spec: Spec, out, lse, return_lse: bool):
     """`out`, or `(out, lse)` when asked for; linear kinds have no lse to give."""
     if not return_lse:
@@ -119,7 +140,10 @@ class CompiledAttention:
     def __call__(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, return_lse=False):
         if q_offset is None:
             q_offset = k.shape[-2] - q.shape[-2]
-        out, lse = self.op(q, k, v, q_offset, seg_q, seg_k)
+        if isinstance(q, torch.Tensor) and q.dtype == torch.float64:
+            out, lse = _ReferencePrecision.apply(self.kernels, q, k, v, q_offset, seg_q, seg_k)
+        else:
+            out, lse = self.op(q, k, v, q_offset, seg_q, seg_k)
         return select_outputs(self.spec, out, lse, return_lse)
 
     def decode(self, q, k_cache, v_cache, *, cache_seqlens=None, block_table=None, return_lse=False):

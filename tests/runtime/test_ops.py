@@ -265,3 +265,50 @@ def test_a_spec_named_like_another_specs_operator_gets_its_own_name(small_spec):
     clash = register(small_spec("op_suffix_decode", mask={"band": 2}))
     assert first.decode_op is torch.ops.attngen.op_suffix_decode.default
     assert clash.name.startswith("op_suffix_decode_") and clash.op is not first.decode_op
+
+
+def test_compiled_callable_traces_before_any_eager_call(small_spec):
+    """What users write: `attn = attngen.compile(spec)` inside a module, then torch.compile
+    (fullgraph, dynamic) and torch.export of the module before attn ever ran eagerly; forward and
+    backward on the real kernels, varying lengths traced once; decode the same."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    attn = attngen.compile(small_spec("first_traced", causal=True, mask={"band": 5}))
+    assert isinstance(attn, attngen.runtime.ops.CompiledAttention) and attngen.compile(attn.spec) is attn
+    assert cache.STATS["builds"] == 0, "compile() generated kernels before the first call"
+    counter = CompileCounterWithBackend("aot_eager")
+    model = torch.compile(Block(attn), fullgraph=True, dynamic=True, backend=counter)
+    for n, nk in ((21, 30), (13, 40), (35, 35)):
+        q, k, v = qkv(n, nk, seed=n, grad=True)
+        out = model(q, k, v)
+        torch.testing.assert_close(out, expected(attn.spec, q, k, v), atol=1e-4, rtol=1e-4, msg=f"n={n}")
+        dout = torch.randn_like(out)
+        out.backward(dout)
+        leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+        ref = differentiable_reference(attn.spec, leaves[0] * 1.5, leaves[1], leaves[2])
+        grads = torch.autograd.grad(ref, leaves, (dout * 2.0).double())
+        for name, got, exp in zip("qkv", (q.grad, k.grad, v.grad), grads):
+            torch.testing.assert_close(got, exp.float(), atol=1e-4, rtol=1e-4, msg=f"d{name} n={n}")
+    assert counter.frame_count == 1, "a new length retraced the model"
+
+    n = torch.export.Dim("n", min=2, max=64)
+    shapes = {"q": {2: n}, "k": {2: n}, "v": {2: n}}
+    program = torch.export.export(Block(attn), qkv(32), dynamic_shapes=shapes)
+    assert attn.op in [node.target for node in program.graph.nodes if node.op == "call_function"]
+    q, k, v = qkv(19, seed=3)
+    torch.testing.assert_close(program.module()(q, k, v), expected(attn.spec, q, k, v), atol=1e-4, rtol=1e-4)
+
+    class Decoder(torch.nn.Module):
+        def forward(self, q, k_cache, v_cache, lengths):
+            return attn.decode(q, k_cache, v_cache, cache_seqlens=lengths)
+    g = torch.Generator().manual_seed(5)
+    q1, k_cache, v_cache = torch.randn(2, 2, 1, 16, generator=g), *(torch.randn(2, 1, 24, 16, generator=g)
+                                                                    for _ in range(2))
+    lengths = torch.tensor([24, 7], dtype=torch.int32)
+    eager = attn.decode(q1, k_cache, v_cache, cache_seqlens=lengths)
+    traced = torch.compile(Decoder(), fullgraph=True, backend="aot_eager")(q1, k_cache, v_cache, lengths)
+    exported = torch.export.export(Decoder(), (q1, k_cache, v_cache, lengths)).module()(q1, k_cache, v_cache, lengths)
+    for b, length in enumerate(lengths.tolist()):
+        want, _ = attngen.reference(attn.spec, q1[b:b + 1], k_cache[b:b + 1, :, :length], v_cache[b:b + 1, :, :length])
+        for got in (eager, traced, exported):
+            torch.testing.assert_close(got[b:b + 1], want.float(), atol=1e-4, rtol=1e-4)
