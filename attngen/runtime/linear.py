@@ -1,4 +1,4 @@
-"""Launching the generated linear-attention kernels: `linear_forward`, `linear_backward`.
+"""Launching the generated linear-attention kernels: `LinearLauncher` and the float64 reference path.
 
 The chunked algorithm of flash-linear-attention, split into passes (templates/linear_*.py.jinja):
 

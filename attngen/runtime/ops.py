@@ -91,6 +91,19 @@ class _ReferencePrecision(torch.autograd.Function):
         return None, dq, dk, dv, None, None, None
 
 
+def _check_call(q, k, v, q_offset, seg_q, seg_k) -> None:
+    """What the operator's schema would refuse with a bare RuntimeError, refused naming the
+    argument (shapes and dtypes are the fake and real implementations' to check)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ShapeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    for name, t in (("seg_q", seg_q), ("seg_k", seg_k)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise ShapeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
+    if q_offset is not None and (isinstance(q_offset, bool) or not isinstance(q_offset, (int, torch.SymInt))):
+        raise ShapeError(f"q_offset must be an int, got {q_offset!r}")
+
+
 def select_outputs(spec: Spec, out, lse, return_lse: bool):
     """`out`, or `(out, lse)` when asked for; linear kinds have no lse to give."""
     if not return_lse:
@@ -138,6 +151,7 @@ class CompiledAttention:
         return self.kernels.compile_for(target, dtype, kernel=kernel)
 
     def __call__(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, return_lse=False):
+        _check_call(q, k, v, q_offset, seg_q, seg_k)
         if q_offset is None:
             q_offset = k.shape[-2] - q.shape[-2]
         if isinstance(q, torch.Tensor) and q.dtype == torch.float64:

@@ -3,7 +3,7 @@
     kernels = attngen.load("specs/")          # in a model's module: ready when it is imported
     out = kernels.gqa(q, k, v)                # or torch.ops.attngen.gqa(q, k, v, q_offset, None, None)
 
-Each spec becomes an `CompiledAttention` (ops.py): a torch operator with a fake implementation and
+Each spec becomes a `CompiledAttention` (ops.py): a torch operator with a fake implementation and
 autograd, whose kernels come from the disk cache (cache.py). The first load of a spec lowers and
 generates it; a later load, in any process, reads it back from the cache without lowering.
 """
