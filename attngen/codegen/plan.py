@@ -12,6 +12,7 @@ import sympy
 from ..version import __version__
 from ..ir.graph import Graph
 from ..spec import Random, parse_mask
+from .plan_helpers import helper_flags
 from .printer import print_triton
 
 
@@ -92,6 +93,7 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
         random_kernel_params="".join(f"{a}, {b}, {c}, " for a, b, c in (t.names for t in tables)),
     )
     values.update(_iteration_values(g))
+    values.update(helper_flags(values))
     return values
 
 

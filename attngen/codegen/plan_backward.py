@@ -10,6 +10,7 @@ import sympy
 
 from ..ir.graph import Graph
 from .plan import forward_values
+from .plan_helpers import helper_flags
 from .printer import print_triton
 
 # The kernels of one backward source, by role: `{kernel_name}_{suffix}`, launched in this order.
@@ -59,4 +60,5 @@ def backward_values(g: Graph, *, kernel_name: str) -> dict:
         sm_scale=repr(g.node("scale_grad").attrs["value"]),
     )
     values.update(_key_major_values(g))
+    values.update(helper_flags(values))
     return values
