@@ -88,6 +88,7 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
         has_softcap="softcap" in g, softcap=repr(g.node("softcap").attrs["cap"]) if "softcap" in g else "1.0",
         has_alibi="alibi" in g, has_segments=spec_uses_segments(g),
         tile_configs=sorted(g.facts["tile_configs"].items()), ir_hash=g.content_hash(),
+        tile_key_width=max(map(len, g.facts["tile_configs"])) + 2,     # the header's column
         iteration=g.facts["iteration"],
         random_args="".join(f", {a}, {b}, {c}" for a, b, c in (t.names for t in tables)),
         random_kernel_params="".join(f"{a}, {b}, {c}, " for a, b, c in (t.names for t in tables)),
