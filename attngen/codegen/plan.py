@@ -12,6 +12,7 @@ import sympy
 from ..version import __version__
 from ..ir.graph import Graph
 from ..spec import Random, Segments
+from .plan_helpers import helper_flags
 from .printer import print_triton
 from .signature import Arg, KernelSignature, constexprs, sizes, strides, tensors
 
@@ -116,11 +117,13 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
         has_softcap="softcap" in g, softcap=repr(g.node("softcap").attrs["cap"]) if "softcap" in g else "1.0",
         has_alibi="alibi" in g, has_segments=spec_uses_segments(g),
         tile_configs=sorted(g.facts["tile_configs"].items()), ir_hash=g.content_hash(),
+        tile_key_width=max(map(len, g.facts["tile_configs"])) + 2,     # the header's column
         iteration=g.facts["iteration"],
         random_args="".join(f", {a}, {b}, {c}" for a, b, c in (t.names for t in tables)),
         signatures=forward_signatures(g, kernel_name),
     )
     values.update(_iteration_values(g))
+    values.update(helper_flags(values))
     return values
 
 

@@ -10,6 +10,7 @@ import sympy
 
 from ..ir.graph import Graph
 from .plan import block_list_args, forward_values, random_args, random_tables
+from .plan_helpers import helper_flags
 from .printer import print_triton
 from .signature import KernelSignature, constexprs, sizes, strides, tensors
 
@@ -84,4 +85,5 @@ def backward_values(g: Graph, *, kernel_name: str) -> dict:
         signatures=backward_signatures(g, kernel_name),
     )
     values.update(_key_major_values(g))
+    values.update(helper_flags(values))
     return values

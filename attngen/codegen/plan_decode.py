@@ -9,7 +9,10 @@ from __future__ import annotations
 import sympy
 
 from ..ir.graph import Graph
+from ..spec.predicates import i
 from .plan import _bound_code, forward_values, random_tables
+from .plan_helpers import helper_flags
+from .printer import print_triton
 from .signature import Arg, KernelSignature, constexprs, sizes, strides, tensors
 
 
@@ -68,9 +71,13 @@ def decode_values(g: Graph, *, kernel_name: str) -> dict:
         # one table of `rows` rows per sequence and computes the first query block itself.
         signatures=decode_signatures(g, kernel_name),
         random_call_args="".join(f", {t.names[0]}_seq, {t.names[1]}, {t.names[2]}" for t in tables),
+        # The first query block of the draw: the block of token 0's position q_start, which is
+        # negative where the sequence is shorter than the tokens.
         random_locals=[dict(table=t.names[0], first=t.names[1], rows=t.names[2], per_row=t.per_row,
-                            block=t.block) for t in tables],
+                            block=t.block, first_code=print_triton(sympy.floor(i / t.block), query="q_start"))
+                       for t in tables],
     )
     values.update(_bounds_values(g))
+    values.update(helper_flags(values, extra_code=[t["first_code"] for t in values["random_locals"]]))
     return values
 

@@ -131,6 +131,7 @@ def linear_values(g: Graph) -> dict:
         grouping=_grouping(spec["heads"]["query"], spec["heads"]["kv"]),
         head_dim=head_dim, block_d=g.facts["block_d"],
         causal=g.facts["causal"], is_favor=is_favor, is_elu1=phi["map"] == "elu1",
+        uses_feature_map_grad=not forward,          # the backward differentiates the feature map
         algorithm_note=_algorithm_note(g),
         chunk_configs=sorted(g.facts["chunk_configs"].items()), ir_hash=g.content_hash(),
         signatures=linear_signatures(g),

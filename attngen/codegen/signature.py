@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 ROLES = ("tensor", "stride", "size", "constexpr")
 TENSOR_DTYPES = ("input", "fp32", "i32")
-LINE = 96          # the width the definition's argument lines wrap at
+LINE = 104         # the width the definition's argument lines wrap at (the templates' longest)
 
 
 @dataclass(frozen=True)

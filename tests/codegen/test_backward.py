@@ -7,6 +7,7 @@ last tiles, partial and full tiles, rows with no key.
 """
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -272,23 +273,31 @@ GEOMETRIES = [(37, 53, 16, 16, None), (53, 37, 16, 32, None), (40, 40, 32, 16, -
 
 
 def _key_major_ranges(source: str, nq, nk, q_offset, block_m, block_n):
-    """Run the generated dK/dV kernel's range lines in Python (they use only //, + and tl.minimum/
-    maximum/where/cdiv on non-negative integers, where Python and Triton agree) for every key tile."""
+    """Run the generated dK/dV kernel's range lines, and the source's tile-range helpers they call,
+    in Python (they use only //, + and tl.minimum/maximum/where/cdiv on non-negative integers, where
+    Python and Triton agree) for every key tile."""
     lines = source.splitlines()
     start = next(n for n, line in enumerate(lines) if line.strip().startswith("first_key ="))
     stop = next(n for n in range(start, len(lines))
-                if lines[n].strip().startswith("full_stop = tl.where(no_full"))
+                if lines[n].strip().startswith("full_first, full_stop = full_tile_span("))
     code = "\n".join(line.strip() for line in lines[start:stop + 1])
+    helpers = [node for node in ast.parse(source).body
+               if isinstance(node, ast.FunctionDef) and node.name in ("tile_span", "full_tile_span")]
+    for node in helpers:
+        node.decorator_list = []                                    # plain Python, not @triton.jit
+    helpers = compile(ast.Module(helpers, type_ignores=[]), "<tile-range helpers>", "exec")
 
     class tl:
         maximum, minimum = staticmethod(max), staticmethod(min)
         where = staticmethod(lambda c, a, b: a if c else b)
         cdiv = staticmethod(lambda a, b: -(-a // b))
+        constexpr = int
 
     out = []
     for key_tile in range(-(-nk // block_n)):
         scope = dict(tl=tl, key_tile=key_tile, nq=nq, nk=nk, q_offset=q_offset, BLOCK_M=block_m,
                      BLOCK_N=block_n, floor_div=lambda a, b: a // b, floor_mod=lambda a, b: a % b)
+        exec(helpers, scope)
         exec(code, scope)
         out.append((scope["first_tile"], scope["full_first"], scope["full_stop"], scope["stop_tile"]))
     return out
