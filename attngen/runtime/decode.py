@@ -211,52 +211,74 @@ class DecodeLauncher(KernelLauncher):
         spec = self.spec
         batch, nq, capacity, paged, page_size, seqlens = self.check(q, k_cache, v_cache,
                                                                     cache_seqlens, block_table)
-        cfg = config or self.config(nq, q.dtype, q.device)
-        interpret = architecture(q.device) is None
-        row_tiles = -(-spec.group * nq // cfg.block_m)
-        if num_splits is None:
-            num_splits = choose_num_splits(batch=batch, kv_heads=spec.kv_heads, row_tiles=row_tiles,
-                                           key_span=self.span(nq, capacity), block_n=cfg.block_n,
-                                           num_sms=self.num_sms(q.device))
-        if isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1:
+        if isinstance(num_splits, bool) or not (num_splits is None or isinstance(num_splits, int) and num_splits >= 1):
             raise ShapeError(f"num_splits={num_splits!r} must be an integer >= 1")
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
-        split = num_splits > 1
-        rows = batch * spec.query_heads * nq
-        if split:
-            split_out = torch.empty((rows * num_splits * spec.head_dim,), dtype=torch.float32, device=q.device)
-            split_lse = torch.empty((rows * num_splits,), dtype=torch.float32, device=q.device)
-            poison(out, lse, split_out, split_lse, interpreted=interpret)
-        else:                            # not read: the kernel writes out and lse directly
-            split_out = split_lse = lse
+        interpret = architecture(q.device) is None
+        random_tables = self._random(seqlens, nq, q.device)
+
+        def arguments(cfg: TileConfig):
+            """(grid, keyword arguments, num_warps, num_stages) of the decode launch at `cfg`, and
+            (split count, rows) for the merge: what the configuration search compiles and the
+            launch runs."""
+            row_tiles = -(-spec.group * nq // cfg.block_m)
+            splits = num_splits or choose_num_splits(
+                batch=batch, kv_heads=spec.kv_heads, row_tiles=row_tiles, key_span=self.span(nq, capacity),
+                block_n=cfg.block_n, num_sms=self.num_sms(q.device))
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
+            rows = batch * spec.query_heads * nq
+            if splits > 1:
+                split_out = torch.empty((rows * splits * spec.head_dim,), dtype=torch.float32, device=q.device)
+                split_lse = torch.empty((rows * splits,), dtype=torch.float32, device=q.device)
+            else:                            # not read: the kernel writes out and lse directly
+                split_out = split_lse = lse
+            grid = (batch * spec.kv_heads, splits, row_tiles)
+            slopes, no_counts = self.device_tensors(q.device)
+            counts = torch.zeros((*grid, 2), dtype=torch.int32, device=q.device) if count_tiles else no_counts
+            kb, kh, kn, kd = _cache_strides(k_cache, paged)
+            vb, vh, vn, vd = _cache_strides(v_cache, paged)
+            args = dict(
+                q=q, k_cache=k_cache, v_cache=v_cache, out=out, lse=lse, split_out=split_out, split_lse=split_lse,
+                cache_seqlens=seqlens, block_table=block_table if paged else seqlens,
+                alibi_slopes=lse if slopes is None else slopes, tile_counts=counts, **random_tables,
+                **stride_args("q", q), **stride_args("o", out),
+                stride_kb=kb, stride_kh=kh, stride_kn=kn, stride_kd=kd,
+                stride_vb=vb, stride_vh=vh, stride_vn=vn, stride_vd=vd,
+                stride_table_b=block_table.stride(0) if paged else 0, nq=nq, nk_max=capacity,
+                num_kv_heads=spec.kv_heads,
+                **self.constexprs(cfg, q.dtype, paged=paged, page_size=page_size, split=splits > 1,
+                                  interpreted=interpret, count_tiles=count_tiles,
+                                  kv_aligned=all(s % 8 == 0 for s in (kb, kh, kn, vb, vh, vn))))
+            return grid, args, cfg.num_warps, cfg.num_stages
+
+        cfg = config or self.launch_config(nq, q.dtype, q.device, arguments)
+        grid, args, num_warps, num_stages = arguments(cfg)
+        out, lse, splits = args["out"], args["lse"], grid[1]
+        if splits > 1:
+            poison(out, lse, args["split_out"], args["split_lse"], interpreted=interpret)
+        else:
             poison(out, lse, interpreted=interpret)
-        grid = (batch * spec.kv_heads, num_splits, row_tiles)
-        slopes, no_counts = self.device_tensors(q.device)
-        counts = torch.zeros((*grid, 2), dtype=torch.int32, device=q.device) if count_tiles else no_counts
         if batch == 0:
-            return (out, lse, counts) if count_tiles else (out, lse)
-        kb, kh, kn, kd = _cache_strides(k_cache, paged)
-        vb, vh, vn, vd = _cache_strides(v_cache, paged)
-        args = dict(
-            q=q, k_cache=k_cache, v_cache=v_cache, out=out, lse=lse, split_out=split_out, split_lse=split_lse,
-            cache_seqlens=seqlens, block_table=block_table if paged else seqlens,
-            alibi_slopes=lse if slopes is None else slopes, tile_counts=counts,
-            **self._random(seqlens, nq, q.device), **stride_args("q", q), **stride_args("o", out),
-            stride_kb=kb, stride_kh=kh, stride_kn=kn, stride_kd=kd,
-            stride_vb=vb, stride_vh=vh, stride_vn=vn, stride_vd=vd,
-            stride_table_b=block_table.stride(0) if paged else 0, nq=nq, nk_max=capacity,
-            num_kv_heads=spec.kv_heads,
-            **self.constexprs(cfg, q.dtype, paged=paged, page_size=page_size, split=split,
-                              interpreted=interpret, count_tiles=count_tiles,
-                              kv_aligned=all(s % 8 == 0 for s in (kb, kh, kn, vb, vh, vn))))
-        self.launch("decode", grid, args, num_warps=cfg.num_warps, num_stages=cfg.num_stages, interpret=interpret)
-        if split:
+            return (out, lse, args["tile_counts"]) if count_tiles else (out, lse)
+        self.launch("decode", grid, args, num_warps=num_warps, num_stages=num_stages, interpret=interpret)
+        if splits > 1:
+            rows = batch * spec.query_heads * nq
             self.launch("merge", (rows,), dict(
-                split_out=split_out, split_lse=split_lse, out=out, lse=lse, **stride_args("o", out), nq=nq,
-                num_query_heads=spec.query_heads, num_splits=num_splits),
+                split_out=args["split_out"], split_lse=args["split_lse"], out=out, lse=lse,
+                **stride_args("o", out), nq=nq, num_query_heads=spec.query_heads, num_splits=splits),
                 num_warps=1, num_stages=1, interpret=interpret)
-        return (out, lse, counts) if count_tiles else (out, lse)
+        return (out, lse, args["tile_counts"]) if count_tiles else (out, lse)
+
+    def launch_config(self, nq: int, dtype: torch.dtype, device: torch.device, arguments) -> TileConfig:
+        """The interpreter's configuration off a GPU; on a GPU the first candidate with no spills
+        when compiled for this call's arguments, decided once per (architecture, dtype, rows)."""
+        arch = architecture(device)
+        if arch is None:
+            return self.config(nq, dtype, device)
+        block_m = row_block(self.spec.group, nq, self.spec.head_dim)
+        return self.launch_choice((arch, dtype, block_m), "decode",
+                                  candidate_decode_configs(self.spec.head_dim, dtype, arch, block_m), arguments,
+                                  f"{self.generated.kernel_name} on {arch}/{dtype} at {block_m} rows")
 
 
 def _cache_strides(cache: torch.Tensor, paged: bool) -> tuple[int, int, int, int]:

@@ -5,10 +5,14 @@ Per-shape call-time data (block-map lists, random tables) is cached per shape an
 64 most recent shapes in memory, large block maps also on disk); segment block maps are rebuilt on
 every call from the ids passed.
 
-Tile configuration on a GPU: the first spill-free candidate of the shape class, decided once per
-(kernel, dtype, target); with ATTNGEN_AUTOTUNE=1, every spill-free candidate is timed on the first
-call of a shape class (head dim, dtype, architecture, nq and nk rounded up to powers of two) and the
-fastest is kept for that class (`SoftmaxLauncher.tuned_config`).
+Tile configuration on a GPU: the first candidate of the shape class whose kernel, compiled for
+the call's own arguments exactly as the launch compiles it (`KernelLauncher.launch_choice`), has
+no spills, decided once per (kernel, dtype, architecture); the launch then runs that compiled
+kernel. With ATTNGEN_AUTOTUNE=1, every spill-free candidate is timed on the first call of a shape
+class (head dim, dtype, architecture, nq and nk rounded up to powers of two) and the fastest is
+kept for that class (`SoftmaxLauncher.tuned_config`). Ahead of time, without a GPU
+(`spill_free_config`, `compile_for`: `attngen emit --stage`, the compile tests), the same
+candidates are judged on Triton's ahead-of-time compilation.
 """
 from __future__ import annotations
 
@@ -156,37 +160,47 @@ class SoftmaxLauncher(KernelLauncher):
                            lambda cfg: resource_usage(self.compile_for(target, dtype, cfg)),
                            f"{self.generated.kernel_name} on {target}/{dtype}")
 
-    def tuned_config(self, q, k, v, *, q_offset, seg_q, seg_k) -> TileConfig:
-        """The configuration for this call. Without ATTNGEN_AUTOTUNE (or off a GPU): `config`.
-        With it, on the first call of a shape class every spill-free candidate runs on these very
-        inputs, timed by `timer`, and the fastest is kept for the class."""
+    def tuned_config(self, q, k, v, *, q_offset, seg_q, seg_k, arguments=None) -> TileConfig:
+        """The configuration for this call. Off a GPU: `config`. On a GPU, by default the first
+        candidate with no spills when compiled for this call's arguments (`launch_choice`, once per
+        dtype and architecture); with ATTNGEN_AUTOTUNE=1, on the first call of a shape class every
+        spill-free candidate runs on these very inputs, timed by `timer`, and the fastest is kept
+        for the class. `arguments(cfg)` builds the launch at `cfg` (`forward` passes its own)."""
         head_dim, arch = q.shape[-1], architecture(q.device)
-        if arch is None or not env.autotune():
+        if arch is None:
             return self.config(head_dim, q.dtype, q.device)
+        candidates = candidate_configs(head_dim, q.dtype, arch)
+        if arguments is None:
+            q_offset = resolve_q_offset(q.shape[2], k.shape[2], q_offset)
+            arguments = self._arguments_at(q, k, v, q_offset, seg_q, seg_k, interpret=False, count_tiles=False)
+        if not env.autotune():
+            return self.launch_choice((arch, q.dtype), "fwd", candidates, arguments,
+                                      f"{self.generated.kernel_name} on {arch}/{q.dtype}")
         key = (head_dim, q.dtype, arch, length_bucket(q.shape[2]), length_bucket(k.shape[2]))
         if key not in self._tuned:
             def time_of(cfg):
                 return self.timer(lambda: self.forward(q, k, v, q_offset=q_offset, seg_q=seg_q,
                                                        seg_k=seg_k, config=cfg))
             self._tuned[key] = fastest_without_spills(
-                candidate_configs(head_dim, q.dtype, arch),
-                lambda cfg: resource_usage(self.compile_for(arch, q.dtype, cfg)), time_of)
+                candidates, lambda cfg: self.launch_usage("fwd", arguments, cfg), time_of)
             log.info("%s: autotuned %s for %s", self.generated.kernel_name, self._tuned[key], key)
         return self._tuned[key]
 
-    def call_tables(self, nq, nk, q_offset, cfg: TileConfig, device, seg_q, seg_k) -> CallTables:
+    def call_tables(self, nq, nk, q_offset, cfg: TileConfig | None, device, seg_q, seg_k) -> CallTables:
+        """The tables of one call; `cfg` None: without the block map's lists (a kernel that walks
+        its own, as the backward's dK/dV kernel does)."""
         spec = self.spec
         if spec.uses_segments:
             if seg_q is None or seg_k is None:
                 raise ShapeError(f"spec {spec.name!r} has a segments mask: pass seg_q and seg_k")
             spec.eval_context(nq, nk, q_offset, seg_q, seg_k)         # validates shapes and dtypes
-            return CallTables(lists=self._lists(nq, nk, q_offset, cfg, device, seg_q, seg_k),
-                              segments=_segments(seg_q, seg_k, device), alibi=self.alibi(device))
+            lists = () if cfg is None else self._lists(nq, nk, q_offset, cfg, device, seg_q, seg_k)
+            return CallTables(lists=lists, segments=_segments(seg_q, seg_k, device), alibi=self.alibi(device))
         if seg_q is not None or seg_k is not None:
             raise ShapeError(f"spec {spec.name!r} has no segments mask, but seg_q/seg_k were given")
-        key = (nq, nk, q_offset, cfg.block_m, cfg.block_n, device)
+        key = (nq, nk, q_offset, cfg and (cfg.block_m, cfg.block_n), device)
         return self._shape_cache.get_or_build(key, lambda: CallTables(
-            lists=self._lists(nq, nk, q_offset, cfg, device, None, None),
+            lists=() if cfg is None else self._lists(nq, nk, q_offset, cfg, device, None, None),
             random=self._random(nq, nk, q_offset, device), alibi=self.alibi(device)))
 
     def alibi(self, device) -> torch.Tensor | None:
@@ -233,29 +247,45 @@ class SoftmaxLauncher(KernelLauncher):
         batch, _, nq, _ = q.shape
         nk = k.shape[2]
         q_offset = resolve_q_offset(nq, nk, q_offset)
-        cfg = config or self.tuned_config(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k)
-        tables = self.call_tables(nq, nk, q_offset, cfg, q.device, seg_q, seg_k)
         interpret = architecture(q.device) is None
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
-        poison(out, lse, interpreted=interpret)
-        grid = (triton.cdiv(max(nq, 1), cfg.block_m), batch * spec.query_heads)
-        counts = torch.zeros(grid[1] * grid[0], dtype=torch.int32, device=q.device) if count_tiles else out
-        if nq == 0:
+        if nq == 0 or nk == 0:           # no pair at all: nothing to launch
+            out = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+            lse = torch.full((batch, spec.query_heads, nq), float("-inf"), device=q.device)
+            counts = torch.zeros(0, dtype=torch.int32, device=q.device)        # no program ran
             return (out, lse, counts) if count_tiles else (out, lse)
-        if nk == 0:                      # nothing to attend to: every row is empty
-            out.zero_()
-            lse.fill_(float("-inf"))
-            return (out, lse, counts.zero_()) if count_tiles else (out, lse)
-        args = dict(q=q, k=k, v=v, out=out, lse=lse, alibi_slopes=out if tables.alibi is None else tables.alibi,
-                    tile_counts=counts, nq=nq, nk=nk, q_offset=q_offset, num_query_heads=spec.query_heads,
-                    **block_list_args(tables.lists), **random_table_args(self.tables, tables.random),
-                    **segment_args(tables.segments, out),
-                    **stride_args("q", q), **stride_args("k", k), **stride_args("v", v), **stride_args("o", out),
-                    **self.constexprs(cfg, q.dtype, even_k=nk % cfg.block_n == 0, interpreted=interpret,
-                                      count_tiles=count_tiles))
-        self.launch("fwd", grid, args, num_warps=cfg.num_warps, num_stages=cfg.num_stages, interpret=interpret)
+        arguments = self._arguments_at(q, k, v, q_offset, seg_q, seg_k, interpret=interpret,
+                                       count_tiles=count_tiles)
+        cfg = config or self.tuned_config(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k, arguments=arguments)
+        grid, args, num_warps, num_stages = arguments(cfg)
+        poison(args["out"], args["lse"], interpreted=interpret)
+        self.launch("fwd", grid, args, num_warps=num_warps, num_stages=num_stages, interpret=interpret)
+        out, lse, counts = args["out"], args["lse"], args["tile_counts"]
         return (out, lse, counts) if count_tiles else (out, lse)
+
+    def _arguments_at(self, q, k, v, q_offset, seg_q, seg_k, *, interpret: bool, count_tiles: bool):
+        """cfg → (grid, keyword arguments, num_warps, num_stages) of this call's launch at `cfg`:
+        outputs allocated, the shape's tables picked. The configuration search compiles with
+        exactly these arguments, so it judges the kernel the launch runs."""
+        spec = self.spec
+        batch, _, nq, _ = q.shape
+        nk = k.shape[2]
+
+        def arguments(cfg: TileConfig):
+            tables = self.call_tables(nq, nk, q_offset, cfg, q.device, seg_q, seg_k)
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
+            grid = (triton.cdiv(nq, cfg.block_m), batch * spec.query_heads)
+            counts = torch.zeros(grid[1] * grid[0], dtype=torch.int32, device=q.device) if count_tiles else out
+            args = dict(q=q, k=k, v=v, out=out, lse=lse,
+                        alibi_slopes=out if tables.alibi is None else tables.alibi,
+                        tile_counts=counts, nq=nq, nk=nk, q_offset=q_offset, num_query_heads=spec.query_heads,
+                        **block_list_args(tables.lists), **random_table_args(self.tables, tables.random),
+                        **segment_args(tables.segments, out), **stride_args("q", q), **stride_args("k", k),
+                        **stride_args("v", v), **stride_args("o", out),
+                        **self.constexprs(cfg, q.dtype, even_k=nk % cfg.block_n == 0, interpreted=interpret,
+                                          count_tiles=count_tiles))
+            return grid, args, cfg.num_warps, cfg.num_stages
+        return arguments
 
 
 def stride_args(prefix: str, t: torch.Tensor) -> dict:

@@ -109,6 +109,18 @@ class BackwardLauncher(SoftmaxLauncher):
         return CompiledKernels({role: self._compile_role(role, tiles, dtype, target)
                                  for role, tiles in self.role_tiles(cfg).items()})
 
+    def launch_config(self, head_dim: int, dtype: torch.dtype, device: torch.device, arguments) -> BackwardConfig:
+        """Off a GPU: `config`. On a GPU, per tile-walking kernel, the first candidate with no
+        spills when compiled for this call's arguments (`arguments(role)(tiles)`), decided once per
+        (kernel, architecture, dtype); the launch then runs the kernels the search compiled."""
+        arch = architecture(device)
+        if arch is None:
+            return self.config(head_dim, dtype, device)
+        chosen = {role: self.launch_choice(
+            (role, arch, dtype), role, candidate_backward_configs(head_dim, dtype, arch, role), arguments(role),
+            f"{self.signatures[role].name} on {arch}/{dtype}") for role in ROLES}
+        return BackwardConfig(chosen["dkdv"], chosen["dq"])
+
     def backward(self, q, k, v, out, lse, dout, *, q_offset=None, seg_q=None, seg_k=None,
                  config: BackwardConfig | None = None):
         """(dq, dk, dv), each like its input (shape, dtype, strides)."""
@@ -118,39 +130,46 @@ class BackwardLauncher(SoftmaxLauncher):
         batch, _, nq, head_dim = q.shape
         nk = k.shape[2]
         q_offset = resolve_q_offset(nq, nk, q_offset)
-        cfg = config or self.config(head_dim, q.dtype, q.device)
         interpret = architecture(q.device) is None
         dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
-        poison(dq, dk, dv, interpreted=interpret)
         if nq == 0 or nk == 0:     # no pair at all: every gradient is 0
             return dq.zero_(), dk.zero_(), dv.zero_()
         dout = dout.to(q.dtype)
         lse = lse.to(torch.float32).contiguous()
-        tiles = self.role_tiles(cfg)
-        qm, km, rows = tiles["dq"], tiles["dkdv"], tiles["preprocess"]
-        tables = self.call_tables(nq, nk, q_offset, qm, q.device, seg_q, seg_k)
-        by_key = self.by_key_lists(nq, nk, q_offset, km, q.device, seg_q, seg_k)
-        constexprs = {role: self.role_constexprs(role, t, q.dtype, even_k=nk % qm.block_n == 0,
-                                                 interpreted=interpret) for role, t in tiles.items()}
-
         delta = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
-        self.launch("preprocess", (triton.cdiv(nq, rows.block_m), batch * spec.query_heads), dict(
-            out=out, dout=dout, delta=delta, nq=nq, num_query_heads=spec.query_heads,
-            **stride_args("o", out), **stride_args("do", dout), **constexprs["preprocess"]),
-            num_warps=rows.num_warps, num_stages=rows.num_stages, interpret=interpret)
-        common = dict(q=q, k=k, v=v, dout=dout, lse=lse, delta=delta, nq=nq, nk=nk, q_offset=q_offset,
-                      alibi_slopes=lse if tables.alibi is None else tables.alibi,
-                      **random_table_args(self.tables, tables.random), **segment_args(tables.segments, q),
-                      **stride_args("q", q), **stride_args("k", k), **stride_args("v", v),
-                      **stride_args("do", dout))
-        self.launch("dkdv", (triton.cdiv(nk, km.block_n), batch * spec.kv_heads), dict(
-            common, dk=dk, dv=dv, num_kv_heads=spec.kv_heads, **block_list_args(by_key, "by_key_"),
-            **stride_args("dk", dk), **stride_args("dv", dv), **constexprs["dkdv"]),
-            num_warps=km.num_warps, num_stages=km.num_stages, interpret=interpret)
-        self.launch("dq", (triton.cdiv(nq, qm.block_m), batch * spec.query_heads), dict(
-            common, dq=dq, num_query_heads=spec.query_heads, **block_list_args(tables.lists),
-            **stride_args("dq", dq), **constexprs["dq"]),
-            num_warps=qm.num_warps, num_stages=qm.num_stages, interpret=interpret)
+
+        def arguments(role: str):
+            """tiles → (grid, keyword arguments, num_warps, num_stages) of kernel `role` of this call."""
+            def at(tiles: TileConfig):
+                constexprs = self.role_constexprs(role, tiles, q.dtype, even_k=nk % tiles.block_n == 0,
+                                                  interpreted=interpret)
+                if role == "preprocess":
+                    return ((triton.cdiv(nq, tiles.block_m), batch * spec.query_heads), dict(
+                        out=out, dout=dout, delta=delta, nq=nq, num_query_heads=spec.query_heads,
+                        **stride_args("o", out), **stride_args("do", dout), **constexprs),
+                        tiles.num_warps, tiles.num_stages)
+                # dK/dV walks the transposed map (`by_key_lists`), not the forward's lists
+                tables = self.call_tables(nq, nk, q_offset, tiles if role == "dq" else None, q.device, seg_q, seg_k)
+                common = dict(q=q, k=k, v=v, dout=dout, lse=lse, delta=delta, nq=nq, nk=nk, q_offset=q_offset,
+                              alibi_slopes=lse if tables.alibi is None else tables.alibi,
+                              **random_table_args(self.tables, tables.random), **segment_args(tables.segments, q),
+                              **stride_args("q", q), **stride_args("k", k), **stride_args("v", v),
+                              **stride_args("do", dout), **constexprs)
+                if role == "dkdv":
+                    by_key = self.by_key_lists(nq, nk, q_offset, tiles, q.device, seg_q, seg_k)
+                    return ((triton.cdiv(nk, tiles.block_n), batch * spec.kv_heads), dict(
+                        common, dk=dk, dv=dv, num_kv_heads=spec.kv_heads, **block_list_args(by_key, "by_key_"),
+                        **stride_args("dk", dk), **stride_args("dv", dv)), tiles.num_warps, tiles.num_stages)
+                return ((triton.cdiv(nq, tiles.block_m), batch * spec.query_heads), dict(
+                    common, dq=dq, num_query_heads=spec.query_heads, **block_list_args(tables.lists),
+                    **stride_args("dq", dq)), tiles.num_warps, tiles.num_stages)
+            return at
+
+        cfg = config or self.launch_config(head_dim, q.dtype, q.device, arguments)
+        poison(dq, dk, dv, interpreted=interpret)
+        for role, tiles in self.role_tiles(cfg).items():        # preprocess (delta), dK/dV, dQ
+            grid, args, num_warps, num_stages = arguments(role)(tiles)
+            self.launch(role, grid, args, num_warps=num_warps, num_stages=num_stages, interpret=interpret)
         return dq, dk, dv
 
 

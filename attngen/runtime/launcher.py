@@ -4,9 +4,12 @@ Every launcher (forward, backward, decode, linear) is a `KernelLauncher` over on
 `GeneratedKernel`. What it does once, and keeps:
 - the generated module (imported once, not re-hashed per call) and each kernel by role and by
   where it runs (compiled, or wrapped for Triton's interpreter);
-- the tile configuration chosen per shape class (`choose`: on a GPU the first candidate that
-  compiles without spills), and every kernel compiled ahead of time on the way (`compiled`), so
-  that `compile_for` and `attngen emit --stage` reuse what the search built;
+- the tile configuration chosen per shape class: on a GPU, `launch_choice` compiles each
+  candidate exactly as the launch compiles it (Triton's JIT `warmup` on the call's own arguments,
+  so the same specialisation) and keeps the first without spills; that compiled kernel stays in
+  Triton's cache and is the one the launch then runs. Ahead-of-time compilation for a target
+  without a GPU (`compile_role`, for `compile_for` and `attngen emit --stage`) keeps what it
+  compiles too (`compiled`);
 - a check, on the first launch of each kernel, that the launcher's keyword mapping names exactly
   the kernel's declared arguments (`KernelSignature.check_arguments`).
 A warm launch is: build the keyword mapping, `launch_kernel`. Nothing symbolic runs on it.
@@ -30,6 +33,13 @@ def launch_kernel(kernel, grid, args: dict, num_warps: int, num_stages: int) -> 
     """The one place a generated kernel is launched (benchmarks/host_overhead.py stubs it out to
     time everything else)."""
     kernel[grid](**args, num_warps=num_warps, num_stages=num_stages)
+
+
+def warm_kernel(kernel, grid, args: dict, num_warps: int, num_stages: int):
+    """Compile `kernel` for these arguments as a launch would, without launching it: Triton's JIT
+    warmup (the same specialisation and cache key as the launch, which then reuses the result).
+    Returns the CompiledKernel (its cubin tells registers and spills)."""
+    return kernel.warmup(grid=grid, num_warps=num_warps, num_stages=num_stages, **args)
 
 
 def is_interpreted(device: torch.device) -> bool:
@@ -123,6 +133,14 @@ class KernelLauncher:
             self._choices[key] = chosen
         return self._choices[key]
 
-    @staticmethod
-    def usage(compiled):
-        return resource_usage(compiled)
+    def launch_choice(self, key, role: str, candidates, arguments, what: str):
+        """On a GPU, the first of `candidates` whose kernel `role`, compiled for this call's own
+        arguments (`arguments(candidate)` → (grid, keyword arguments, num_warps, num_stages)) as
+        the launch compiles it, has no spills; decided once per `key`. The kernels compiled here
+        stay in Triton's cache: the launch that follows runs the chosen one, not a recompilation."""
+        return self.choose(key, candidates, lambda cfg: self.launch_usage(role, arguments, cfg), what)
+
+    def launch_usage(self, role: str, arguments, cfg):
+        """Registers and spills of kernel `role` compiled as this call's launch at `cfg` compiles it."""
+        grid, args, num_warps, num_stages = arguments(cfg)
+        return resource_usage(warm_kernel(self.jit_function(role), grid, args, num_warps, num_stages))

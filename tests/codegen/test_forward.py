@@ -3,6 +3,8 @@
 Every case draws fresh random inputs at odd sizes; outputs start as NaN (the launcher poisons them
 under the interpreter), so an element the kernel forgot to write fails.
 """
+from dataclasses import astuple
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -238,7 +240,7 @@ def test_autotune_times_each_candidate_once_per_shape_class(monkeypatch):
     """The launcher's wiring, on the CPU: a pretend sm_90 device, fake resource usage, and a timer
     that runs the launch it is given (recording the configuration) and returns a time for it."""
     from attngen.analysis.configs import candidate_configs
-    from attngen.runtime import launch
+    from attngen.runtime import launch, launcher as launcher_module
 
     spec = SPECS[2]
     launcher = launch.SoftmaxLauncher(A.compile(spec).launcher().generated)
@@ -246,8 +248,9 @@ def test_autotune_times_each_candidate_once_per_shape_class(monkeypatch):
     candidates = candidate_configs(spec.head_dim, torch.float16, "sm_90")
     spilling, fastest = candidates[0], candidates[2]
     monkeypatch.setattr(launch, "architecture", lambda device: "sm_90")
-    monkeypatch.setattr(launch, "resource_usage", lambda compiled: compiled)
-    launcher.compile_for = lambda arch, dtype, cfg: _usage(64 if cfg == spilling else 0)
+    monkeypatch.setattr(launcher_module, "resource_usage", lambda compiled: compiled)
+    monkeypatch.setattr(launcher_module, "warm_kernel", lambda kernel, grid, args, warps, stages: _usage(
+        64 if (args["BLOCK_M"], args["BLOCK_N"], warps, stages) == astuple(spilling) else 0))
     launched = []
     launcher.forward = lambda *args, config, **kw: launched.append((config, kw["q_offset"]))
     timer_calls = []
@@ -278,3 +281,80 @@ def test_autotune_times_each_candidate_once_per_shape_class(monkeypatch):
 def test_length_buckets_are_powers_of_two():
     from attngen.runtime.launch import length_bucket
     assert [length_bucket(n) for n in (0, 1, 2, 3, 64, 65, 1000, 1024)] == [1, 1, 2, 4, 64, 128, 1024, 1024]
+
+
+def test_gpu_launch_runs_the_kernel_its_configuration_search_compiled(monkeypatch):
+    """On a GPU the search compiles each candidate with the call's own arguments (Triton's JIT
+    warmup, the launch's specialisation) and the launch then runs the first spill-free one with the
+    same arguments: the kernel judged is the kernel launched. Wiring checked on the CPU with a
+    pretend sm_90 device and fake compiled kernels."""
+    from attngen.analysis.configs import candidate_configs
+    from attngen.runtime import launch, launcher as launcher_module
+
+    spec = SPECS[2]
+    launcher = launch.SoftmaxLauncher(A.compile(spec).launcher().generated)
+    q, k, v = inputs(spec, 100, 300, torch.float16, batch=1)
+    candidates = candidate_configs(spec.head_dim, torch.float16, "sm_90")
+    monkeypatch.setattr(launch, "architecture", lambda device: "sm_90")
+    monkeypatch.setattr(launcher_module, "resource_usage", lambda compiled: compiled)
+    warmed, launched = [], []
+
+    def warm(kernel, grid, args, warps, stages):
+        warmed.append((kernel, grid, dict(args), warps, stages))
+        return _usage(64 if len(warmed) == 1 else 0)            # the first candidate spills
+    monkeypatch.setattr(launcher_module, "warm_kernel", warm)
+    monkeypatch.setattr(launcher_module, "launch_kernel",
+                        lambda kernel, grid, args, warps, stages: launched.append((kernel, grid, dict(args), warps, stages)))
+    monkeypatch.delenv("ATTNGEN_AUTOTUNE", raising=False)
+    launcher.forward(q, k, v, q_offset=200)
+    assert [(w[2]["BLOCK_M"], w[2]["BLOCK_N"], w[3], w[4]) for w in warmed] == [astuple(c) for c in candidates[:2]]
+    (kernel, grid, args, warps, stages), = launched
+    chosen = warmed[1]
+    assert kernel is chosen[0] and grid == chosen[1] and (warps, stages) == chosen[3:]
+    same = {name: value for name, value in args.items() if not isinstance(value, torch.Tensor) or name in "qkv"}
+    assert same == {name: chosen[2][name] for name in same} and args["q_offset"] == 200
+    assert set(args) == set(launcher.signatures["fwd"].names)
+    launcher.forward(q, k, v, q_offset=200)                         # decided: nothing compiles again
+    assert len(warmed) == 2 and len(launched) == 2
+
+
+@pytest.mark.parametrize("kind", ["bwd", "decode"])
+def test_gpu_backward_and_decode_launch_what_their_search_compiled(kind, monkeypatch):
+    """As for the forward: per kernel that has tile candidates, the search compiles with the
+    call's own arguments and the launch runs the first spill-free candidate with those arguments
+    (pretend sm_90 device, fake compiled kernels; the first candidate of each kernel spills)."""
+    from attngen.runtime import decode, launch_backward, launcher as launcher_module
+
+    spec = SPECS[2]
+    attn = A.compile(spec)
+    monkeypatch.setattr(launch_backward if kind == "bwd" else decode, "architecture", lambda device: "sm_90")
+    monkeypatch.setattr(launcher_module, "resource_usage", lambda compiled: compiled)
+    warmed, launched = [], []
+
+    def warm(kernel, grid, args, warps, stages):
+        first = not any(w[0] is kernel for w in warmed)
+        warmed.append((kernel, grid, dict(args), warps, stages))
+        return _usage(64 if first else 0)
+    monkeypatch.setattr(launcher_module, "warm_kernel", warm)
+    monkeypatch.setattr(launcher_module, "launch_kernel",
+                        lambda kernel, grid, args, warps, stages: launched.append((kernel, grid, dict(args), warps, stages)))
+    if kind == "bwd":
+        q, k, v = inputs(spec, 100, 300, torch.float16, batch=1)
+        attn.launcher("bwd").backward(q, k, v, q, torch.zeros(q.shape[:3]), torch.ones_like(q))
+        searched = ("dkdv", "dq")
+    else:
+        q = torch.randn(2, spec.query_heads, 1, spec.head_dim, dtype=torch.float16)
+        cache = torch.randn(2, spec.kv_heads, 300, spec.head_dim, dtype=torch.float16)
+        attn.launcher("decode").decode(q, cache, cache, cache_seqlens=torch.tensor([300, 17], dtype=torch.int32))
+        searched = ("decode",)
+    names = attn.launcher(kind).signatures
+    for role in searched:
+        kernel = attn.launcher(kind).jit_function(role)
+        tries = [w for w in warmed if w[0] is kernel]
+        runs = [r for r in launched if r[0] is kernel]
+        assert len(tries) == 2 and len(runs) == 1, role          # the first spilled, the second is used
+        (_, grid, args, warps, stages), chosen = runs[0], tries[1]
+        assert (grid, warps, stages) == (chosen[1], chosen[3], chosen[4])
+        plain = [n for n in names[role].names if not isinstance(args[n], torch.Tensor)]
+        assert {n: args[n] for n in plain} == {n: chosen[2][n] for n in plain}
+        assert set(args) == set(names[role].names)
