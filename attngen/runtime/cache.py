@@ -372,7 +372,8 @@ def _from_index(spec: Spec, kind: str, arch: str) -> GeneratedKernel | None:
         log.debug("cache index for %s/%s unusable (%s): looking up by key", spec.name, kind, err)
         return None
     _ENTRY_FILES[_sha256(entry.data[entry.kernel_file.name])] = entry.kernel_file
-    return GeneratedKernel(spec, kind, entry.source, graph, entry.meta["kernel_name"])
+    # The entry's own kind: a linear spec's "fwd" is stored as "linear_fwd" (as `generate` names it).
+    return GeneratedKernel(spec, entry.meta["kind"], entry.source, graph, entry.meta["kernel_name"])
 
 
 def generated(spec, kind: str = "fwd", *, arch: str | None = None) -> GeneratedKernel:

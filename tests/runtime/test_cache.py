@@ -234,3 +234,13 @@ def test_log_says_what_compiled_hit_and_took(small_spec, caplog):
     first, second = (r.getMessage() for r in caplog.records if r.name.startswith("attngen"))
     assert "cache miss" in first and "logged fwd" in first and "lowering+codegen" in first
     assert "cache hit" in second and "lookup" in second
+
+
+def test_an_index_hit_keeps_the_generated_kind(small_spec):
+    """A linear spec's "bwd" is generated as "linear_bwd"; read back through the index it must be
+    the same kind, so that the runtime picks the linear launcher and its kernels' signatures."""
+    spec = attngen.load_spec(small_spec("warm_linear", kind="linear", feature_map="elu1", causal=True))
+    cold = cache.generated(spec, "bwd", arch="interpreter")
+    warm = cache.generated(spec, "bwd", arch="interpreter")
+    assert cache.STATS["index_hits"] == 1
+    assert cold.kind == warm.kind == "linear_bwd" and warm.signatures == cold.signatures
