@@ -45,6 +45,7 @@ class DecodeLauncher(KernelLauncher):
         self._spans: dict = {}
         self._sms: dict = {}
         self._device_tensors: dict = {}
+        self._interpreter_configs: dict = {}
 
     # -- per-call constants, computed once ---------------------------------------------------
     def span(self, nq: int, capacity: int) -> int:
@@ -71,11 +72,16 @@ class DecodeLauncher(KernelLauncher):
     # -- configurations ----------------------------------------------------------------------
 
     def config(self, nq: int, dtype: torch.dtype, device: torch.device) -> TileConfig:
-        block_m = row_block(self.spec.group, nq, self.spec.head_dim)
+        """The interpreter's configuration off a GPU; on a GPU the first spill-free candidate
+        judged ahead of time (`spill_free_config`; a launch judges its own: `launch_config`)."""
         arch = architecture(device)
         if arch is None:
-            return candidate_decode_configs(self.spec.head_dim, dtype, None, block_m)[0]
-        return self.spill_free_config(arch, dtype, block_m)
+            key = (nq, dtype)
+            if key not in self._interpreter_configs:
+                block_m = row_block(self.spec.group, nq, self.spec.head_dim)
+                self._interpreter_configs[key] = candidate_decode_configs(self.spec.head_dim, dtype, None, block_m)[0]
+            return self._interpreter_configs[key]
+        return self.spill_free_config(arch, dtype, row_block(self.spec.group, nq, self.spec.head_dim))
 
     def spill_free_config(self, target: str, dtype: torch.dtype, block_m: int) -> TileConfig:
         """The first candidate whose compiled kernel (paged, split: the larger variant) has no
@@ -227,11 +233,13 @@ class DecodeLauncher(KernelLauncher):
             out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
             lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
             rows = batch * spec.query_heads * nq
-            if splits > 1:
-                split_out = torch.empty((rows * splits * spec.head_dim,), dtype=torch.float32, device=q.device)
-                split_lse = torch.empty((rows * splits,), dtype=torch.float32, device=q.device)
+            if splits > 1:                   # one allocation: partial outputs, then their lse
+                partial = torch.empty((rows * splits * (spec.head_dim + 1),), dtype=torch.float32, device=q.device)
+                split_out, split_lse = partial[:rows * splits * spec.head_dim], partial[rows * splits * spec.head_dim:]
+                poison(out, lse, partial, interpreted=interpret)
             else:                            # not read: the kernel writes out and lse directly
                 split_out = split_lse = lse
+                poison(out, lse, interpreted=interpret)
             grid = (batch * spec.kv_heads, splits, row_tiles)
             slopes, no_counts = self.device_tensors(q.device)
             counts = torch.zeros((*grid, 2), dtype=torch.int32, device=q.device) if count_tiles else no_counts
@@ -254,10 +262,6 @@ class DecodeLauncher(KernelLauncher):
         cfg = config or self.launch_config(nq, q.dtype, q.device, arguments)
         grid, args, num_warps, num_stages = arguments(cfg)
         out, lse, splits = args["out"], args["lse"], grid[1]
-        if splits > 1:
-            poison(out, lse, args["split_out"], args["split_lse"], interpreted=interpret)
-        else:
-            poison(out, lse, interpreted=interpret)
         if batch == 0:
             return (out, lse, args["tile_counts"]) if count_tiles else (out, lse)
         self.launch("decode", grid, args, num_warps=num_warps, num_stages=num_stages, interpret=interpret)

@@ -33,7 +33,7 @@ from ..reference import check_qkv
 from ..spec import Random, Spec, alibi_slopes, resolve_q_offset
 from ..analysis.blockmap import block_map
 from .blockmap_cache import cached_block_map_lists
-from .launcher import DTYPES, KernelLauncher, architecture, dot_precision, poison
+from .launcher import DTYPES, KernelLauncher, architecture, cdiv, dot_precision, poison
 
 log = logging.getLogger("attngen")
 
@@ -168,7 +168,7 @@ class SoftmaxLauncher(KernelLauncher):
         for the class. `arguments(cfg)` builds the launch at `cfg` (`forward` passes its own)."""
         head_dim, arch = q.shape[-1], architecture(q.device)
         if arch is None:
-            return self.config(head_dim, q.dtype, q.device)
+            return candidate_configs(head_dim, q.dtype, None)[0]
         candidates = candidate_configs(head_dim, q.dtype, arch)
         if arguments is None:
             q_offset = resolve_q_offset(q.shape[2], k.shape[2], q_offset)
@@ -274,7 +274,7 @@ class SoftmaxLauncher(KernelLauncher):
             tables = self.call_tables(nq, nk, q_offset, cfg, q.device, seg_q, seg_k)
             out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
             lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
-            grid = (triton.cdiv(nq, cfg.block_m), batch * spec.query_heads)
+            grid = (cdiv(nq, cfg.block_m), batch * spec.query_heads)
             counts = torch.zeros(grid[1] * grid[0], dtype=torch.int32, device=q.device) if count_tiles else out
             args = dict(q=q, k=k, v=v, out=out, lse=lse,
                         alibi_slopes=out if tables.alibi is None else tables.alibi,

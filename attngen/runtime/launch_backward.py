@@ -15,7 +15,6 @@ torch autograd through the same dense float64 computation (`reference._softmax_r
 from __future__ import annotations
 
 import torch
-import triton
 
 from ..analysis.configs import TileConfig
 from ..analysis.lowering_backward import (ROLES, BackwardConfig, candidate_backward_configs,
@@ -27,7 +26,7 @@ from ..reference import _softmax_reference, reference
 from ..spec import Spec, resolve_q_offset
 from .launch import (ShapeTables, SoftmaxLauncher, block_list_args, block_map_lists, check_inputs,
                      random_table_args, segment_args, stride_args)
-from .launcher import architecture, dot_precision, poison
+from .launcher import architecture, cdiv, dot_precision, poison
 
 
 def reference_forward(spec: Spec, q, k, v, *, q_offset=None, seg_q=None, seg_k=None):
@@ -144,7 +143,7 @@ class BackwardLauncher(SoftmaxLauncher):
                 constexprs = self.role_constexprs(role, tiles, q.dtype, even_k=nk % tiles.block_n == 0,
                                                   interpreted=interpret)
                 if role == "preprocess":
-                    return ((triton.cdiv(nq, tiles.block_m), batch * spec.query_heads), dict(
+                    return ((cdiv(nq, tiles.block_m), batch * spec.query_heads), dict(
                         out=out, dout=dout, delta=delta, nq=nq, num_query_heads=spec.query_heads,
                         **stride_args("o", out), **stride_args("do", dout), **constexprs),
                         tiles.num_warps, tiles.num_stages)
@@ -157,10 +156,10 @@ class BackwardLauncher(SoftmaxLauncher):
                               **stride_args("do", dout), **constexprs)
                 if role == "dkdv":
                     by_key = self.by_key_lists(nq, nk, q_offset, tiles, q.device, seg_q, seg_k)
-                    return ((triton.cdiv(nk, tiles.block_n), batch * spec.kv_heads), dict(
+                    return ((cdiv(nk, tiles.block_n), batch * spec.kv_heads), dict(
                         common, dk=dk, dv=dv, num_kv_heads=spec.kv_heads, **block_list_args(by_key, "by_key_"),
                         **stride_args("dk", dk), **stride_args("dv", dv)), tiles.num_warps, tiles.num_stages)
-                return ((triton.cdiv(nq, tiles.block_m), batch * spec.query_heads), dict(
+                return ((cdiv(nq, tiles.block_m), batch * spec.query_heads), dict(
                     common, dq=dq, num_query_heads=spec.query_heads, **block_list_args(tables.lists),
                     **stride_args("dq", dq)), tiles.num_warps, tiles.num_stages)
             return at

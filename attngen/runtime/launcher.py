@@ -35,6 +35,11 @@ def launch_kernel(kernel, grid, args: dict, num_warps: int, num_stages: int) -> 
     kernel[grid](**args, num_warps=num_warps, num_stages=num_stages)
 
 
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division on the host (triton.cdiv is a constexpr function: slow to call from Python)."""
+    return -(-a // b)
+
+
 def warm_kernel(kernel, grid, args: dict, num_warps: int, num_stages: int):
     """Compile `kernel` for these arguments as a launch would, without launching it: Triton's JIT
     warmup (the same specialisation and cache key as the launch, which then reuses the result).

@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import triton
 
 from ..analysis.lowering_linear import ChunkConfig, chunk_config
 from ..codegen.aot import CompiledKernels
@@ -38,7 +37,7 @@ from ..reference_linear import linear_reference
 from ..spec import Spec, resolve_q_offset
 from ..spec.feature_maps import favor_features
 from .launch import check_inputs, stride_args
-from .launcher import KernelLauncher, architecture, dot_precision, poison
+from .launcher import KernelLauncher, architecture, cdiv, dot_precision, poison
 
 
 @dataclass(frozen=True)
@@ -62,8 +61,8 @@ class ChunkSpan:
     def row_tiles(self, nq: int) -> int:
         """Programs of a row pass: zero tiles, chunk tiles, tail tiles."""
         tail = max(nq - self.tail_start, 0)
-        return (triton.cdiv(self.zero_rows, self.chunk) + self.num_chunks - self.first_chunk
-                + triton.cdiv(tail, self.chunk))
+        return (cdiv(self.zero_rows, self.chunk) + self.num_chunks - self.first_chunk
+                + cdiv(tail, self.chunk))
 
     @property
     def row_args(self) -> tuple[int, int, int, int]:
@@ -78,10 +77,10 @@ def stages_of(role: str, num_stages: int) -> int:
 
 def chunk_span(causal: bool, nq: int, nk: int, q_offset: int, chunk: int) -> ChunkSpan:
     if not causal:
-        num_chunks = triton.cdiv(nk, chunk)
+        num_chunks = cdiv(nk, chunk)
         return ChunkSpan(chunk, 0, num_chunks, num_chunks, 0, 1)
     zero_rows = min(max(-q_offset, 0), nq)
-    num_chunks = triton.cdiv(max(min(nk, q_offset + nq), 0), chunk)
+    num_chunks = cdiv(max(min(nk, q_offset + nq), 0), chunk)
     first_chunk = min(max(q_offset, 0) // chunk, num_chunks)
     tail_start = max(num_chunks * chunk - q_offset, zero_rows)
     return ChunkSpan(chunk, zero_rows, first_chunk, num_chunks, tail_start, num_chunks + 1)
@@ -217,7 +216,7 @@ class LinearLauncher(KernelLauncher):
         self._run("reverse", (programs,), dict(
             rows, **grads, **chunks, q=q, dout=dout, row_max=row_max, tail_start=span.tail_start,
             **stride_args("q", q), **stride_args("do", dout)), cfg, q.dtype, interpret)
-        self._run("main", (triton.cdiv(nk, cfg.chunk), programs), dict(
+        self._run("main", (cdiv(nk, cfg.chunk), programs), dict(
             rows, **grads, **chunks, q=q, k=k, v=v, dout=dout, dk=dk, dv=dv, nk=nk,
             **stride_args("q", q), **stride_args("k", k), **stride_args("v", v), **stride_args("do", dout),
             **stride_args("dk", dk), **stride_args("dv", dv)), cfg, q.dtype, interpret)
