@@ -1,11 +1,11 @@
-"""Ahead-of-time compilation for real GPUs, with no GPU: `triton.compile` for a GPUTarget.
+"""Ahead-of-time compilation for real GPUs, with no GPU: the kernel a launch would compile.
 
-Used by `attngen emit --stage ttir|ttgir|ptx` and by the tests that compile every shipped spec for
-sm_80 and sm_90 and read the cubin's resource usage (registers, shared memory, spills) with the
-``cuobjdump`` that Triton's NVIDIA backend ships.
-
-Arguments are typed from the kernel's declared signature (`codegen/signature.py`): tensors by
-their declared dtype (the input dtype, float32 or int32), strides and sizes as 32-bit integers.
+`compile_as_launched` compiles a generated kernel for a GPUTarget from the keyword arguments a
+launcher builds for one call (on meta tensors), through Triton's own JIT binder, so that the
+specialisation is the launch's. Used by the configuration search without a GPU, by
+`attngen emit --stage ttir|ttgir|llir|ptx|sass` and by the tests that compile every shipped spec
+for sm_80 and sm_90 and read the cubin's resource usage (registers, shared memory, spills) with
+the ``cuobjdump`` and machine code with the ``nvdisasm`` that Triton's NVIDIA backend ships.
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import create_function_from_signature
 
 from ..errors import CompileError
-from .signature import KernelSignature
 
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-STAGES = ("ttir", "ttgir", "llir", "ptx", "cubin")
+STAGES = ("ttir", "ttgir", "llir", "ptx", "cubin", "sass")
 
 
 def parse_arch(target: str) -> int:
@@ -34,33 +34,40 @@ def parse_arch(target: str) -> int:
     return int(match.group(1))
 
 
-def specializations(signature: KernelSignature, types: dict) -> tuple[dict, dict]:
-    """What Triton's JIT would see for contiguous inputs: unit head-dim strides become the
-    constant 1, and pointers are 16-byte aligned. Without this, every element would carry its own
-    64-bit address and the kernel would spill."""
-    unit = {a.name: 1 for a in signature.args if a.role == "stride" and a.axis == "d" and types[a.name] == "i32"}
-    aligned = {(signature.names.index(name),): [["tt.divisibility", 16]]
-               for name, kind in types.items() if kind.startswith("*")}
-    return unit, aligned
+def compile_as_launched(kernel, args: dict, *, target: str = "sm_90", num_warps: int = 4,
+                        num_stages: int = 2):
+    """The kernel Triton's JIT compiles for a launch of `kernel` with the keyword arguments `args`
+    (every argument, constexprs included) on a GPU `target` — built here without a GPU.
 
-
-def compile_for_gpu(kernel, signature: KernelSignature, *, dtype: torch.dtype, constexprs: dict,
-                    target: str = "sm_90", num_warps: int = 4, num_stages: int = 2):
-    """A Triton CompiledKernel (asm: ttir, ttgir, llir, ptx, cubin) of the JIT function `kernel`,
-    declared by `signature`, for `target`."""
-    if tuple(kernel.arg_names) != signature.names:
-        raise CompileError(f"{signature.name}: the generated function's arguments {kernel.arg_names} are not "
-                           f"its declared signature {list(signature.names)}")
-    arch = parse_arch(target)
-    types = signature.aot_types(DTYPE_NAMES[dtype], constexprs)
-    unit, aligned = specializations(signature, types)
-    types.update({name: "constexpr" for name in unit})
-    source = ASTSource(fn=kernel, signature=types, constexprs={**constexprs, **unit}, attrs=aligned)
+    The JIT's own binder decides the specialisation from the argument values, exactly as at a
+    launch: integers equal to 1 become constants, integers divisible by 16 and 16-byte-aligned
+    pointers carry divisibility hints (vectorised loads, cp.async), integers past int32 widen.
+    Tensors may live on the meta device: only their dtype and address alignment matter, and a meta
+    tensor's address (0) is aligned, as a fresh CUDA allocation is. This is the one function that
+    judges kernels ahead of time (the configuration search without a GPU, the compile tests and
+    `attngen emit --stage`), so what it judges is what a launch runs.
+    """
+    arch = GPUTarget("cuda", parse_arch(target), 32)
     try:
-        return triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages})
+        backend = make_backend(arch)
+        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+        options = dict(num_warps=num_warps, num_stages=num_stages)
+        bound, specialisation, options = binder(**args, **options)
+        options, signature, constexprs, attrs = kernel._pack_args(
+            backend, {**args, "num_warps": num_warps, "num_stages": num_stages}, bound, specialisation, options)
+        return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=arch,
+                              options=options.__dict__)
     except Exception as exc:   # Triton raises many types; name the kernel and the target
         raise CompileError(f"{kernel.__name__} failed to compile for {target}: {exc}") from exc
+
+
+def sass(compiled) -> str:
+    """The machine code of a compiled kernel as ``nvdisasm -c`` prints it (with its .L_x_ labels)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        return subprocess.run([str(_nvidia_tool("nvdisasm")), "-c", f.name], capture_output=True, text=True,
+                              check=True).stdout
 
 
 @dataclass(frozen=True)
@@ -77,10 +84,10 @@ class ResourceUsage:
         return self.local + self.stack
 
 
-def _cuobjdump() -> Path:
-    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+def _nvidia_tool(name: str) -> Path:
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
     if not path.exists():
-        raise FileNotFoundError(f"cuobjdump not found at {path} (Triton's NVIDIA backend ships it)")
+        raise FileNotFoundError(f"{name} not found at {path} (Triton's NVIDIA backend ships it)")
     return path
 
 
@@ -89,13 +96,41 @@ def resource_usage(compiled) -> ResourceUsage:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
-        text = subprocess.run([str(_cuobjdump()), "--dump-resource-usage", f.name],
+        text = subprocess.run([str(_nvidia_tool("cuobjdump")), "--dump-resource-usage", f.name],
                               capture_output=True, text=True, check=True).stdout
     fields = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
     if "REG" not in fields:
         raise CompileError(f"could not read resource usage from cuobjdump:\n{text}")
     return ResourceUsage(int(fields["REG"]), int(fields["SHARED"]), int(fields["LOCAL"]),
                          int(fields["STACK"]), int(compiled.metadata.shared))
+
+
+def stage_text(compiled, stage: str) -> str:
+    """One compiled kernel's text at `stage` (ttir, ttgir, llir, ptx, or sass from its cubin)."""
+    return sass(compiled) if stage == "sass" else compiled.asm[stage]
+
+
+def launch_config(compiled) -> str:
+    """``BLOCK_M=.. BLOCK_N=.. num_warps=.. num_stages=..`` of a compiled kernel (the tile constants
+    it has: BLOCK_M, BLOCK_N or CHUNK)."""
+    names = compiled.src.fn.arg_names
+    constants = {names[path[0]]: value for path, value in compiled.src.constants.items() if len(path) == 1}
+    tiles = [f"{name}={constants[name]}" for name in ("BLOCK_M", "BLOCK_N", "CHUNK") if name in constants]
+    return " ".join([*tiles, f"num_warps={compiled.metadata.num_warps}",
+                     f"num_stages={compiled.metadata.num_stages}"])
+
+
+def header_lines(kernels: dict) -> list[str]:
+    """The ``# config:`` and ``# resources:`` lines of compiled kernels ({role: CompiledKernel});
+    with several kernels each line names its kernel."""
+    lines = []
+    for role, compiled in kernels.items():
+        usage = resource_usage(compiled)
+        named = f" ({role}: {compiled.name})" if len(kernels) > 1 else ""
+        lines += [f"# config: {launch_config(compiled)}{named}",
+                  f"# resources: registers={usage.registers} shared={usage.dynamic_shared + usage.shared} "
+                  f"spills={usage.spills}{named}"]
+    return lines
 
 
 class JoinedAsm:
@@ -110,7 +145,7 @@ class JoinedAsm:
         if stage == "cubin":
             raise KeyError("several kernels are several cubins: read .kernels[role].asm['cubin']")
         mark = self._COMMENT.get(stage, "//")
-        return "\n".join(f"{mark} ---- {role}: {compiled.name} ----\n{compiled.asm[stage]}"
+        return "\n".join(f"{mark} ---- {role}: {compiled.name} ----\n{stage_text(compiled, stage)}"
                          for role, compiled in self._kernels.items())
 
 

@@ -2,13 +2,14 @@
 
 Each plan (plan.py, plan_backward.py, plan_decode.py, plan_linear.py) declares the arguments of the
 kernels it generates as a `KernelSignature`: name, role and type of each argument, in order. The
-three places that used to keep their own copy read this one declaration:
+places that used to keep their own copy read this one declaration:
 
 - the template renders the ``def`` line through a hole (`KernelSignature.definition`, as
   Inductor's ``def_kernel``);
 - launchers build a keyword mapping and `KernelSignature.check_arguments` compares it with the
   declaration (once per launcher and kernel);
-- ahead-of-time compilation types each argument from it (`KernelSignature.aot_types`).
+- ahead-of-time compilation (`aot.compile_as_launched`) compiles the launch a launcher builds
+  from it, checked the same way, so that what is judged without a GPU is what a launch runs.
 
 Roles: ``tensor`` (a pointer; `dtype` is ``input`` for the call's q/k/v dtype, else ``fp32`` or
 ``i32``), ``stride`` and ``size`` (32-bit integer scalars; a stride's `axis` is the dimension it
@@ -95,17 +96,3 @@ class KernelSignature:
         extra = sorted(set(given) - set(self.names))
         if missing or extra:
             raise TypeError(f"launch of {self.name}: missing arguments {missing}, unknown {extra}")
-
-    def aot_types(self, dtype_name: str, constants: dict) -> dict:
-        """The ASTSource signature: ``constexpr`` for compile-time constants (`constants` holds
-        their values), ``*<dtype>`` for tensors (`dtype_name` is the input dtype, e.g. fp16),
-        ``i32`` for strides and sizes."""
-        types = {}
-        for arg in self.args:
-            if arg.role == "constexpr" or arg.name in constants:
-                types[arg.name] = "constexpr"
-            elif arg.role == "tensor":
-                types[arg.name] = "*" + (dtype_name if arg.dtype == "input" else arg.dtype)
-            else:
-                types[arg.name] = "i32"
-        return types

@@ -20,13 +20,13 @@ import torch
 from ..analysis.configs import TileConfig
 from ..analysis.lowering_decode import (DEFAULT_SMS, candidate_decode_configs, choose_num_splits, key_span,
                                         row_block)
-from ..codegen.aot import resource_usage
+from ..codegen.aot import CompiledKernels, resource_usage
 from ..codegen.emit import GeneratedKernel
 from ..codegen.plan import random_tables
 from ..errors import ShapeError, SpecError
 from ..spec import alibi_slopes, random_draw
 from .launch import stride_args
-from .launcher import DTYPES, KernelLauncher, architecture, dot_precision, poison
+from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, dot_precision, meta_tensor, poison
 
 log = logging.getLogger("attngen")
 MAX_NQ = 16
@@ -81,15 +81,41 @@ class DecodeLauncher(KernelLauncher):
                 block_m = row_block(self.spec.group, nq, self.spec.head_dim)
                 self._interpreter_configs[key] = candidate_decode_configs(self.spec.head_dim, dtype, None, block_m)[0]
             return self._interpreter_configs[key]
-        return self.spill_free_config(arch, dtype, row_block(self.spec.group, nq, self.spec.head_dim))
+        return self.spill_free_config(arch, dtype, nq=nq)
 
-    def spill_free_config(self, target: str, dtype: torch.dtype, block_m: int) -> TileConfig:
-        """The first candidate whose compiled kernel (paged, split: the larger variant) has no
-        spills on `target`; decided once per (target, dtype, rows)."""
-        return self.choose((target, dtype, block_m),
+    def spill_free_config(self, target: str, dtype: torch.dtype, *, nq: int = 1, **shape) -> TileConfig:
+        """Without a GPU: the first candidate whose kernel, compiled for `target` as a launch of
+        `nq` new tokens against a cache of the given shape (`aot_arguments`; default: paged,
+        split, AOT_LENGTH keys) compiles it, has no spills; decided once per (target, dtype, rows,
+        shape)."""
+        block_m = row_block(self.spec.group, nq, self.spec.head_dim)
+        arguments = self.aot_arguments(dtype, nq=nq, **shape)
+        return self.choose((target, dtype, block_m, nq, tuple(sorted(shape.items()))),
                            candidate_decode_configs(self.spec.head_dim, dtype, target, block_m),
-                           lambda cfg: resource_usage(self.compile_for(target, dtype, cfg)),
+                           lambda cfg: resource_usage(self.compile_launch("decode", target, arguments, cfg)),
                            f"{self.generated.kernel_name} on {target}/{dtype} at {block_m} rows")
+
+    def aot_arguments(self, dtype: torch.dtype, *, nq: int = 1, n: int = AOT_LENGTH, batch: int = 1,
+                      paged: bool = True, page_size: int = 16, split: bool | None = True):
+        """cfg → the decode launch of `batch` sequences of `n` cached keys (paged: in pages of
+        `page_size`), on meta tensors; `split` True forces two key splits (the variant with the
+        merge), False one, None the launcher's own choice for this shape."""
+        spec = self.spec
+        q = meta_tensor(batch, spec.query_heads, nq, spec.head_dim, dtype=dtype)
+        if paged:
+            pages = -(-n // page_size)
+            k_cache, v_cache = (meta_tensor(batch * pages, page_size, spec.kv_heads, spec.head_dim, dtype=dtype)
+                                for _ in range(2))
+            block_table = meta_tensor(batch, pages, dtype=torch.int32)
+            capacity = pages * page_size
+        else:
+            k_cache, v_cache = (meta_tensor(batch, spec.kv_heads, n, spec.head_dim, dtype=dtype) for _ in range(2))
+            block_table, capacity = None, n
+        seqlens = torch.full((batch,), n, dtype=torch.int32)        # host: random tables read them
+        return self._arguments_at(q, k_cache, v_cache, seqlens, block_table, paged=paged, page_size=page_size,
+                                  capacity=capacity, num_splits=None if split is None else 2 if split else 1,
+                                  interpret=False,
+                                  count_tiles=False)
 
     @staticmethod
     def constexprs(cfg: TileConfig, dtype: torch.dtype, *, paged: bool, page_size: int, split: bool,
@@ -101,17 +127,34 @@ class DecodeLauncher(KernelLauncher):
                     UPCAST_DOT=interpreted and dtype == torch.bfloat16)
 
     def compile_for(self, target: str, dtype: torch.dtype, config: TileConfig | None = None, *,
-                    kernel: str = "decode", nq: int = 1, paged: bool = True, page_size: int = 16,
-                    split: bool = True):
-        """Compile the decode (or merge) kernel ahead of time for `target`; no GPU needed."""
+                    kernel: str = "decode", nq: int = 1, **shape):
+        """The decode (or merge) kernel compiled for `target` as a launch of `nq` new tokens
+        against a cache of the given shape (`aot_arguments`) compiles it; no GPU needed."""
+        arguments = self.aot_arguments(dtype, nq=nq, **shape)
+        cfg = config or self.spill_free_config(target, dtype, nq=nq, **shape)
         if kernel == "merge":
-            return self.compile_role("merge", target, dtype, {}, num_warps=1, num_stages=1)
-        block_m = row_block(self.spec.group, nq, self.spec.head_dim)
-        cfg = config or self.spill_free_config(target, dtype, block_m)
-        return self.compile_role("decode", target, dtype,
-                                 self.constexprs(cfg, dtype, paged=paged, page_size=page_size, split=split,
-                                                 interpreted=False),
-                                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            return self.compile_launch("merge", target, lambda cfg: self.merge_launch(*arguments(cfg)[:2]), cfg)
+        return self.compile_launch("decode", target, arguments, cfg)
+
+    def compile_launches(self, target: str, dtype: torch.dtype, config: TileConfig | None = None, *,
+                         nq: int = 1, **shape) -> CompiledKernels:
+        """Every kernel a call of this shape launches (the decode kernel, and the merge where the
+        keys are split), compiled for `target` as launched; no GPU needed."""
+        arguments = self.aot_arguments(dtype, nq=nq, **shape)
+        cfg = config or self.spill_free_config(target, dtype, nq=nq, **shape)
+        kernels = {"decode": self.compile_launch("decode", target, arguments, cfg)}
+        grid, args, _, _ = arguments(cfg)
+        if grid[1] > 1:
+            kernels["merge"] = self.compile_launch("merge", target, lambda _: self.merge_launch(grid, args), cfg)
+        return CompiledKernels(kernels)
+
+    def merge_launch(self, grid, args: dict):
+        """(grid, keyword arguments, num_warps, num_stages) of the merge of a split decode launch."""
+        q, splits = args["q"], grid[1]
+        rows = q.shape[0] * self.spec.query_heads * q.shape[2]
+        return (rows,), dict(split_out=args["split_out"], split_lse=args["split_lse"], out=args["out"],
+                             lse=args["lse"], **stride_args("o", args["out"]), nq=q.shape[2],
+                             num_query_heads=self.spec.query_heads, num_splits=splits), 1, 1
 
     # -- inputs -------------------------------------------------------------------------------
     def check(self, q, k_cache, v_cache, cache_seqlens, block_table):
@@ -220,12 +263,29 @@ class DecodeLauncher(KernelLauncher):
         if isinstance(num_splits, bool) or not (num_splits is None or isinstance(num_splits, int) and num_splits >= 1):
             raise ShapeError(f"num_splits={num_splits!r} must be an integer >= 1")
         interpret = architecture(q.device) is None
+        arguments = self._arguments_at(q, k_cache, v_cache, seqlens, block_table, paged=paged, page_size=page_size,
+                                       capacity=capacity, num_splits=num_splits, interpret=interpret,
+                                       count_tiles=count_tiles)
+        cfg = config or self.launch_config(nq, q.dtype, q.device, arguments)
+        grid, args, num_warps, num_stages = arguments(cfg)
+        out, lse, counts, splits = args["out"], args["lse"], args["tile_counts"], grid[1]
+        if batch == 0:
+            return (out, lse, counts) if count_tiles else (out, lse)
+        self.launch("decode", grid, args, num_warps=num_warps, num_stages=num_stages, interpret=interpret)
+        if splits > 1:
+            grid, args, num_warps, num_stages = self.merge_launch(grid, args)
+            self.launch("merge", grid, args, num_warps=num_warps, num_stages=num_stages, interpret=interpret)
+        return (out, lse, counts) if count_tiles else (out, lse)
+
+    def _arguments_at(self, q, k_cache, v_cache, seqlens, block_table, *, paged: bool, page_size: int,
+                      capacity: int, num_splits: int | None, interpret: bool, count_tiles: bool):
+        """cfg → (grid, keyword arguments, num_warps, num_stages) of this call's decode launch at
+        `cfg`; the configuration search compiles exactly these launches."""
+        spec = self.spec
+        batch, _, nq, _ = q.shape
         random_tables = self._random(seqlens, nq, q.device)
 
         def arguments(cfg: TileConfig):
-            """(grid, keyword arguments, num_warps, num_stages) of the decode launch at `cfg`, and
-            (split count, rows) for the merge: what the configuration search compiles and the
-            launch runs."""
             row_tiles = -(-spec.group * nq // cfg.block_m)
             splits = num_splits or choose_num_splits(
                 batch=batch, kv_heads=spec.kv_heads, row_tiles=row_tiles, key_span=self.span(nq, capacity),
@@ -258,20 +318,7 @@ class DecodeLauncher(KernelLauncher):
                                   interpreted=interpret, count_tiles=count_tiles,
                                   kv_aligned=all(s % 8 == 0 for s in (kb, kh, kn, vb, vh, vn))))
             return grid, args, cfg.num_warps, cfg.num_stages
-
-        cfg = config or self.launch_config(nq, q.dtype, q.device, arguments)
-        grid, args, num_warps, num_stages = arguments(cfg)
-        out, lse, splits = args["out"], args["lse"], grid[1]
-        if batch == 0:
-            return (out, lse, args["tile_counts"]) if count_tiles else (out, lse)
-        self.launch("decode", grid, args, num_warps=num_warps, num_stages=num_stages, interpret=interpret)
-        if splits > 1:
-            rows = batch * spec.query_heads * nq
-            self.launch("merge", (rows,), dict(
-                split_out=args["split_out"], split_lse=args["split_lse"], out=out, lse=lse,
-                **stride_args("o", out), nq=nq, num_query_heads=spec.query_heads, num_splits=splits),
-                num_warps=1, num_stages=1, interpret=interpret)
-        return (out, lse, args["tile_counts"]) if count_tiles else (out, lse)
+        return arguments
 
     def launch_config(self, nq: int, dtype: torch.dtype, device: torch.device, arguments) -> TileConfig:
         """The interpreter's configuration off a GPU; on a GPU the first candidate with no spills

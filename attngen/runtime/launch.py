@@ -33,7 +33,7 @@ from ..reference import check_qkv
 from ..spec import Random, Spec, alibi_slopes, resolve_q_offset
 from ..analysis.blockmap import block_map
 from .blockmap_cache import cached_block_map_lists
-from .launcher import DTYPES, KernelLauncher, architecture, cdiv, dot_precision, poison
+from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, cdiv, dot_precision, meta_tensor, poison
 
 log = logging.getLogger("attngen")
 
@@ -149,16 +149,26 @@ class SoftmaxLauncher(KernelLauncher):
             return candidate_configs(head_dim, dtype, None)[0]
         return self.spill_free_config(arch, dtype)
 
-    def spill_free_config(self, target: str, dtype: torch.dtype) -> TileConfig:
-        """The first candidate configuration whose compiled kernel has no spills on `target`.
-
-        Decided once per (kernel, dtype, target) by compiling ahead of time and reading the
-        cubin's resource usage; register allocation depends on the whole kernel, so no fixed
-        table can promise this for every spec. The compiled candidates are kept (`compiled`).
-        """
-        return self.choose((target, dtype), candidate_configs(self.spec.head_dim, dtype, target),
-                           lambda cfg: resource_usage(self.compile_for(target, dtype, cfg)),
+    def spill_free_config(self, target: str, dtype: torch.dtype, *, n: int = AOT_LENGTH,
+                          nk: int | None = None) -> TileConfig:
+        """Without a GPU: the first candidate configuration whose kernel, compiled for `target` as
+        a launch at Nq = `n`, Nk = `nk` (default n) compiles it, has no spills; decided once per
+        (target, dtype, n, nk). Register allocation depends on the whole kernel and on the launch's
+        specialisation, so no fixed table can promise this for every spec."""
+        arguments = self.aot_arguments(dtype, n, nk or n)
+        return self.choose((target, dtype, n, nk or n), candidate_configs(self.spec.head_dim, dtype, target),
+                           lambda cfg: resource_usage(self.compile_launch("fwd", target, arguments, cfg)),
                            f"{self.generated.kernel_name} on {target}/{dtype}")
+
+    def aot_arguments(self, dtype: torch.dtype, n: int, nk: int, batch: int = 1):
+        """cfg → the launch of a call at these sizes, on meta tensors (no data, no GPU); a
+        segments spec gets one document."""
+        spec = self.spec
+        q = meta_tensor(batch, spec.query_heads, n, spec.head_dim, dtype=dtype)
+        k, v = (meta_tensor(batch, spec.kv_heads, nk, spec.head_dim, dtype=dtype) for _ in range(2))
+        segments = ((torch.zeros(n, dtype=torch.int32), torch.zeros(nk, dtype=torch.int32))
+                    if spec.uses_segments else (None, None))
+        return self._arguments_at(q, k, v, nk - n, *segments, interpret=False, count_tiles=False)
 
     def tuned_config(self, q, k, v, *, q_offset, seg_q, seg_k, arguments=None) -> TileConfig:
         """The configuration for this call. Off a GPU: `config`. On a GPU, by default the first
@@ -233,11 +243,12 @@ class SoftmaxLauncher(KernelLauncher):
                     DOT_PRECISION=dot_precision(dtype),
                     UPCAST_DOT=interpreted and dtype == torch.bfloat16)
 
-    def compile_for(self, target: str, dtype: torch.dtype, config: TileConfig | None = None):
-        """Compile the kernel ahead of time for a GPU `target` ('sm_80', 'sm_90'); no GPU needed."""
-        cfg = config or self.spill_free_config(target, dtype)
-        return self.compile_role("fwd", target, dtype, self.constexprs(cfg, dtype, even_k=False, interpreted=False),
-                                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    def compile_for(self, target: str, dtype: torch.dtype, config: TileConfig | None = None, *,
+                    n: int = AOT_LENGTH, nk: int | None = None):
+        """The kernel compiled for a GPU `target` ('sm_80', 'sm_90') as a launch at Nq = `n`,
+        Nk = `nk` (default n) compiles it; no GPU needed."""
+        cfg = config or self.spill_free_config(target, dtype, n=n, nk=nk)
+        return self.compile_launch("fwd", target, self.aot_arguments(dtype, n, nk or n), cfg)
 
     def forward(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None,
                 config: TileConfig | None = None, count_tiles: bool = False):

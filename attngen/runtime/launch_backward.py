@@ -26,7 +26,7 @@ from ..reference import _softmax_reference, reference
 from ..spec import Spec, resolve_q_offset
 from .launch import (ShapeTables, SoftmaxLauncher, block_list_args, block_map_lists, check_inputs,
                      random_table_args, segment_args, stride_args)
-from .launcher import architecture, cdiv, dot_precision, poison
+from .launcher import AOT_LENGTH, architecture, cdiv, dot_precision, meta_tensor, poison
 
 
 def reference_forward(spec: Spec, q, k, v, *, q_offset=None, seg_q=None, seg_k=None):
@@ -59,18 +59,28 @@ class BackwardLauncher(SoftmaxLauncher):
             return default_backward_config(head_dim, dtype, None)
         return self.spill_free_config(arch, dtype)
 
-    def spill_free_config(self, target: str, dtype: torch.dtype) -> BackwardConfig:
-        """Per tile-walking kernel, the first candidate whose compiled kernel has no spills (local
-        memory or stack) on `target`; where every candidate spills, the one that spills least.
+    def spill_free_config(self, target: str, dtype: torch.dtype, *, n: int = AOT_LENGTH,
+                          nk: int | None = None) -> BackwardConfig:
+        """Without a GPU: per tile-walking kernel, the first candidate whose kernel, compiled for
+        `target` as a launch at Nq = `n`, Nk = `nk` (default n) compiles it, has no spills (where
+        every candidate spills, the one that spills least); decided once per (kernel, target,
+        dtype, n, nk), as the forward's (`SoftmaxLauncher.spill_free_config`)."""
+        arguments, _ = self.aot_arguments(dtype, n, nk or n)
+        return BackwardConfig(*(self.choose(
+            (role, target, dtype, n, nk or n), candidate_backward_configs(self.spec.head_dim, dtype, target, role),
+            lambda cfg, role=role: resource_usage(self.compile_launch(role, target, arguments(role), cfg)),
+            f"{self.signatures[role].name} on {target}/{dtype}") for role in ROLES))
 
-        Decided once per (dtype, target) by compiling ahead of time and reading the cubin's
-        resource usage, as the forward does (`SoftmaxLauncher.spill_free_config`).
-        """
-        chosen = {role: self.choose(
-            (role, target, dtype), candidate_backward_configs(self.spec.head_dim, dtype, target, role),
-            lambda cfg, role=role: resource_usage(self._compile_role(role, cfg, dtype, target)),
-            f"{self.signatures[role].name} on {target}/{dtype}") for role in ROLES}
-        return BackwardConfig(chosen["dkdv"], chosen["dq"])
+    def aot_arguments(self, dtype: torch.dtype, n: int, nk: int, batch: int = 1):
+        """role → (tiles → the launch of a call at these sizes), on meta tensors; a segments spec
+        gets one document."""
+        spec = self.spec
+        q, out, dout = (meta_tensor(batch, spec.query_heads, n, spec.head_dim, dtype=dtype) for _ in range(3))
+        k, v = (meta_tensor(batch, spec.kv_heads, nk, spec.head_dim, dtype=dtype) for _ in range(2))
+        lse = meta_tensor(batch, spec.query_heads, n, dtype=torch.float32)
+        segments = ((torch.zeros(n, dtype=torch.int32), torch.zeros(nk, dtype=torch.int32))
+                    if spec.uses_segments else (None, None))
+        return self._arguments_at(q, k, v, out, lse, dout, nk - n, *segments, interpret=False)
 
     def by_key_lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k) -> tuple:
         """The transposed block map's CSR lists at the key-major tile sizes (non-interval masks)."""
@@ -97,15 +107,13 @@ class BackwardLauncher(SoftmaxLauncher):
                    UPCAST_DOT=interpreted and dtype == torch.bfloat16)
         return {**out, "EVEN_K": even_k} if role == "dq" else out
 
-    def _compile_role(self, role: str, tiles: TileConfig, dtype: torch.dtype, target: str):
-        return self.compile_role(role, target, dtype,
-                                 self.role_constexprs(role, tiles, dtype, even_k=False, interpreted=False),
-                                 num_warps=tiles.num_warps, num_stages=tiles.num_stages)
-
-    def compile_for(self, target: str, dtype: torch.dtype, config: BackwardConfig | None = None):
-        """The three kernels compiled ahead of time for a GPU `target`; no GPU needed."""
-        cfg = config or self.spill_free_config(target, dtype)
-        return CompiledKernels({role: self._compile_role(role, tiles, dtype, target)
+    def compile_for(self, target: str, dtype: torch.dtype, config: BackwardConfig | None = None, *,
+                    n: int = AOT_LENGTH, nk: int | None = None):
+        """The three kernels compiled for a GPU `target` as a launch at Nq = `n`, Nk = `nk`
+        (default n) compiles them; no GPU needed."""
+        cfg = config or self.spill_free_config(target, dtype, n=n, nk=nk)
+        arguments, _ = self.aot_arguments(dtype, n, nk or n)
+        return CompiledKernels({role: self.compile_launch(role, target, arguments(role), tiles)
                                  for role, tiles in self.role_tiles(cfg).items()})
 
     def launch_config(self, head_dim: int, dtype: torch.dtype, device: torch.device, arguments) -> BackwardConfig:
@@ -130,15 +138,28 @@ class BackwardLauncher(SoftmaxLauncher):
         nk = k.shape[2]
         q_offset = resolve_q_offset(nq, nk, q_offset)
         interpret = architecture(q.device) is None
-        dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
         if nq == 0 or nk == 0:     # no pair at all: every gradient is 0
-            return dq.zero_(), dk.zero_(), dv.zero_()
-        dout = dout.to(q.dtype)
-        lse = lse.to(torch.float32).contiguous()
+            return tuple(torch.zeros_like(t) for t in (q, k, v))
+        arguments, (dq, dk, dv) = self._arguments_at(q, k, v, out, lse.to(torch.float32).contiguous(),
+                                                     dout.to(q.dtype), q_offset, seg_q, seg_k, interpret=interpret)
+        cfg = config or self.launch_config(head_dim, q.dtype, q.device, arguments)
+        poison(dq, dk, dv, interpreted=interpret)
+        for role, tiles in self.role_tiles(cfg).items():        # preprocess (delta), dK/dV, dQ
+            grid, args, num_warps, num_stages = arguments(role)(tiles)
+            self.launch(role, grid, args, num_warps=num_warps, num_stages=num_stages, interpret=interpret)
+        return dq, dk, dv
+
+    def _arguments_at(self, q, k, v, out, lse, dout, q_offset, seg_q, seg_k, *, interpret: bool):
+        """(role → (tiles → (grid, keyword arguments, num_warps, num_stages)), (dq, dk, dv)) of
+        this call: the gradients and delta allocated once, each kernel's launch at any tiles. The
+        configuration search compiles exactly these launches."""
+        spec = self.spec
+        batch, _, nq, _ = q.shape
+        nk = k.shape[2]
+        dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))         # each in its input's layout
         delta = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
 
         def arguments(role: str):
-            """tiles → (grid, keyword arguments, num_warps, num_stages) of kernel `role` of this call."""
             def at(tiles: TileConfig):
                 constexprs = self.role_constexprs(role, tiles, q.dtype, even_k=nk % tiles.block_n == 0,
                                                   interpreted=interpret)
@@ -163,13 +184,7 @@ class BackwardLauncher(SoftmaxLauncher):
                     common, dq=dq, num_query_heads=spec.query_heads, **block_list_args(tables.lists),
                     **stride_args("dq", dq)), tiles.num_warps, tiles.num_stages)
             return at
-
-        cfg = config or self.launch_config(head_dim, q.dtype, q.device, arguments)
-        poison(dq, dk, dv, interpreted=interpret)
-        for role, tiles in self.role_tiles(cfg).items():        # preprocess (delta), dK/dV, dQ
-            grid, args, num_warps, num_stages = arguments(role)(tiles)
-            self.launch(role, grid, args, num_warps=num_warps, num_stages=num_stages, interpret=interpret)
-        return dq, dk, dv
+        return arguments, (dq, dk, dv)
 
 
 def _check_saved(spec: Spec, q, out, lse, dout) -> None:

@@ -8,7 +8,7 @@ Every launcher (forward, backward, decode, linear) is a `KernelLauncher` over on
   candidate exactly as the launch compiles it (Triton's JIT `warmup` on the call's own arguments,
   so the same specialisation) and keeps the first without spills; that compiled kernel stays in
   Triton's cache and is the one the launch then runs. Ahead-of-time compilation for a target
-  without a GPU (`compile_role`, for `compile_for` and `attngen emit --stage`) keeps what it
+  without a GPU (`compile_launch`, for `compile_for` and `attngen emit --stage`) keeps what it
   compiles too (`compiled`);
 - a check, on the first launch of each kernel, that the launcher's keyword mapping names exactly
   the kernel's declared arguments (`KernelSignature.check_arguments`).
@@ -21,12 +21,28 @@ import logging
 import torch
 
 from .. import env
-from ..codegen.aot import compile_for_gpu, first_without_spills, resource_usage
+from ..codegen.aot import compile_as_launched, first_without_spills, resource_usage
 from ..codegen.emit import GeneratedKernel
 from .loader import interpreted, load_source
 
 log = logging.getLogger("attngen")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# The sequence length kernels are judged at ahead of time unless told (`attngen emit --n`): long
+# enough for every tile size, divisible by 16 as most real lengths are.
+AOT_LENGTH = 4096
+
+
+def meta_tensor(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+    """A tensor with a shape and a dtype but no storage: what ahead-of-time compilation passes for
+    q, k, v and the outputs (its address, 0, is aligned like a fresh CUDA allocation)."""
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def specialisation_key(args: dict) -> tuple:
+    """What a compiled kernel depends on in its arguments: tensors' dtypes and alignment, every
+    other value (Triton's JIT specialises on them)."""
+    return tuple(sorted((name, (str(v.dtype), v.data_ptr() % 16 == 0) if isinstance(v, torch.Tensor) else v)
+                        for name, v in args.items()))
 
 
 def launch_kernel(kernel, grid, args: dict, num_warps: int, num_stages: int) -> None:
@@ -92,7 +108,7 @@ class KernelLauncher:
         self._kernels: dict = {}
         self._checked: set = set()
         self._choices: dict = {}
-        self.compiled: dict = {}        # (role, target, dtype, constexprs, warps, stages) → CompiledKernel
+        self.compiled: dict = {}        # (role, target, warps, stages, specialisation) → CompiledKernel
 
     # -- kernels --------------------------------------------------------------------------------
     def jit_function(self, role: str):
@@ -117,15 +133,19 @@ class KernelLauncher:
         launch_kernel(self.kernel(role, interpret), grid, args, num_warps, num_stages)
 
     # -- ahead of time ------------------------------------------------------------------------
-    def compile_role(self, role: str, target: str, dtype: torch.dtype, constexprs: dict, *,
-                     num_warps: int, num_stages: int):
-        """One kernel compiled ahead of time for `target` (no GPU needed); kept, so that the
-        configuration search and `compile_for` never compile the same kernel twice."""
-        key = (role, target, dtype, tuple(sorted(constexprs.items())), num_warps, num_stages)
+    def compile_launch(self, role: str, target: str, arguments, cfg):
+        """Kernel `role` compiled for a GPU `target` without a GPU, exactly as a launch with
+        `arguments(cfg)` (→ grid, keyword arguments, num_warps, num_stages) would compile it
+        (`aot.compile_as_launched`); kept, so that the configuration search and `compile_for`
+        never compile the same kernel twice."""
+        _, args, num_warps, num_stages = arguments(cfg)
+        if role not in self._checked:
+            self.signatures[role].check_arguments(args)
+            self._checked.add(role)
+        key = (role, target, num_warps, num_stages, specialisation_key(args))
         if key not in self.compiled:
-            self.compiled[key] = compile_for_gpu(self.jit_function(role), self.signatures[role], dtype=dtype,
-                                                 constexprs=constexprs, target=target, num_warps=num_warps,
-                                                 num_stages=num_stages)
+            self.compiled[key] = compile_as_launched(self.jit_function(role), args, target=target,
+                                                     num_warps=num_warps, num_stages=num_stages)
         return self.compiled[key]
 
     def choose(self, key, candidates, usage_of, what: str):

@@ -37,7 +37,7 @@ from ..reference_linear import linear_reference
 from ..spec import Spec, resolve_q_offset
 from ..spec.feature_maps import favor_features
 from .launch import check_inputs, stride_args
-from .launcher import KernelLauncher, architecture, cdiv, dot_precision, poison
+from .launcher import AOT_LENGTH, KernelLauncher, architecture, cdiv, dot_precision, meta_tensor, poison
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,7 @@ class LinearLauncher(KernelLauncher):
         self.kernel_kind = "fwd" if generated.kind == "linear_fwd" else "bwd"
         self.block_d, self.block_f = self.graph.facts["block_d"], self.graph.facts["block_f"]
         self._features: dict = {}
+        self._recorder = None
 
     def features(self, device: torch.device) -> torch.Tensor:
         """favor's W as float32 (m, D) on `device`; a 1-element placeholder for other maps."""
@@ -121,8 +122,12 @@ class LinearLauncher(KernelLauncher):
         return chunk_span(self.spec.causal, nq, nk, q_offset, chunk)
 
     def _run(self, role: str, grid, args: dict, cfg: ChunkConfig, dtype, interpret: bool) -> None:
-        self.launch(role, grid, {**args, **self.constexprs(cfg, dtype)}, num_warps=cfg.num_warps,
-                    num_stages=stages_of(role, cfg.num_stages), interpret=interpret)
+        launch = (grid, {**args, **self.constexprs(cfg, dtype)}, cfg.num_warps, stages_of(role, cfg.num_stages))
+        if self._recorder is not None:          # compile_for: the launch, compiled instead of run
+            self._recorder(role, launch)
+            return
+        grid, args, num_warps, num_stages = launch
+        self.launch(role, grid, args, num_warps=num_warps, num_stages=num_stages, interpret=interpret)
 
     def _states(self, k, v, span: ChunkSpan, cfg: ChunkConfig, interpret: bool):
         """The state pass: per (batch, kv head), the state before every chunk and after the last
@@ -223,13 +228,28 @@ class LinearLauncher(KernelLauncher):
         return dq, dk, dv
 
     # -- ahead of time ----------------------------------------------------------------------------
-    def compile_for(self, target: str, dtype: torch.dtype, config: ChunkConfig | None = None) -> CompiledKernels:
-        """Every kernel of the source compiled for `target` ('sm_80', 'sm_90')."""
+    def compile_for(self, target: str, dtype: torch.dtype, config: ChunkConfig | None = None, *,
+                    n: int = AOT_LENGTH, nk: int | None = None) -> CompiledKernels:
+        """Every kernel of the source compiled for `target` ('sm_80', 'sm_90') as the launches of
+        a call at Nq = `n`, Nk = `nk` (default n) compile them: the call itself runs on meta
+        tensors with each launch compiled instead of run (`aot.compile_as_launched`)."""
         cfg = config or chunk_config(self.block_d, self.block_f, target, self.kernel_kind, dtype)
-        return CompiledKernels({
-            role: self.compile_role(role, target, dtype, self.constexprs(cfg, dtype), num_warps=cfg.num_warps,
-                                    num_stages=stages_of(role, cfg.num_stages))
-            for role in self.signatures})
+        spec, nk = self.spec, nk or n
+        q, dout = (meta_tensor(1, spec.query_heads, n, spec.head_dim, dtype=dtype) for _ in range(2))
+        k, v = (meta_tensor(1, spec.kv_heads, nk, spec.head_dim, dtype=dtype) for _ in range(2))
+        compiled = {}
+
+        def record(role, launch):
+            compiled[role] = self.compile_launch(role, target, lambda _: launch, cfg)
+        self._recorder = record
+        try:
+            if self.kernel_kind == "fwd":
+                self.forward(q, k, v, config=cfg)
+            else:
+                self.backward(q, k, v, q, dout, config=cfg)
+        finally:
+            self._recorder = None
+        return CompiledKernels({role: compiled[role] for role in self.signatures})
 
 
 def reference_forward(spec: Spec, q, k, v, q_offset):

@@ -95,7 +95,7 @@ BAD_CALLS = {
     "unknown-flag": (["cost", "specs/mha.yaml", "--n", "8", "--bogus"], "unrecognized arguments: --bogus"),
     "unknown-dtype": (["cost", "specs/mha.yaml", "--n", "8", "--dtype", "float64"], "invalid choice: 'float64'"),
     "q-offset-not-an-int": (["show", "specs/mha.yaml", "--n", "8", "--q-offset", "x"], "invalid int value"),
-    "unknown-stage": (["emit", "specs/mha.yaml", "--stage", "sass"], "invalid choice: 'sass'"),
+    "unknown-stage": (["emit", "specs/mha.yaml", "--stage", "cubin"], "invalid choice: 'cubin'"),
     "unknown-cache-action": (["cache", "purge"], "invalid choice: 'purge'"),
     "missing-file": (["show", "nowhere.yaml", "--n", "8"], "spec file not found: nowhere.yaml"),
     "folder-for-a-file": (["cost", "specs", "--n", "8"], "specs is a folder"),
@@ -232,10 +232,11 @@ def test_emit_passes_its_options_through(monkeypatch, capsys):
         seen.update(options, name=spec.name)
         return "// kernel"
     monkeypatch.setattr(attngen, "emit", emit)
-    assert main(["emit", "specs/gqa.yaml", "--kernel", "decode", "--stage", "ptx", "--target", "sm_80"]) == 0
+    assert main(["emit", "specs/gqa.yaml", "--kernel", "decode", "--stage", "ptx", "--target", "sm_80",
+                 "--n", "8192", "--batch", "16", "--page-size", "16"]) == 0
     assert capsys.readouterr().out == "// kernel\n"
     assert seen == {"name": "gqa", "kernel": "decode", "stage": "ptx", "target": "sm_80",
-                    "dtype": torch.float16}
+                    "dtype": torch.float16, "n": 8192, "nk": None, "batch": 16, "page_size": 16}
 
 
 

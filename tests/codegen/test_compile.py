@@ -46,6 +46,6 @@ def test_emit_later_stages():
     assert "tt.func" in A.emit(spec, stage="ttir", target="sm_90")
     assert "ttg." in A.emit(spec, stage="ttgir", target="sm_90")
     with pytest.raises(ValueError, match="stage must be"):
-        A.emit(spec, stage="sass")
+        A.emit(spec, stage="cubin")
     with pytest.raises(ValueError, match="sm_80"):
         A.emit(spec, stage="ptx", target="ampere")

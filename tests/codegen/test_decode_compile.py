@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import attngen as A
-from attngen.analysis.lowering_decode import row_block
 from attngen.codegen.aot import resource_usage
 from attngen.codegen.emit import generate
 from attngen.runtime.decode import DecodeLauncher
@@ -24,7 +23,7 @@ def test_decode_compiles_without_spills_fp16(spec, target):
     launcher = DecodeLauncher(generate(spec, "decode"))
     # One token, and five speculative ones where that packs more rows (GQA/MQA).
     for nq in sorted({1, 5 if spec.group > 1 else 1}):
-        cfg = launcher.spill_free_config(target, torch.float16, row_block(spec.group, nq, spec.head_dim))
+        cfg = launcher.spill_free_config(target, torch.float16, nq=nq)
         usage = resource_usage(launcher.compile_for(target, torch.float16, cfg, nq=nq))
         assert usage.local == 0 and usage.stack == 0, f"{spec.name} {target} nq={nq} {cfg}: {usage}"
         assert usage.registers <= 255
