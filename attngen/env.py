@@ -10,6 +10,8 @@ ATTNGEN_POISON      "1" fills outputs with NaN before the kernels run on a GPU t
 ATTNGEN_SLOW        "1" runs the test cases marked slow
 ATTNGEN_LOG         a level (debug, info, warning) at which the "attngen" logger prints to stderr;
                     unset: nothing is printed (records still reach handlers the application adds)
+ATTNGEN_QUIET       "1" silences the progress lines (generating, compiling, interpreted calls) that
+                    attngen prints on stderr when stderr is a terminal (progress.py)
 TRITON_CACHE_DIR    Triton's own compile cache; attngen sets it to $ATTNGEN_CACHE_DIR/triton when
                     the runtime is imported, unless it is already set (`point_triton_cache`)
 TRITON_DEFAULT_FP_FUSION  set to "1" (Triton's default through 3.9) unless the user set it
@@ -51,6 +53,10 @@ def poison_outputs() -> bool:
 
 def run_slow_tests() -> bool:
     return _flag("ATTNGEN_SLOW")
+
+
+def quiet() -> bool:
+    return _flag("ATTNGEN_QUIET")
 
 
 def log_level() -> str | None:

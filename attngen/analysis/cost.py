@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..spec.predicates import Band
+from ..spec.predicates import All_, Any_, Band, GlobalTokens
 from ..spec.spec import Spec, resolve_q_offset
 from .pairs import allowed_pairs, counted_mask, pairs_formula
-from .reach import reach
+from .reach import Reach, reach
 
 BACKWARD_FACTOR = 2.5          # dq, dk, dv and the recomputed scores: 2.5x the forward FLOPs
 LINEAR_STATE_BYTES = 4         # the linear-attention state is kept in float32
@@ -57,6 +57,53 @@ def flops_forward(spec: Spec, *, pairs: int, n: int, nk: int, batch: int = 1, la
     else:
         per_layer = 4 * spec.head_dim * pairs * spec.query_heads
     return per_layer * batch * layers
+
+
+CAUSAL = Band(None, 0)
+
+
+def window_and_sinks(spec: Spec) -> tuple[int, GlobalTokens | None] | None:
+    """(w, sinks) when a query sees only the last w + 1 keys and, optionally, global tokens (the
+    attention sinks of StreamingLLM: causal & (band(left=w) | global_tokens(g))): a KV cache then
+    keeps exactly those keys. None for any other mask."""
+    mask = spec.effective_mask
+    if spec.kind != "softmax":
+        return None
+    parts = list(mask.parts) if isinstance(mask, All_) else [mask]
+    causal = CAUSAL in parts
+    parts = [p for p in parts if p != CAUSAL]
+    if len(parts) != 1:
+        return None
+    options = parts[0].parts if isinstance(parts[0], Any_) else parts[0:1]
+    bands = [p for p in options if isinstance(p, Band)]
+    sinks = [p for p in options if isinstance(p, GlobalTokens)]
+    if len(bands) != 1 or len(sinks) > 1 or len(bands) + len(sinks) != len(options):
+        return None
+    band = bands[0]
+    if band.left is None or not (causal or band.right == 0):
+        return None
+    return band.left, (sinks[0] if sinks else None)
+
+
+def cached_tokens(spec: Spec, nk: int) -> tuple[int, str | None]:
+    """Keys a KV cache of nk tokens must keep for the next query (position nk - 1 onwards), and a
+    note saying why when that is fewer than nk: the last w + 1 keys and the sinks before them."""
+    found = window_and_sinks(spec)
+    if found is None:
+        return nk, None
+    window, sinks = found
+    first_dropped = nk - 1 - window            # keys below this fall out of the window
+    if sinks is None:
+        kept_sinks = 0
+    elif sinks.first is not None:
+        kept_sinks = min(sinks.first, max(0, first_dropped))
+    else:
+        kept_sinks = sum(1 for t in sinks.tokens if t < first_dropped)
+    cached = min(nk, window + 1) + kept_sinks
+    if cached >= nk:
+        return nk, None
+    what = f"the last {window + 1} tokens" + (f" and {kept_sinks} sink tokens" if sinks is not None else "")
+    return cached, f"sliding window {window}: the KV cache holds {what}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,16 +169,20 @@ def cost(spec: Spec, *, n: int, nk: int | None = None, batch: int = 1, layers: i
         io += heads * n * 4                                          # lse, float32
     bytes_min = io * batch * layers
     per_token = kv_bytes_per_token(spec, dtype=dtype) * layers
-    window = sliding_window(spec)
-    cached = nk if window is None else min(nk, window + 1)
-    if window is not None and nk > window + 1:
-        notes.append(f"sliding window {window}: the KV cache holds the last {window + 1} tokens")
+    cached, why = cached_tokens(spec, nk)
+    if why is not None:
+        notes.append(why)
     if spec.kind == "linear":
         kv_bytes = linear_state_bytes(spec) * layers * batch
         notes.append("linear: the KV cache is the fixed float32 state (d_phi*D + d_phi per kv head)")
     else:
         kv_bytes = per_token * cached * batch
-    reached = reach(spec, n=n, layers=layers)
+    if n == nk and q_offset == 0:
+        reached = reach(spec, n=n, layers=layers)
+    else:       # stacked layers feed a layer's outputs to the next as its keys: self-attention only
+        reached = Reach(None, None, (f"receptive field: n/a when queries and keys are not the same "
+                                     f"positions (n={n}, nk={nk}, q_offset={q_offset}: cross-attention "
+                                     f"or a decoding step)",))
     notes.extend(reached.notes)
     formula = pairs_formula(counted_mask(spec, segments=False)) \
         if n == nk and q_offset == 0 and not spec.uses_segments else None

@@ -44,6 +44,40 @@ def add_sizes(parser, *, n_required: bool = True, n_default: int | None = None) 
                              "up with the last key)")
 
 
+def add_docs(parser) -> None:
+    parser.add_argument("--docs", type=doc_lengths, metavar="L1,L2,..",
+                        help="packed documents: their lengths in tokens, summing to nk (the keys), "
+                             "for a spec with a segments mask (default: one document)")
+
+
+def doc_lengths(text: str) -> list[int]:
+    """'100,200,57' → [100, 200, 57]."""
+    try:
+        lengths = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of lengths") from None
+    if any(length < 1 for length in lengths):
+        raise argparse.ArgumentTypeError(f"document lengths must be >= 1, got {text!r}")
+    return lengths
+
+
+def doc_segments(spec: Spec, lengths: list[int] | None, n: int, nk: int, q_offset: int | None) -> dict:
+    """seg_q/seg_k for documents of these lengths packed into the nk keys (the queries are the
+    positions q_offset + row, as SPEC.md aligns them); {} without --docs."""
+    if lengths is None:
+        return {}
+    if not spec.uses_segments:
+        raise ValueError(f"--docs: spec {spec.name!r} has no segments mask (add `segments: true`)")
+    if sum(lengths) != nk:
+        raise ValueError(f"--docs: the lengths sum to {sum(lengths):,}, expected nk = {nk:,}")
+    seg_k = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    offset = nk - n if q_offset is None else q_offset
+    if offset < 0 or offset + n > nk:
+        raise ValueError(f"--docs: queries at positions {offset}..{offset + n - 1} are not all keys "
+                         f"0..{nk - 1}, so they belong to no document")
+    return {"seg_q": seg_k[offset:offset + n], "seg_k": seg_k}
+
+
 def load(path: str) -> Spec:
     """The spec of a YAML file; FileNotFoundError and SpecError say which file."""
     return load_spec(Path(path))

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 from ..analysis.cost import Cost, cost
-from .common import DTYPES, add_command, add_sizes, dtype_of, heads_line, human_bytes, human_count, \
-    load, positive_int
+from .common import DTYPES, add_command, add_docs, add_sizes, doc_segments, dtype_of, heads_line, \
+    human_bytes, human_count, load, positive_int
 
 EXAMPLES = """
   attngen cost specs/mistral_sliding_window.yaml --n 32768 --layers 32
   attngen cost specs/gqa.yaml --n 4096 --batch 8 --dtype bfloat16
   attngen cost specs/longformer.yaml --n 4096 --json          # one JSON object (docs/cli.md)
   attngen cost specs/mqa.yaml --n 1 --nk 8192                 # one decoding step
+  attngen cost specs/packed_documents.yaml --n 357 --docs 100,200,57
 """
 
 
@@ -21,6 +22,7 @@ def add_parser(subparsers):
                          examples=EXAMPLES)
     parser.add_argument("spec", metavar="SPEC", help="spec YAML file")
     add_sizes(parser)
+    add_docs(parser)
     parser.add_argument("--batch", type=positive_int, default=1, help="sequences (default 1)")
     parser.add_argument("--layers", type=positive_int, default=1,
                         help="stacked layers: multiplies FLOPs, bytes and cache; sets the "
@@ -33,8 +35,10 @@ def add_parser(subparsers):
 
 def run(args) -> int:
     spec = load(args.spec)
+    nk = args.n if args.nk is None else args.nk
     result = cost(spec, n=args.n, nk=args.nk, batch=args.batch, layers=args.layers,
-                  dtype=dtype_of(args.dtype), q_offset=args.q_offset)
+                  dtype=dtype_of(args.dtype), q_offset=args.q_offset,
+                  **doc_segments(spec, args.docs, args.n, nk, args.q_offset))
     print(result.to_json() if args.json else table(result, heads_line(spec)))
     return 0
 
@@ -42,8 +46,12 @@ def run(args) -> int:
 def table(c: Cost, heads: str) -> str:
     """The human form of a `Cost`."""
     total = c.n * c.nk
-    reach = "not computed" if c.receptive_field is None else \
-        f"{c.receptive_field:,} tokens after {_layers(c.layers)}"
+    if c.n != c.nk or c.q_offset != 0:
+        reach = "n/a (queries and keys are different positions: cross-attention or decoding)"
+    elif c.receptive_field is None:
+        reach = "not computed"
+    else:
+        reach = f"{c.receptive_field:,} tokens after {_layers(c.layers)}"
     if c.layers_to_full_reach is not None:
         reach += f"; every query reaches all it can after {_layers(c.layers_to_full_reach)}"
     rows = [
@@ -59,7 +67,7 @@ def table(c: Cost, heads: str) -> str:
                            + (", lse" if c.kind == "softmax" else "") + " once each"),
         ("intensity", f"{c.arithmetic_intensity:.1f} FLOP/byte (forward)"),
         ("KV cache", f"{human_bytes(c.kv_cache_bytes)} ({c.kv_cache_bytes:,} bytes); "
-                     f"{human_bytes(c.kv_cache_bytes_per_token)} per token over {c.layers} layers"),
+                     f"{human_bytes(c.kv_cache_bytes_per_token)} per token over {_layers(c.layers)}"),
         ("receptive field", reach),
     ]
     rows += [("note", note) for note in c.notes]

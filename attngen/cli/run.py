@@ -1,11 +1,11 @@
 """``attngen run SPEC``: compile a spec, run it on random inputs, check it against the reference."""
 from __future__ import annotations
 
-import sys
 import time
 
 import torch
 
+from .. import progress
 from ..analysis.cost import flops_forward
 from ..analysis.pairs import allowed_pairs
 from ..checking import TOLERANCE, relative_error
@@ -64,6 +64,34 @@ def random_inputs(spec: Spec, *, n: int, nk: int, batch: int, dtype, device, see
     return (q, k, v), kwargs
 
 
+def _generate_and_compile(attn, q, k, v, kwargs: dict, device: str) -> list[tuple[str, str]]:
+    """Generate the forward kernel and, on a GPU, compile it for these arguments, each timed on
+    its own (kernels are otherwise made lazily inside the first call). A stand-in for the compiler
+    without launchers (the tests') has no such stages."""
+    if not hasattr(attn, "launcher"):
+        return []
+    from ..runtime import cache
+
+    builds = cache.STATS["builds"]
+    launcher, seconds = _timed(lambda: attn.launcher("fwd"), "cpu")
+    how = "lowered, generated, stored in the disk cache" if cache.STATS["builds"] > builds else \
+        "read from the disk cache"
+    rows = [("generate", f"{seconds:.2f} s ({how})")]
+    if device != "cuda":
+        return rows + [("compile", "none: on CPU Triton's interpreter runs the generated source")]
+    if not hasattr(launcher, "tuned_config"):
+        return rows + [("compile", "inside the first call (Triton's JIT)")]
+    _, seconds = _timed(lambda: launcher.tuned_config(q, k, v, q_offset=kwargs.get("q_offset"),
+                                                      seg_q=kwargs.get("seg_q"),
+                                                      seg_k=kwargs.get("seg_k")), device)
+    return rows + [("compile", f"{seconds:.2f} s (tile configurations compiled for these arguments "
+                               "until one has no spills)")]
+
+
+def _calls(count: int) -> str:
+    return f"{count} call" + ("s" if count != 1 else "")
+
+
 def _timed(fn, device):
     if device == "cuda":
         torch.cuda.synchronize()
@@ -79,18 +107,19 @@ def run(args) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CommandError("--device cuda: no CUDA device here (run on cpu: Triton's interpreter)")
     n, nk, dtype = args.n, args.n if args.nk is None else args.nk, dtype_of(args.dtype)
-    compile_spec = compiler_entry("compile")
-    print(f"attngen: compiling {spec.name} ...", file=sys.stderr, flush=True)
-    attn, seconds = _timed(lambda: compile_spec(spec), "cpu")
-    print(f"attngen: compiled in {seconds:.2f} s; first call (builds the kernel) ...",
-          file=sys.stderr, flush=True)
+    with progress.step(f"{spec.name}: loading the compiler, registering the operators"):
+        attn, setup = _timed(lambda: compiler_entry("compile")(spec), "cpu")
     (q, k, v), kwargs = random_inputs(spec, n=n, nk=nk, batch=args.batch, dtype=dtype,
                                       device=args.device, seed=args.seed, q_offset=args.q_offset)
+    stages = [("setup", f"{setup:.2f} s (imports, operator registration)")]
+    stages += _generate_and_compile(attn, q, k, v, kwargs, args.device)
     softmax = spec.kind == "softmax"
     options = {"return_lse": True} if softmax else {}
     got, first = _timed(lambda: attn(q, k, v, **kwargs, **options), args.device)
-    times = [_timed(lambda: attn(q, k, v, **kwargs, **options), args.device)[1]
-             for _ in range(args.repeat)]
+    stages.append(("first call", f"{first:.2f} s"))
+    with progress.step(f"{spec.name}: {_calls(args.repeat)} timed"):
+        times = [_timed(lambda: attn(q, k, v, **kwargs, **options), args.device)[1]
+                 for _ in range(args.repeat)]
     want_out, want_lse = reference(spec, q, k, v, **kwargs)
     errors = {"out": relative_error(got[0] if softmax else got, want_out)}
     if softmax:
@@ -100,10 +129,12 @@ def run(args) -> int:
     flops = flops_forward(spec, pairs=pairs, n=n, nk=nk, batch=args.batch)
     tolerance = TOLERANCE[dtype]
     print(f"{spec.name}: batch={args.batch} n={n} nk={nk} {args.dtype} on {args.device}")
+    for name, text in stages:
+        print(f"  {name:<10} {text}")
     for name, err in errors.items():
-        print(f"  {name:<6} relative error {err:.3e} (tolerance {tolerance:.0e}): "
+        print(f"  {name:<10} relative error {err:.3e} (tolerance {tolerance:.0e}): "
               f"{'ok' if err <= tolerance else 'FAILED'}")
     best = min(times)
-    print(f"  time   {best * 1e3:.3f} ms (best of {len(times)}; first call {first:.2f} s)")
-    print(f"  rate   {human_count(flops / best, 'FLOP/s')} ({flops:,} FLOPs, {pairs:,} allowed pairs)")
+    print(f"  {'time':<10} {best * 1e3:.3f} ms (best of {_calls(len(times))} after the first)")
+    print(f"  {'rate':<10} {human_count(flops / best, 'FLOP/s')} ({flops:,} FLOPs, {pairs:,} allowed pairs)")
     return 0 if all(err <= tolerance for err in errors.values()) else 1

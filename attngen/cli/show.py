@@ -6,12 +6,13 @@ import torch
 
 from ..analysis.blockmap import block_map
 from ..spec import Spec
-from .common import CommandError, add_command, add_sizes, load, positive_int
+from .common import CommandError, add_command, add_docs, add_sizes, doc_segments, load, positive_int
 
 EXAMPLES = """
   attngen show specs/longformer.yaml --n 4096                 # 64 × 64 tiles of 64
   attngen show specs/bigbird.yaml --n 2048 --block 128
   attngen show specs/sparse_strided.yaml --n 1024 --png strided.png   # needs attngen[plot]
+  attngen show specs/packed_documents.yaml --n 357 --block 16 --docs 100,200,57
 """
 
 EMPTY, PARTIAL, FULL = 0, 1, 2    # the codes of BlockMap.dense_classes()
@@ -20,6 +21,8 @@ MAX_TILES = 1 << 24              # tile pairs we hold as one int8 map
 MAX_DENSE_PAIRS = 1 << 24        # token pairs evaluated for the PNG's token mask
 PNG_SIZE = (12, 6)               # inches at PNG_DPI: the PNG is 1200 × 600 pixels
 PNG_DPI = 100
+MASK_COLOURS = ("#f2f2f2", "#1f1f1f")                       # not allowed, allowed
+TILE_COLOURS = {EMPTY: "#f2f2f2", PARTIAL: "#e8a33d", FULL: "#2b5d8a"}
 
 
 def add_parser(subparsers):
@@ -30,6 +33,7 @@ def add_parser(subparsers):
                          examples=EXAMPLES)
     parser.add_argument("spec", metavar="SPEC", help="spec YAML file")
     add_sizes(parser)
+    add_docs(parser)
     parser.add_argument("--block", type=positive_int, default=64,
                         help="tile size for queries and keys (default 64)")
     parser.add_argument("--width", type=positive_int, default=64,
@@ -42,22 +46,24 @@ def add_parser(subparsers):
 def run(args) -> int:
     spec = load(args.spec)
     nk = args.n if args.nk is None else args.nk
-    classes = tile_classes(spec, args.n, nk, args.block, args.q_offset)
+    segments = doc_segments(spec, args.docs, args.n, nk, args.q_offset)
+    classes = tile_classes(spec, args.n, nk, args.block, args.q_offset, segments)
     print(render(spec, classes, n=args.n, nk=nk, block=args.block, width=args.width))
     if args.png:
-        draw_png(spec, classes, args.png, n=args.n, nk=nk, q_offset=args.q_offset)
+        draw_png(spec, classes, args.png, n=args.n, nk=nk, q_offset=args.q_offset, segments=segments)
         print(f"wrote {args.png}")
     return 0
 
 
-def tile_classes(spec: Spec, nq: int, nk: int, block: int, q_offset: int | None = None) -> torch.Tensor:
+def tile_classes(spec: Spec, nq: int, nk: int, block: int, q_offset: int | None = None,
+                 segments: dict | None = None) -> torch.Tensor:
     """int8 (query tiles, key tiles) from the block map: EMPTY 0, PARTIAL 1, FULL 2, as the kernels
     see them (a tile the map cannot prove full or empty is partial). Segments count as one."""
     tiles = -(-nq // block) * -(-nk // block)
     if tiles > MAX_TILES:
         raise ValueError(f"{tiles:,} tiles is more than {MAX_TILES:,} to draw: use a larger --block "
                          "or a smaller --n")
-    segments = _one_segment(nq, nk) if spec.uses_segments else {}
+    segments = segments or (_one_segment(nq, nk) if spec.uses_segments else {})
     return block_map(spec, nq, nk, block, block, q_offset=q_offset, **segments).dense_classes()
 
 
@@ -66,8 +72,8 @@ def _one_segment(nq: int, nk: int) -> dict:
     return {"seg_q": torch.zeros(nq, dtype=torch.int64), "seg_k": torch.zeros(nk, dtype=torch.int64)}
 
 
-def _token_mask(spec: Spec, nq: int, nk: int, q_offset) -> torch.Tensor:
-    segments = _one_segment(nq, nk) if spec.uses_segments else {}
+def _token_mask(spec: Spec, nq: int, nk: int, q_offset, segments: dict | None = None) -> torch.Tensor:
+    segments = segments or (_one_segment(nq, nk) if spec.uses_segments else {})
     return spec.dense_mask(nq, nk, q_offset, **segments)
 
 
@@ -106,7 +112,8 @@ def render(spec: Spec, classes: torch.Tensor, *, n: int, nk: int, block: int, wi
     return "\n".join(lines)
 
 
-def draw_png(spec: Spec, classes: torch.Tensor, path: str, *, n: int, nk: int, q_offset) -> None:
+def draw_png(spec: Spec, classes: torch.Tensor, path: str, *, n: int, nk: int, q_offset,
+             segments: dict | None = None) -> None:
     """The token mask (left) and the tile classes (right), PNG_SIZE × PNG_DPI pixels."""
     try:
         import matplotlib
@@ -115,19 +122,31 @@ def draw_png(spec: Spec, classes: torch.Tensor, path: str, *, n: int, nk: int, q
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
 
     if n * nk > MAX_DENSE_PAIRS:
         raise ValueError(f"--png draws every token pair: n × nk = {n * nk:,} is more than "
                          f"{MAX_DENSE_PAIRS:,}; use a smaller --n")
-    mask = _token_mask(spec, n, nk, q_offset)
+    mask = _token_mask(spec, n, nk, q_offset, segments)
     fig, (left, right) = plt.subplots(1, 2, figsize=PNG_SIZE, dpi=PNG_DPI)
-    left.imshow(mask.numpy(), cmap="gray_r", interpolation="nearest", aspect="auto")
+    # Fixed colour limits: a mask that allows every pair (or none) keeps its colour, where an
+    # autoscaled single-valued image would be drawn in the lowest colour.
+    left.imshow(mask.to(torch.int8).numpy(), cmap=ListedColormap(MASK_COLOURS), vmin=0, vmax=1,
+                interpolation="nearest", aspect="auto")
     left.set(title=f"{spec.name}: token mask", xlabel="key j", ylabel="query row")
-    colours = ListedColormap(["white", "#e8a33d", "#2b5d8a"])          # empty, partial, full
-    right.imshow(classes.numpy(), cmap=colours, vmin=EMPTY, vmax=FULL, interpolation="nearest",
-                 aspect="auto")
+    left.legend(handles=[Patch(color=MASK_COLOURS[1], label="allowed"),
+                         Patch(color=MASK_COLOURS[0], label="not allowed")],
+                loc="upper right", framealpha=0.9)
+    right.imshow(classes.numpy(), cmap=ListedColormap([TILE_COLOURS[c] for c in (EMPTY, PARTIAL, FULL)]), vmin=EMPTY, vmax=FULL,
+                 interpolation="nearest", aspect="auto")
     counts = {c: int((classes == c).sum()) for c in (FULL, PARTIAL, EMPTY)}
-    right.set(title=f"tiles: {counts[FULL]:,} full (blue), {counts[PARTIAL]:,} partial (orange), "
-                    f"{counts[EMPTY]:,} empty", xlabel="key tile", ylabel="query tile")
+    right.set(title="tiles as the kernels see them", xlabel="key tile", ylabel="query tile")
+    right.legend(handles=[Patch(color=TILE_COLOURS[c], label=f"{word} {counts[c]:,}")
+                          for c, word in ((FULL, "full"), (PARTIAL, "partial"), (EMPTY, "empty"))],
+                 loc="upper right", framealpha=0.9)
+    for axes in (left, right):                      # tiles and tokens are whole numbers
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.savefig(path, dpi=PNG_DPI)
     plt.close(fig)

@@ -63,7 +63,7 @@ import torch
 import triton
 import yaml
 
-from .. import env
+from .. import env, progress
 from ..codegen import render
 from ..codegen.emit import GeneratedKernel, generate
 from ..ir.graph import Graph
@@ -389,7 +389,7 @@ def generated(spec, kind: str = "fwd", *, arch: str | None = None) -> GeneratedK
         TIMINGS.append((spec.name, kind, stages.seconds))
         log.info("cache hit: %s %s (%s)", spec.name, kind, stages)
         return kernel
-    with stages("lowering+codegen"):
+    with stages("lowering+codegen"), progress.step(f"{spec.name}: generating the {kind} kernel"):
         kernel = generate(spec, kind)
     parts = key_parts(kernel.graph, kernel.kind, arch)    # a linear spec's "fwd" is "linear_fwd"
     key = _json_sha256(parts)

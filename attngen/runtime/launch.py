@@ -196,14 +196,15 @@ class SoftmaxLauncher(KernelLauncher):
             log.info("%s: autotuned %s for %s", self.generated.kernel_name, self._tuned[key], key)
         return self._tuned[key]
 
-    def call_tables(self, nq, nk, q_offset, cfg: TileConfig | None, device, seg_q, seg_k) -> CallTables:
+    def call_tables(self, nq, nk, q_offset, cfg: TileConfig | None, device, seg_q, seg_k, *,
+                    batch: int) -> CallTables:
         """The tables of one call; `cfg` None: without the block map's lists (a kernel that walks
-        its own, as the backward's dK/dV kernel does)."""
+        its own, as the backward's dK/dV kernel does). `batch`: q's, which 2-D segment ids match."""
         spec = self.spec
         if spec.uses_segments:
             if seg_q is None or seg_k is None:
                 raise ShapeError(f"spec {spec.name!r} has a segments mask: pass seg_q and seg_k")
-            spec.eval_context(nq, nk, q_offset, seg_q, seg_k)         # validates shapes and dtypes
+            spec.eval_context(nq, nk, q_offset, seg_q, seg_k, batch=batch)   # validates shapes, dtypes
             lists = () if cfg is None else self._lists(nq, nk, q_offset, cfg, device, seg_q, seg_k)
             return CallTables(lists=lists, segments=_segments(seg_q, seg_k, device), alibi=self.alibi(device))
         if seg_q is not None or seg_k is not None:
@@ -282,7 +283,7 @@ class SoftmaxLauncher(KernelLauncher):
         nk = k.shape[2]
 
         def arguments(cfg: TileConfig):
-            tables = self.call_tables(nq, nk, q_offset, cfg, q.device, seg_q, seg_k)
+            tables = self.call_tables(nq, nk, q_offset, cfg, q.device, seg_q, seg_k, batch=batch)
             out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
             lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
             grid = (cdiv(nq, cfg.block_m), batch * spec.query_heads)

@@ -169,7 +169,8 @@ class BackwardLauncher(SoftmaxLauncher):
                         **stride_args("o", out), **stride_args("do", dout), **constexprs),
                         tiles.num_warps, tiles.num_stages)
                 # dK/dV walks the transposed map (`by_key_lists`), not the forward's lists
-                tables = self.call_tables(nq, nk, q_offset, tiles if role == "dq" else None, q.device, seg_q, seg_k)
+                tables = self.call_tables(nq, nk, q_offset, tiles if role == "dq" else None, q.device, seg_q, seg_k,
+                                          batch=batch)
                 common = dict(q=q, k=k, v=v, dout=dout, lse=lse, delta=delta, nq=nq, nk=nk, q_offset=q_offset,
                               alibi_slopes=lse if tables.alibi is None else tables.alibi,
                               **random_table_args(self.tables, tables.random), **segment_args(tables.segments, q),

@@ -20,7 +20,7 @@ import logging
 
 import torch
 
-from .. import env
+from .. import env, progress
 from ..codegen.aot import compile_as_launched, first_without_spills, resource_usage
 from ..codegen.emit import GeneratedKernel
 from .loader import interpreted, load_source
@@ -130,6 +130,11 @@ class KernelLauncher:
         if role not in self._checked:
             self.signatures[role].check_arguments(args)
             self._checked.add(role)
+            if interpret:           # seconds per call on CPU: say so the first time a person waits
+                with progress.step(f"{self.spec.name}: first run of the {role} kernel under "
+                                   f"Triton's interpreter (CPU)"):
+                    launch_kernel(self.kernel(role, interpret), grid, args, num_warps, num_stages)
+                return
         launch_kernel(self.kernel(role, interpret), grid, args, num_warps, num_stages)
 
     # -- ahead of time ------------------------------------------------------------------------
@@ -144,8 +149,10 @@ class KernelLauncher:
             self._checked.add(role)
         key = (role, target, num_warps, num_stages, specialisation_key(args))
         if key not in self.compiled:
-            self.compiled[key] = compile_as_launched(self.jit_function(role), args, target=target,
-                                                     num_warps=num_warps, num_stages=num_stages)
+            with progress.step(f"{self.spec.name}: compiling the {role} kernel for {target} "
+                               f"({_config_words(getattr(args.get('q'), 'dtype', None), args, num_warps, num_stages)})"):
+                self.compiled[key] = compile_as_launched(self.jit_function(role), args, target=target,
+                                                         num_warps=num_warps, num_stages=num_stages)
         return self.compiled[key]
 
     def choose(self, key, candidates, usage_of, what: str):
@@ -168,4 +175,13 @@ class KernelLauncher:
     def launch_usage(self, role: str, arguments, cfg):
         """Registers and spills of kernel `role` compiled as this call's launch at `cfg` compiles it."""
         grid, args, num_warps, num_stages = arguments(cfg)
-        return resource_usage(warm_kernel(self.jit_function(role), grid, args, num_warps, num_stages))
+        with progress.step(f"{self.spec.name}: compiling the {role} kernel for this GPU "
+                           f"({_config_words(getattr(args.get('q'), 'dtype', None), args, num_warps, num_stages)})"):
+            return resource_usage(warm_kernel(self.jit_function(role), grid, args, num_warps, num_stages))
+
+
+def _config_words(dtype: torch.dtype | None, constexprs: dict, num_warps: int, num_stages: int) -> str:
+    """'float16, BLOCK_M=128 BLOCK_N=64 num_warps=8 num_stages=3': which candidate is compiling."""
+    words = [str(dtype).removeprefix("torch.") + ","] if dtype is not None else []
+    words += [f"{name}={constexprs[name]}" for name in sorted(constexprs) if name.startswith("BLOCK_")]
+    return " ".join(words + [f"num_warps={num_warps}", f"num_stages={num_stages}"])

@@ -22,6 +22,8 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
+
 from triton.runtime import interpreter as triton_interpreter
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
@@ -137,6 +139,43 @@ def _scalar_index_fixed():
         scope.set_attr = original
 
 
+def float32_to_bfloat16_bits(data: np.ndarray) -> np.ndarray:
+    """float32 → bfloat16 rounded to nearest, ties to even (the GPU's ``cvt.rn.bf16.f32``), as the
+    uint16 bit patterns the interpreter holds bfloat16 in. NaNs stay (quiet) NaNs."""
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    bits = data.view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    out = rounded.astype(np.uint16)
+    nan = np.isnan(data)
+    if nan.any():
+        out[nan] = ((bits[nan] >> np.uint32(16)) | np.uint32(0x0040)).astype(np.uint16)
+    return out
+
+
+@contextlib.contextmanager
+def _bfloat16_rounded():
+    """While an interpreted launch runs, float32 → bfloat16 casts (``.to(tl.bfloat16)``, stores
+    into bfloat16 tensors) round to nearest even: Triton's interpreter truncates them, which a GPU
+    never does. float16 casts go through numpy, which already rounds to nearest even."""
+    builder = getattr(triton_interpreter, "InterpreterBuilder", None)
+    original = getattr(builder, "cast_impl", None)
+    if original is None:
+        yield
+        return
+    import triton.language as tl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            return triton_interpreter.TensorHandle(float32_to_bfloat16_bits(src.data), tl.bfloat16)
+        return original(self, src, dst_type)
+
+    builder.cast_impl = cast_impl
+    try:
+        yield
+    finally:
+        builder.cast_impl = original
+
+
 @contextlib.contextmanager
 def _jit_calls_interpreted():
     original = JITFunction.__call__
@@ -146,7 +185,7 @@ def _jit_calls_interpreted():
 
     JITFunction.__call__ = call
     try:
-        with _language_restored(), _scalar_index_fixed():
+        with _language_restored(), _scalar_index_fixed(), _bfloat16_rounded():
             yield
     finally:
         JITFunction.__call__ = original

@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from ..spec import load_spec
+from ..spec import Spec, load_spec
 from .ops import CompiledAttention, register
 
 log = logging.getLogger("attngen.runtime")
@@ -48,17 +48,24 @@ class Kernels:
 
 
 def spec_files(path) -> list[Path]:
-    """The YAML file itself, or a folder's *.yaml / *.yml files sorted by name."""
+    """The YAML file itself, or a folder's *.yaml / *.yml files sorted by name (at least one)."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"attngen.load takes a Spec, or the path of a YAML file or folder, got "
+                        f"{type(path).__name__}")
     path = Path(path)
     if path.is_dir():
-        return sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+        if not files:
+            raise FileNotFoundError(f"no spec files (*.yaml, *.yml) in the folder {path}")
+        return files
     if not path.is_file():
         raise FileNotFoundError(f"no spec file or folder at {path}")
     return [path]
 
 
 def load(path, *, prepare: bool = True) -> Kernels:
-    """Compile every spec of a YAML file or folder; returns their operators by spec name.
+    """Compile every spec of a YAML file or folder, or one `Spec`; returns their operators by spec
+    name.
 
     `prepare=False` registers the operators and defers generating kernels to their first call.
     Two files of one folder may not give different specs the same name.
@@ -66,7 +73,7 @@ def load(path, *, prepare: bool = True) -> Kernels:
     start = time.perf_counter()
     ops: dict[str, CompiledAttention] = {}
     origin: dict[str, Path] = {}
-    for file in spec_files(path):
+    for file in [path] if isinstance(path, Spec) else spec_files(path):
         spec = load_spec(file)
         if spec.name in ops:
             if ops[spec.name].spec != spec:
@@ -77,6 +84,6 @@ def load(path, *, prepare: bool = True) -> Kernels:
         if prepare:
             op.prepare()
         ops[spec.name], origin[spec.name] = op, file
-    log.info("loaded %d spec(s) from %s in %.1f ms", len(ops), path,
+    log.info("loaded %d spec(s) from %s in %.1f ms", len(ops), getattr(path, "name", path),
              (time.perf_counter() - start) * 1e3)
     return Kernels(ops)

@@ -89,6 +89,15 @@ def double_negation(p: Predicate):
     return None
 
 
+def complements(p: Predicate):
+    """a & ~a allows nothing and a | ~a allows everything, whatever a is."""
+    if isinstance(p, (All_, Any_)):
+        negated = {c.part for c in p.parts if isinstance(c, Not_)}
+        if any(c in negated for c in p.parts):
+            return Nothing() if isinstance(p, All_) else Everything()
+    return None
+
+
 def _merge_parts(p: Predicate, kind: type, merge: Callable) -> Predicate | None:
     """Replace every part of type `kind` in p's parts by their merge (if there are two or more)."""
     same = [c for c in p.parts if isinstance(c, kind)]
@@ -165,6 +174,7 @@ RULES: tuple[Rule, ...] = (
     flatten,
     constants,
     double_negation,
+    complements,
     bands_intersect,
     bands_unite,
     nested_blocks,

@@ -53,11 +53,21 @@ class EvalContext:
     random_table: Callable | None = None
 
 
-def _int_field(name: str, value, *, minimum: int | None = None) -> int:
+# Widths, sizes and token positions: kernels compute positions and i ± width in int32, which
+# holds for positions below 2**30 and widths up to 2**30 (a width past every length means the same
+# as an unbounded side: leave the side out).
+MAX_POSITION_INT = 2**30
+
+
+def _int_field(name: str, value, *, minimum: int | None = None,
+               maximum: int | None = MAX_POSITION_INT) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(name, value, "must be an integer")
     if minimum is not None and value < minimum:
         raise SpecError(name, value, f"must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise SpecError(name, value, f"must be <= {maximum:,} (2**30): kernels compute positions "
+                                     "in int32 (for an unbounded band side, leave the side out)")
     return value
 
 
@@ -315,7 +325,7 @@ class Random(Predicate):
     def __post_init__(self):
         _int_field("per_row", self.per_row, minimum=1)
         _int_field("block", self.block, minimum=1)
-        _int_field("seed", self.seed, minimum=0)
+        _int_field("seed", self.seed, minimum=0, maximum=None)
         if self.seed >= 2**64:                     # the draw hashes the seed as a uint64
             raise SpecError("seed", self.seed, "must be < 2**64")
 

@@ -222,12 +222,13 @@ class Spec:
 
     # -- meaning at concrete sizes -----------------------------------------------------------
     def eval_context(self, nq: int, nk: int, q_offset: int | None = None, seg_q=None, seg_k=None,
-                     device=None) -> EvalContext:
-        """Everything the predicate needs to be evaluated at these sizes (validated)."""
+                     device=None, *, batch: int | None = None) -> EvalContext:
+        """Everything the predicate needs to be evaluated at these sizes (validated; `batch`, when
+        given, is what 2-D segment ids must have as their first dimension)."""
         q_offset = resolve_q_offset(nq, nk, q_offset)
         rows = cols = None
         if self.uses_segments:
-            rows, cols = _segment_grids(seg_q, seg_k, nq, nk, device)
+            rows, cols = _segment_grids(seg_q, seg_k, nq, nk, device, batch)
         elif seg_q is not None or seg_k is not None:
             raise ShapeError(f"spec {self.name!r} has no segments mask, but seg_q/seg_k were given")
         tables = {}
@@ -293,7 +294,7 @@ def resolve_q_offset(nq: int, nk: int, q_offset: int | None) -> int:
     return q_offset
 
 
-def _segment_grids(seg_q, seg_k, nq, nk, device):
+def _segment_grids(seg_q, seg_k, nq, nk, device, batch=None):
     if seg_q is None or seg_k is None:
         raise ShapeError("this spec has a segments mask: pass seg_q (Nq,) or (B, Nq) and seg_k "
                          "(Nk,) or (B, Nk) integer tensors")
@@ -302,6 +303,10 @@ def _segment_grids(seg_q, seg_k, nq, nk, device):
             raise ShapeError(f"{name} must be an integer tensor, got {getattr(seg, 'dtype', type(seg))}")
         if seg.dim() not in (1, 2) or seg.shape[-1] != n:
             raise ShapeError(f"{name} has shape {tuple(seg.shape)}, expected ({n},) or (B, {n})")
+        if batch is not None and seg.dim() == 2 and seg.shape[0] != batch:
+            # (3, N) ids for a batch of 1 would silently use the first sequence's documents.
+            raise ShapeError(f"{name} has shape {tuple(seg.shape)}, expected ({n},) or ({batch}, {n}): "
+                             f"2-D segment ids hold one row per sequence of the batch (B = {batch})")
     rows = seg_q.to(device=device, dtype=torch.int64).unsqueeze(-1)    # [.., nq, 1]
     cols = seg_k.to(device=device, dtype=torch.int64).unsqueeze(-2)    # [.., 1, nk]
     return rows, cols

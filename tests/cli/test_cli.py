@@ -218,8 +218,8 @@ def test_run_passes_with_a_correct_kernel_and_fails_with_a_wrong_one(monkeypatch
     monkeypatch.setattr(attngen, "compile", _reference_compile())
     assert main(["run", "specs/packed_documents.yaml", "--n", "48", "--nk", "64"]) == 0
     captured = capsys.readouterr()
-    assert "compiling packed_documents" in captured.err
-    assert "out    relative error" in captured.out and "FLOP/s" in captured.out
+    assert captured.err == ""                          # not a terminal: no progress lines
+    assert "out        relative error" in captured.out and "FLOP/s" in captured.out
     monkeypatch.setattr(attngen, "compile", _reference_compile(scale=1.01))
     assert main(["run", "specs/mha.yaml", "--n", "16"]) == 1
     assert "FAILED" in capsys.readouterr().out
@@ -244,10 +244,91 @@ def test_emit_passes_its_options_through(monkeypatch, capsys):
 def test_run_end_to_end_on_the_interpreter(capsys):
     assert main(["run", "specs/longformer.yaml", "--n", "40", "--nk", "56", "--seed", "3"]) == 0
     out = capsys.readouterr().out
-    assert "lse    relative error" in out and "FAILED" not in out
+    assert "lse        relative error" in out and "FAILED" not in out
+    # Generation, compilation and the call are timed apart (kernels are otherwise made lazily
+    # inside the first call, which made "compiled in 0.00 s" the only figure).
+    assert "  generate   " in out and "  compile    none: on CPU" in out and "  first call " in out
+    assert "(best of 1 call after the first)" in out
 
 
 def test_emit_end_to_end_prints_the_triton_source(capsys):
     assert main(["emit", "specs/mha.yaml"]) == 0
     out = capsys.readouterr().out
     assert "mha" in out and "@triton.jit" in out
+
+
+def _left_panel_pixel(path, col: float, row: float):
+    """The RGB of the token-mask panel at fractions (col, row) of its axes (matplotlib's default
+    subplot box for 1 × 2 panels of a 1200 × 600 figure)."""
+    from matplotlib.image import imread
+    image = imread(path)
+    width = (0.9 - 0.125) / 2.2
+    x = int(1200 * (0.125 + col * width))
+    y = int(600 * (1 - 0.88 + row * (0.88 - 0.11)))
+    return tuple(float(c) for c in image[y, x, :3])
+
+
+@pytest.mark.parametrize("spec, allowed, not_allowed", [
+    ("specs/mha.yaml", [(0.5, 0.5), (0.75, 0.3)], []),                       # every pair allowed
+    ("specs/gqa.yaml", [(0.3, 0.7)], [(0.75, 0.3)]),                         # causal
+], ids=["fully-allowed", "causal"])
+def test_show_png_colours_allowed_and_not_allowed_whatever_the_mask(spec, allowed, not_allowed,
+                                                                    tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_rgb
+
+    from attngen.cli.show import MASK_COLOURS
+    path = tmp_path / "mask.png"
+    assert main(["show", spec, "--n", "64", "--block", "16", "--png", str(path)]) == 0
+    for where in allowed:
+        assert _left_panel_pixel(path, *where) == pytest.approx(to_rgb(MASK_COLOURS[1]), abs=0.02), where
+    for where in not_allowed:
+        assert _left_panel_pixel(path, *where) == pytest.approx(to_rgb(MASK_COLOURS[0]), abs=0.02), where
+
+
+def test_show_png_has_a_legend_and_integer_ticks(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    from matplotlib import pyplot as plt
+    seen = {}
+    monkeypatch.setattr(plt, "close", lambda fig: seen.setdefault("fig", fig))
+    assert main(["show", "specs/mistral_sliding_window.yaml", "--n", "40", "--block", "16",
+                 "--png", str(tmp_path / "m.png")]) == 0
+    left, right = seen["fig"].axes
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["allowed", "not allowed"]
+    assert [t.get_text().split()[0] for t in right.get_legend().get_texts()] == ["full", "partial", "empty"]
+    for axes in (left, right):                            # 3 × 3 tiles: no 0.5 tick labels
+        for tick in [*axes.get_xticks(), *axes.get_yticks()]:
+            assert float(tick).is_integer(), tick
+
+
+def test_show_and_cost_take_packed_document_lengths(capsys):
+    assert main(["cost", "specs/packed_documents.yaml", "--n", "357", "--docs", "100,200,57", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["allowed_pairs"] == 100 * 101 // 2 + 200 * 201 // 2 + 57 * 58 // 2    # causal per doc
+    assert not any("one segment" in note for note in result["notes"])
+    assert main(["show", "specs/packed_documents.yaml", "--n", "357", "--block", "100",
+                 "--docs", "100,200,57"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2:] == ["▒···", "·▒··", "·█▒·", "···▒"]      # documents 0-99, 100-299, 300-356
+    assert main(["cost", "specs/mha.yaml", "--n", "357", "--docs", "100,200,57"]) == 2
+    assert "no segments mask" in capsys.readouterr().err
+    assert main(["show", "specs/packed_documents.yaml", "--n", "64", "--docs", "10,20"]) == 2
+    assert "sum to 30, expected nk = 64" in capsys.readouterr().err
+
+
+def test_cost_says_n_a_for_cross_attention_and_counts_sinks_with_the_window(spec_file, capsys):
+    assert main(["cost", "specs/mha.yaml", "--n", "1", "--nk", "100", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["receptive_field"] is None and result["layers_to_full_reach"] is None
+    assert main(["cost", "specs/mha.yaml", "--n", "64", "--nk", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "receptive field  n/a" in out and "over 1 layer\n" in out and "over 1 layers" not in out
+    sinks = spec_file("name: sinks\nheads: {query: 8, kv: 2}\nhead_dim: 64\ncausal: true\n"
+                      "mask:\n  any:\n    - band: {left: 1023}\n    - global: {first: 4}\n")
+    assert main(["cost", sinks, "--n", "8192", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["kv_cache_bytes"] == (1024 + 4) * result["kv_cache_bytes_per_token"]
+    assert "the last 1024 tokens and 4 sink tokens" in " ".join(result["notes"])
+    assert main(["cost", sinks, "--n", "1000", "--json"]) == 0           # all fit in the window
+    result = json.loads(capsys.readouterr().out)
+    assert result["kv_cache_bytes"] == 1000 * result["kv_cache_bytes_per_token"]

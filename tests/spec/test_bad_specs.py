@@ -98,6 +98,20 @@ CASES = [
          reason="exactly one"),
     case("mask-allowing-nothing", "mask:\n  not: {stride: {every: 1}}\n", "mask",
          "{'not': {'stride': {'every': 1}}}", 4, reason="allows no"),
+    case("mask-and-its-complement", """
+         mask:
+           all:
+             - blocks: {size: 8}
+             - not: {blocks: {size: 8}}
+         """, "mask", "{'not': {'blocks': {'size': 8}}}", 4, reason="allows no"),
+    case("band-left-past-int64", "mask:\n  band: {left: 99999999999999999999}\n", "mask.band.left",
+         "99999999999999999999", 5, reason="2**30"),
+    case("band-right-past-int32-positions", "mask:\n  band: {right: 2147483647}\n",
+         "mask.band.right", "2147483647", 5, reason="int32"),
+    case("blocks-size-past-int32-positions", "mask:\n  any: [blocks: {size: 1073741825}, band: 1]\n",
+         "mask.any[0].blocks.size", "1073741825", 5, reason="2**30"),
+    case("global-token-past-int32-positions", "mask:\n  global: {tokens: [0, 4294967296]}\n",
+         "mask.global.tokens[1]", "4294967296", 5),
     # -- kinds and their options ----------------------------------------------------------------
     case("linear-with-a-mask", "feature_map: elu1\nmask: {band: 4}\n", "mask", "'band'", 6,
          head=LINEAR_HEAD, reason="not allowed on kind: linear"),
