@@ -193,11 +193,16 @@ class _Reader:
         """`a <= 1 & j <= i` parses as `a <= (1 & j) <= i`: remember the fix the user meant."""
         start, end = self.span(node)
         for x in operands:
-            if isinstance(x, ast.BinOp) and isinstance(x.op, (ast.BitAnd, ast.BitOr)):
+            if isinstance(x, ast.BinOp) and isinstance(x.op, (ast.BitAnd, ast.BitOr)) \
+                    and not self._parenthesised(x):
                 cut_left, cut_right = self.span(x.left)[1], self.span(x.right)[0]
                 symbol = "&" if isinstance(x.op, ast.BitAnd) else "|"
                 x.hint = (f"({self.text[start:cut_left].strip()}) {symbol} "
                           f"({self.text[cut_right:end].strip()})")
+
+    def _parenthesised(self, node) -> bool:
+        start, end = self.span(node)
+        return self.text[:start].rstrip().endswith("(") and self.text[end:].lstrip().startswith(")")
 
     def _Call(self, node):
         if not isinstance(node.func, ast.Name):
@@ -304,5 +309,7 @@ def walk(node: Node):
 
 
 def input_names(node: Node) -> tuple[str, ...]:
-    """The inputs a formula reads, in order of first appearance."""
-    return tuple(dict.fromkeys(n.value for n in walk(node) if n.op == "index"))
+    """The inputs a formula may read (indexed names, and bare names that are not formula names),
+    in order of first appearance: their declarations decide its types."""
+    return tuple(dict.fromkeys(n.value for n in walk(node)
+                               if n.op == "index" or (n.op == "name" and n.value not in NAMES)))
