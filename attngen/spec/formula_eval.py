@@ -99,11 +99,13 @@ class _Evaluator:
         return False
 
     # -- arithmetic ----------------------------------------------------------------------------
+    # Mixed int/float arithmetic is float64: torch would make an int tensor times a Python float
+    # float32 (its default dtype).
     def _Add(self, e):
-        return _fold(lambda a, b: a + b, self.args(e))
+        return _fold(lambda a, b: a + b, self._promoted(e))
 
     def _Mul(self, e):
-        return _fold(lambda a, b: a * b, self.args(e))
+        return _fold(lambda a, b: a * b, self._promoted(e))
 
     def _Pow(self, e):
         base, exponent = self.args(e)

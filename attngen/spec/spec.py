@@ -371,7 +371,10 @@ class Spec:
         ctx = self.eval_context(nq, nk, q_offset, seg_q, seg_k, device=device, inputs=inputs, batch=batch)
         ii = (torch.arange(nq, device=device) + ctx.q_offset).unsqueeze(-1)
         jj = torch.arange(nk, device=device).unsqueeze(0)
-        return base.evaluate(ii, jj, ctx)
+        mask = base.evaluate(ii, jj, ctx)
+        if self.mask_needs_heads:
+            mask = mask.expand(ctx.batch.shape[0], self.query_heads, nq, nk)
+        return mask
 
 
 def _parsed(cls, text, field: str):
