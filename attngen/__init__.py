@@ -9,8 +9,8 @@ import importlib
 
 from .errors import CompileError, ShapeError, SpecError
 from .reference import reference        # eager: the submodule of the same name would shadow it
-from .spec import (FeatureMap, Predicate, Spec, band, blocks, causal, columns, global_tokens, load_spec,
-                   load_specs, random, segments, stride)
+from .spec import (FeatureMap, Predicate, Spec, band, blocks, causal, columns, expr, global_tokens,
+                   load_spec, load_specs, mask_mod, random, score_mod, segments, stride)
 from .version import __version__
 
 # The compiler pulls in Triton, networkx, jinja2 and the code generator (about a second on a small
@@ -21,7 +21,7 @@ _LAZY = {"compile": "api", "emit": "api", "load": "runtime.registry", "block_map
 
 __all__ = [
     "CompileError", "FeatureMap", "block_map", "compile", "emit", "Predicate", "ShapeError", "Spec", "SpecError", "band", "blocks",
-    "causal", "columns", "global_tokens", "load", "load_spec", "load_specs", "merge", "random", "reference", "segments",
+    "causal", "columns", "expr", "global_tokens", "mask_mod", "score_mod", "load", "load_spec", "load_specs", "merge", "random", "reference", "segments",
     "stride", "__version__",
 ]
 

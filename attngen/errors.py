@@ -37,11 +37,21 @@ class SpecError(ValueError):
             return self
         field = prefix if not self.field else (
             f"{prefix}{self.field}" if self.field.startswith("[") else f"{prefix}.{self.field}")
-        return SpecError(field, self.value, self.reason, source=self.source, line=self.line,
-                         column=self.column)
+        return self._replaced(field=field)
 
     def located(self, source: str | None, line: int | None, column: int | None) -> "SpecError":
-        return SpecError(self.field, self.value, self.reason, source=source, line=line, column=column)
+        return self._replaced(source=source, line=line, column=column)
+
+    def _replaced(self, **changes) -> "SpecError":
+        """A copy with some attributes changed, of the same class (subclasses keep their own)."""
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        new.args = (new._render(),)
+        return new
+
+    def __str__(self) -> str:
+        return self._render()
 
 
 class ShapeError(ValueError):

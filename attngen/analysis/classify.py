@@ -23,6 +23,7 @@ from functools import lru_cache
 
 import torch
 
+from ..spec.formula import Formula
 from ..spec.predicates import (All_, Any_, Band, Causal, Columns, EvalContext, Everything, Not_, Nothing,
                                Predicate, Random, Stride)
 from . import tiles_leaves, tiles_tables  # noqa: F401  (they register the leaf classifiers)
@@ -112,6 +113,14 @@ def _all_candidates(pred: All_, geom, start, stop):
     for other in key_sets[1:]:
         keys = keys[torch.isin(keys, other)]
     return keys
+
+
+@classifier_for(Formula)
+def _formula(pred: Formula, geom, qt, kt):
+    """No structural rule for formulas yet: every tile is an unproven PARTIAL (sound), which
+    `refine` settles by evaluating the formula on the tile (the same sympy form the kernel prints)."""
+    nonempty = torch.ones_like(qt, dtype=torch.bool)
+    return Verdict(nonempty, torch.zeros_like(nonempty), torch.zeros_like(nonempty))
 
 
 # -- settling unproven tiles ----------------------------------------------------------------

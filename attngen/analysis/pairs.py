@@ -24,6 +24,7 @@ import torch
 
 from ..spec.predicates import (LEAF_TYPES, All_, Any_, Band, Blocks, Causal, Columns, Everything,
                                GlobalTokens, Not_, Nothing, Predicate, Random, Segments, Stride)
+from ..spec.formula import Formula
 from ..spec.normalize import normalize
 from ..spec.spec import Spec, resolve_q_offset
 
@@ -94,6 +95,8 @@ def _one_thread():
 
 
 def _count_rows(mask, nq, nk, ctx, seg) -> int:
+    if any(isinstance(p, Formula) for p in mask.walk()):     # no period table for formulas yet
+        return _count_dense(mask, nq, nk, ctx)
     leaves = list(dict.fromkeys(p for p in mask.walk() if isinstance(p, LEAF_TYPES)))
     interval = [leaf for leaf in leaves if not isinstance(leaf, MODULAR)]
     modular = [leaf for leaf in leaves if isinstance(leaf, MODULAR)]

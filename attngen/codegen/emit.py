@@ -15,6 +15,7 @@ from .plan_backward import backward_signatures, backward_values
 from .plan_decode import decode_signatures, decode_values
 from .plan_linear import kernel_names, linear_signatures, linear_values
 from .render import render
+from .support import refuse_unsupported
 from .signature import KernelSignature
 
 # {kind: (lowered graph, kernel name) → {role: signature}}: the same declarations the templates
@@ -86,4 +87,5 @@ def generate(spec, kind: str = "fwd", *, check: bool | None = None) -> Generated
         raise ValueError(f"kernel {kind!r} is for kind: linear; spec {spec.name!r} is {spec.kind}")
     if kind not in GENERATORS:
         raise ValueError(f"unknown kernel kind {kind!r}; one of {', '.join(GENERATORS)}")
+    refuse_unsupported(spec)
     return GENERATORS[kind](spec, check=check)

@@ -1,4 +1,7 @@
 """Stage 1 of the pipeline: the spec language (parse, validate, predicates, normalisation)."""
+from .formula import Formula, ScoreFormula, expr
+from .formula_trace import mask_mod, score_mod
+from .inputs import InputDecl
 from .parse import load_spec, load_specs, parse_mask, spec_from_dict, spec_from_yaml
 from .predicates import (All_, Any_, Band, Blocks, Causal, Columns, EvalContext, Everything, GlobalTokens,
                          Not_, Nothing, Predicate, Random, Segments, Stride, band, blocks, causal,
@@ -6,6 +9,7 @@ from .predicates import (All_, Any_, Band, Blocks, Causal, Columns, EvalContext,
 from .spec import FeatureMap, Spec, alibi_slopes, resolve_q_offset
 
 __all__ = [
+    "Formula", "InputDecl", "ScoreFormula", "expr", "mask_mod", "score_mod",
     "All_", "Any_", "Band", "Blocks", "Causal", "Columns", "EvalContext", "Everything", "FeatureMap",
     "GlobalTokens", "Not_", "Nothing", "Predicate", "Random", "Segments", "Spec", "Stride",
     "alibi_slopes", "band", "blocks", "causal", "columns", "global_tokens", "load_spec", "load_specs",

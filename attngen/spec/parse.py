@@ -11,10 +11,11 @@ import yaml
 
 from ..errors import NO_VALUE, SpecError
 from . import predicates as P
+from .formula import Formula, ScoreFormula
 from .spec import FeatureMap, Spec
 
 TOP_KEYS = ("name", "heads", "head_dim", "kind", "causal", "mask", "scale", "softcap", "alibi",
-            "feature_map", "eps")
+            "feature_map", "eps", "inputs", "score", "sink")
 MASK_KEYS = ("causal", "band", "stride", "columns", "global", "blocks", "random", "segments",
              "any", "all", "not")
 
@@ -121,6 +122,8 @@ def parse_mask(value, path: str = "mask") -> P.Predicate:
     """A mask in YAML form (one key: a predicate or any/all/not) → predicate."""
     if isinstance(value, P.Predicate):
         return value
+    if isinstance(value, str):                     # a formula (SPEC.md, "Expressions")
+        return _build(path, Formula.parse, value)
     if not isinstance(value, dict) or len(value) != 1:
         raise SpecError(path, value, f"must be a mapping with exactly one of: {', '.join(MASK_KEYS)}")
     (key, inner), = value.items()
@@ -155,11 +158,13 @@ def spec_from_dict(data: dict) -> Spec:
     _check_keys("", data, TOP_KEYS, required=("heads", "head_dim"))
     query, kv = _heads(data["heads"])
     mask = parse_mask(data["mask"]) if data.get("mask") is not None else None
+    score = _build("score", ScoreFormula.parse, data["score"]) if data.get("score") is not None else None
     return Spec(name=data.get("name", "attention"), query_heads=query, kv_heads=kv,
                 head_dim=data["head_dim"], kind=data.get("kind", "softmax"),
                 causal=data.get("causal", False), mask=mask, scale=data.get("scale"),
                 softcap=data.get("softcap"), alibi=data.get("alibi", False),
-                feature_map=_feature_map(data.get("feature_map")), eps=data.get("eps"))
+                feature_map=_feature_map(data.get("feature_map")), eps=data.get("eps"),
+                inputs=data.get("inputs") or (), score=score, sink=data.get("sink", False))
 
 
 # --------------------------------------------------------------------------------------------

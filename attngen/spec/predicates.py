@@ -43,6 +43,9 @@ class EvalContext:
     `random_table(pred)` returns ``(first_query_block, table)`` with ``table[qb - first_query_block]``
     the sorted key blocks drawn for query block ``qb`` (see `attngen.spec.random_draw`).
     `seg_rows` / `seg_cols` are segment ids already shaped to broadcast against the position grids.
+    Formulas (`attngen.spec.formula`) may also read `batch` and `heads` (indices shaped to
+    broadcast against the grids, e.g. (B, 1, 1, 1) and (1, Hq, 1, 1)), the kv head ``h // group``
+    and the call's `inputs` by name; none of the built-in predicates reads them.
     """
 
     nq: int
@@ -51,6 +54,10 @@ class EvalContext:
     seg_rows: torch.Tensor | None = None
     seg_cols: torch.Tensor | None = None
     random_table: Callable | None = None
+    batch: torch.Tensor | None = None
+    heads: torch.Tensor | None = None
+    group: int = 1
+    inputs: dict = field(default_factory=dict)
 
 
 # Widths, sizes and token positions: kernels compute positions and i ± width in int32, which

@@ -16,6 +16,8 @@ import torch
 
 from ..errors import ShapeError, SpecError
 from . import random_draw
+from .formula import Formula, ScoreFormula, bind_mask
+from .inputs import SINK, InputDecl, check_inputs, input_decls
 from .normalize import normalize
 from .predicates import (All_, Any_, Band, Causal, EvalContext, Everything, Not_, Nothing, Predicate,
                          Random, Segments)
@@ -93,6 +95,10 @@ class Spec:
     alibi: bool = False
     feature_map: FeatureMap | None = None
     eps: float | None = None
+    inputs: tuple[InputDecl, ...] = ()
+    score: ScoreFormula | None = None
+    sink: bool = False
+    value_head_dim: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name or not set(self.name) <= NAME_CHARS \
@@ -103,21 +109,62 @@ class Spec:
         if self.query_heads % self.kv_heads:
             raise SpecError("heads", {"query": self.query_heads, "kv": self.kv_heads},
                             "query heads must be a multiple of kv heads (Hq % Hkv == 0)")
-        _positive_int("head_dim", self.head_dim, high=256)
+        self._head_dims()
         if self.kind not in KINDS:
             raise SpecError("kind", self.kind, f"must be one of {', '.join(KINDS)}")
         if not isinstance(self.causal, bool):
             raise SpecError("causal", self.causal, "must be true or false")
         if not isinstance(self.alibi, bool):
             raise SpecError("alibi", self.alibi, "must be true or false")
+        if isinstance(self.mask, str):
+            object.__setattr__(self, "mask", _parsed(Formula, self.mask, "mask"))
         if self.mask is not None and not isinstance(self.mask, Predicate):
-            raise SpecError("mask", self.mask, "must be a mask predicate")
+            raise SpecError("mask", self.mask, "must be a mask predicate or a formula string")
         object.__setattr__(self, "scale", _positive_float("scale", self.scale))
         object.__setattr__(self, "softcap", _positive_float("softcap", self.softcap))
         object.__setattr__(self, "eps", _positive_float("eps", self.eps))
         (self._check_linear if self.kind == "linear" else self._check_softmax)()
 
+    def _head_dims(self):
+        """`head_dim: 64` means both; `{qk: 192, v: 128}` sets the value head dim apart (MLA)."""
+        dims = self.head_dim
+        if isinstance(dims, dict):
+            for key in dims:
+                if key not in ("qk", "v"):
+                    raise SpecError(f"head_dim.{key}", dims[key], f"unknown key {key!r} (allowed: qk, v)")
+            if "qk" not in dims:
+                raise SpecError("head_dim.qk", None, "is required")
+            value = dims.get("v", dims["qk"])
+            _positive_int("head_dim.v", value, high=256)
+            if self.value_head_dim is not None:
+                raise SpecError("value_head_dim", self.value_head_dim, "give it in head_dim or here, not both")
+            object.__setattr__(self, "value_head_dim", value)
+            object.__setattr__(self, "head_dim", dims["qk"])
+            field = "head_dim.qk"
+        else:
+            field = "head_dim"
+        _positive_int(field, self.head_dim, high=256)
+        if self.value_head_dim is not None:
+            _positive_int("head_dim.v", self.value_head_dim, high=256)
+        if self.value_head_dim == self.head_dim:
+            object.__setattr__(self, "value_head_dim", None)
+
+    def _bind_formulas(self):
+        """Declarations validated; mask and score formulas type-checked against them."""
+        if not isinstance(self.sink, bool):
+            raise SpecError("sink", self.sink, "must be true or false")
+        object.__setattr__(self, "inputs", input_decls(self.inputs, sink=self.sink))
+        decls = {d.name: d for d in self.all_inputs}
+        object.__setattr__(self, "mask", bind_mask(self.mask, decls))
+        if self.score is not None:
+            score = self.score if isinstance(self.score, ScoreFormula) else _parsed(ScoreFormula, self.score, "score")
+            try:
+                object.__setattr__(self, "score", score.bind(decls))
+            except SpecError as err:
+                raise err.under("score") from None
+
     def _check_softmax(self):
+        self._bind_formulas()
         if self.feature_map is not None:
             raise SpecError("feature_map", self.feature_map.name, "applies to kind: linear only")
         if self.eps is not None:
@@ -137,6 +184,10 @@ class Spec:
             raise SpecError("feature_map", None, f"is required for kind: linear ({', '.join(FEATURE_MAPS)})")
         if self.eps is None:
             object.__setattr__(self, "eps", 1e-6)
+        for name, default in (("inputs", ()), ("score", None), ("sink", False), ("value_head_dim", None)):
+            if getattr(self, name) not in (default, None, {}):
+                raise SpecError("head_dim.v" if name == "value_head_dim" else name, getattr(self, name),
+                                "applies to kind: softmax only")
 
     # -- derived facts -----------------------------------------------------------------------
     @property
@@ -149,6 +200,28 @@ class Spec:
         if self.kv_heads == self.query_heads:
             return "MHA"
         return "MQA" if self.kv_heads == 1 else "GQA"
+
+    @property
+    def v_head_dim(self) -> int:
+        """Dv: the value (and output) head dim, Dqk unless `head_dim: {qk, v}` set it apart."""
+        return self.value_head_dim if self.value_head_dim is not None else self.head_dim
+
+    @property
+    def all_inputs(self) -> tuple[InputDecl, ...]:
+        """The declared inputs, with `sink` when `sink: true`."""
+        return tuple(self.inputs) + ((SINK,) if self.sink else ())
+
+    @property
+    def uses_formulas(self) -> bool:
+        """A mask formula, a score formula, inputs, sinks or Dv != Dqk: what the kernels lack."""
+        return bool(self.all_inputs or self.score is not None or self.value_head_dim is not None
+                    or (self.kind == "softmax" and any(isinstance(p, Formula) for p in self.effective_mask.walk())))
+
+    @property
+    def mask_needs_heads(self) -> bool:
+        """The mask reads the batch, the head or an input: it differs per (b, h)."""
+        return self.kind == "softmax" and any(isinstance(p, Formula) and p.needs_heads
+                                              for p in self.effective_mask.walk())
 
     @property
     def softmax_scale(self) -> float:
@@ -180,11 +253,26 @@ class Spec:
             mask = self.effective_mask
             out.update(mask=None if isinstance(mask, Everything) else mask.to_dict(),
                        scale=self.softmax_scale, softcap=self.softcap, alibi=self.alibi)
+            out.update(self._formula_fields())
         else:
             fm = self.feature_map
             out.update(causal=self.causal, scale=self.scale, eps=self.eps,
                        feature_map={"name": fm.name, "features": self.num_features if fm.name == "favor" else None,
                                     "seed": fm.seed if fm.name == "favor" else None})
+        return out
+
+    def _formula_fields(self) -> dict:
+        """The fields of formulas, inputs, sinks and Dv: present only when set, so that the
+        canonical form and hash of every spec without them stay what they were."""
+        out = {}
+        if self.inputs:
+            out["inputs"] = {d.name: d.to_dict() for d in self.inputs}
+        if self.score is not None:
+            out["score"] = self.score.text
+        if self.sink:
+            out["sink"] = True
+        if self.value_head_dim is not None:
+            out["value_head_dim"] = self.value_head_dim
         return out
 
     def content_hash(self) -> str:
@@ -210,6 +298,10 @@ class Spec:
                     out[key] = getattr(self, key)
             if self.alibi:
                 out["alibi"] = True
+            extra = self._formula_fields()
+            if "value_head_dim" in extra:
+                out["head_dim"] = {"qk": self.head_dim, "v": extra.pop("value_head_dim")}
+            out.update(extra)
         else:
             fm = self.feature_map
             out["causal"] = self.causal
@@ -222,15 +314,17 @@ class Spec:
 
     # -- meaning at concrete sizes -----------------------------------------------------------
     def eval_context(self, nq: int, nk: int, q_offset: int | None = None, seg_q=None, seg_k=None,
-                     device=None, *, batch: int | None = None) -> EvalContext:
-        """Everything the predicate needs to be evaluated at these sizes (validated; `batch`, when
-        given, is what 2-D segment ids must have as their first dimension)."""
+                     device=None, *, inputs: dict | None = None, batch: int | None = None) -> EvalContext:
+        """Everything the predicate needs to be evaluated at these sizes (validated). `inputs` are
+        the call's inputs by name and `batch` its B (formulas read them; see `formula_context`);
+        2-D segment ids must have `batch` rows when it is given."""
         q_offset = resolve_q_offset(nq, nk, q_offset)
         rows = cols = None
         if self.uses_segments:
             rows, cols = _segment_grids(seg_q, seg_k, nq, nk, device, batch)
         elif seg_q is not None or seg_k is not None:
             raise ShapeError(f"spec {self.name!r} has no segments mask, but seg_q/seg_k were given")
+        extra = self.formula_context(nq, nk, inputs, batch, device)
         tables = {}
 
         def random_table(pred: Random):
@@ -250,11 +344,24 @@ class Spec:
                     raise SpecError(f"{path}.per_row" if path else err.field, err.value,
                                     err.reason) from None
         return EvalContext(nq=nq, nk=nk, q_offset=q_offset, seg_rows=rows, seg_cols=cols,
-                           random_table=random_table)
+                           random_table=random_table, **extra)
+
+    def formula_context(self, nq: int, nk: int, inputs: dict | None, batch: int | None, device) -> dict:
+        """The inputs, checked (`ShapeError` naming the input), and batch/head index grids shaped
+        (B, 1, 1, 1) and (1, Hq, 1, 1) to broadcast against (nq, nk) position grids."""
+        if not self.all_inputs and not inputs and not self.uses_formulas:
+            return {}
+        batch = 1 if batch is None else batch
+        sizes = {"B": batch, "Hq": self.query_heads, "Hkv": self.kv_heads, "Nq": nq, "Nk": nk}
+        checked = check_inputs(self.all_inputs, dict(inputs or {}), sizes, device)
+        return {"inputs": checked, "group": self.group,
+                "batch": torch.arange(batch, device=device).view(batch, 1, 1, 1),
+                "heads": torch.arange(self.query_heads, device=device).view(1, self.query_heads, 1, 1)}
 
     def dense_mask(self, nq: int, nk: int, q_offset: int | None = None, seg_q=None, seg_k=None,
-                   *, device=None) -> torch.Tensor:
-        """The mask evaluated on every pair: bool (nq, nk), or (B, nq, nk) for batched segments.
+                   *, device=None, inputs: dict | None = None, batch: int | None = None) -> torch.Tensor:
+        """The mask evaluated on every pair: bool (nq, nk), or (B, nq, nk) for batched segments,
+        or (B, Hq, nq, nk) for a formula that reads the batch, the head or an input.
 
         For tests and pictures only: kernels never build this.
         """
@@ -262,10 +369,20 @@ class Spec:
             base = Band(None, 0) if self.causal else Everything()
         else:
             base = self.effective_mask
-        ctx = self.eval_context(nq, nk, q_offset, seg_q, seg_k, device=device)
+        ctx = self.eval_context(nq, nk, q_offset, seg_q, seg_k, device=device, inputs=inputs, batch=batch)
         ii = (torch.arange(nq, device=device) + ctx.q_offset).unsqueeze(-1)
         jj = torch.arange(nk, device=device).unsqueeze(0)
-        return base.evaluate(ii, jj, ctx)
+        mask = base.evaluate(ii, jj, ctx)
+        if self.mask_needs_heads:
+            mask = mask.expand(ctx.batch.shape[0], self.query_heads, nq, nk)
+        return mask
+
+
+def _parsed(cls, text, field: str):
+    try:
+        return cls.parse(text)
+    except SpecError as err:
+        raise err.under(field) from None
 
 
 def _path_to(pred: Predicate | None, target: Predicate, path: str) -> str | None:
