@@ -60,9 +60,14 @@ def block_list_args(g: Graph, prefix: str = "") -> tuple[Arg, ...]:
                    dtype="i32")
 
 
+def sink_args(g: Graph) -> tuple[Arg, ...]:
+    """Attention sinks' logits, float32 (Hq,), where the spec has them (`sink: true`)."""
+    return tensors("sink", dtype="fp32") if g.facts["spec"].get("sink") else ()
+
+
 def forward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]:
     """{role: signature} of the forward source: one kernel, role ``fwd``."""
-    args = (tensors("q", "k", "v", "out") + tensors("lse", "alibi_slopes", dtype="fp32")
+    args = (tensors("q", "k", "v", "out") + tensors("lse", "alibi_slopes", dtype="fp32") + sink_args(g)
             + tensors("seg_q", "seg_k", dtype="i32") + block_list_args(g) + random_args(random_tables(g))
             + tensors("tile_counts", dtype="i32")
             + strides("q") + strides("k") + strides("v") + strides("o")
@@ -115,7 +120,7 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
         grouping=_grouping(spec), head_dim=g.facts["head_dim"], block_d=g.facts["block_d"],
         qk_scale=repr(qk_scale), qk_scale_note=qk_note, score_note=score_note,
         has_softcap="softcap" in g, softcap=repr(g.node("softcap").attrs["cap"]) if "softcap" in g else "1.0",
-        has_alibi="alibi" in g, has_segments=spec_uses_segments(g),
+        has_alibi="alibi" in g, has_segments=spec_uses_segments(g), has_sink=bool(spec.get("sink")),
         tile_configs=sorted(g.facts["tile_configs"].items()), ir_hash=g.content_hash(),
         tile_key_width=max(map(len, g.facts["tile_configs"])) + 2,     # the header's column
         iteration=g.facts["iteration"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sympy
 
 from ..ir.graph import Graph
-from .plan import block_list_args, forward_values, random_args, random_tables
+from .plan import block_list_args, forward_values, random_args, random_tables, sink_args
 from .plan_helpers import helper_flags
 from .printer import print_triton
 from .signature import KernelSignature, constexprs, sizes, strides, tensors
@@ -32,8 +32,11 @@ def backward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature
     seg = strides("seg_q", "bn") + strides("seg_k", "bn")
     randoms = random_args(random_tables(g))
     return {
+        # With sinks the preprocess also writes each program's share of d(sink) (`sink_partials`).
         "preprocess": KernelSignature(names["preprocess"], (
-            tensors("out", "dout") + tensors("delta", dtype="fp32") + strides("o") + strides("do")
+            tensors("out", "dout") + tensors("delta", dtype="fp32")
+            + (tensors("lse", "sink", "sink_partials", dtype="fp32") if sink_args(g) else ())
+            + strides("o") + strides("do")
             + sizes("nq", "num_query_heads") + constexprs("BLOCK_M"))),
         "dkdv": KernelSignature(names["dkdv"], (
             saved + tensors("dk", "dv") + tile_walk + block_list_args(g, "by_key_") + randoms

@@ -10,7 +10,7 @@ import sympy
 
 from ..ir.graph import Graph
 from ..spec.predicates import i
-from .plan import _bound_code, forward_values, random_tables
+from .plan import _bound_code, forward_values, random_tables, sink_args
 from .plan_helpers import helper_flags
 from .printer import print_triton
 from .signature import Arg, KernelSignature, constexprs, sizes, strides, tensors
@@ -29,13 +29,13 @@ def decode_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]:
         randoms += [Arg(t.names[0], "tensor", "i32"), Arg(t.names[2], "size")]
     decode = (tensors("q", "k_cache", "v_cache", "out") + tensors("lse", "split_out", "split_lse", dtype="fp32")
               + tensors("cache_seqlens", "block_table", dtype="i32") + tensors("alibi_slopes", dtype="fp32")
-              + tuple(randoms) + tensors("tile_counts", dtype="i32")
+              + sink_args(g) + tuple(randoms) + tensors("tile_counts", dtype="i32")
               + strides("q") + strides("k") + strides("v") + strides("o") + strides("table_", "b")
               + sizes("nq", "nk_max", "num_kv_heads")
               + constexprs("BLOCK_M", "BLOCK_N", "PAGED", "PAGE_SIZE", "KV_ALIGNED", "SPLIT", "COUNT_TILES",
                            "DOT_PRECISION", "UPCAST_DOT"))
     merge = (tensors("split_out", "split_lse", dtype="fp32") + tensors("out") + tensors("lse", dtype="fp32")
-             + strides("o") + sizes("nq", "num_query_heads", "num_splits"))
+             + sink_args(g) + strides("o") + sizes("nq", "num_query_heads", "num_splits"))
     return {"decode": KernelSignature(names["decode"], decode), "merge": KernelSignature(names["merge"], merge)}
 
 

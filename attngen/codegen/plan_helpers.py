@@ -34,6 +34,9 @@ def helper_flags(values: dict, *, extra_code: Iterable[str] = ()) -> dict[str, b
         # recomputes p from the forward's lse: no running maximum.
         "uses_score_of": kind != "bwd",
         "uses_online_softmax": kind != "bwd",
+        # The sink joins the forward's and decode's rows after their last tile; the backward reads
+        # it through the saved lse.
+        "uses_join_sink": values["has_sink"] and kind != "bwd",
         # Decode splits the outer key range across programs even where it scans every tile.
         "uses_tile_span": ranges or kind == "decode",
         "uses_full_tile_span": ranges,

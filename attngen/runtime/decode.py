@@ -25,7 +25,8 @@ from ..codegen.emit import GeneratedKernel
 from ..codegen.plan import random_tables
 from ..errors import ShapeError, SpecError
 from ..spec import alibi_slopes, random_draw
-from .launch import stride_args
+from .inputs import call_inputs, sink_arg
+from .launch import meta_inputs, stride_args
 from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, dot_precision, meta_tensor, poison
 
 log = logging.getLogger("attngen")
@@ -114,8 +115,7 @@ class DecodeLauncher(KernelLauncher):
         seqlens = torch.full((batch,), n, dtype=torch.int32)        # host: random tables read them
         return self._arguments_at(q, k_cache, v_cache, seqlens, block_table, paged=paged, page_size=page_size,
                                   capacity=capacity, num_splits=None if split is None else 2 if split else 1,
-                                  interpret=False,
-                                  count_tiles=False)
+                                  interpret=False, count_tiles=False, inputs=meta_inputs(spec, batch, nq, capacity))
 
     @staticmethod
     def constexprs(cfg: TileConfig, dtype: torch.dtype, *, paged: bool, page_size: int, split: bool,
@@ -154,7 +154,8 @@ class DecodeLauncher(KernelLauncher):
         rows = q.shape[0] * self.spec.query_heads * q.shape[2]
         return (rows,), dict(split_out=args["split_out"], split_lse=args["split_lse"], out=args["out"],
                              lse=args["lse"], **stride_args("o", args["out"]), nq=q.shape[2],
-                             num_query_heads=self.spec.query_heads, num_splits=splits), 1, 1
+                             num_query_heads=self.spec.query_heads, num_splits=splits,
+                             **({"sink": args["sink"]} if "sink" in args else {})), 1, 1
 
     # -- inputs -------------------------------------------------------------------------------
     def check(self, q, k_cache, v_cache, cache_seqlens, block_table):
@@ -249,13 +250,14 @@ class DecodeLauncher(KernelLauncher):
         return out
 
     # -- the call -----------------------------------------------------------------------------
-    def decode(self, q, k_cache, v_cache, *, cache_seqlens=None, block_table=None,
+    def decode(self, q, k_cache, v_cache, *, cache_seqlens=None, block_table=None, inputs: dict | None = None,
                num_splits: int | None = None, config: TileConfig | None = None,
                count_tiles: bool = False):
         """(out, lse[, tile_counts]): out (B, Hq, Nq, D) in q's dtype, lse (B, Hq, Nq) float32.
 
         tile_counts (with `count_tiles`): int32 (B * Hkv, splits, row tiles, 2) holding, per
-        program, the key tiles it loaded and the keys (cache rows) in them.
+        program, the key tiles it loaded and the keys (cache rows) in them. `inputs`: the spec's
+        call-time inputs by name, sized with Nq the new tokens and Nk the cache's capacity.
         """
         spec = self.spec
         batch, nq, capacity, paged, page_size, seqlens = self.check(q, k_cache, v_cache,
@@ -263,9 +265,10 @@ class DecodeLauncher(KernelLauncher):
         if isinstance(num_splits, bool) or not (num_splits is None or isinstance(num_splits, int) and num_splits >= 1):
             raise ShapeError(f"num_splits={num_splits!r} must be an integer >= 1")
         interpret = architecture(q.device) is None
+        inputs = call_inputs(spec, inputs, batch=batch, nq=nq, nk=capacity, device=q.device)
         arguments = self._arguments_at(q, k_cache, v_cache, seqlens, block_table, paged=paged, page_size=page_size,
                                        capacity=capacity, num_splits=num_splits, interpret=interpret,
-                                       count_tiles=count_tiles)
+                                       count_tiles=count_tiles, inputs=inputs)
         cfg = config or self.launch_config(nq, q.dtype, q.device, arguments)
         grid, args, num_warps, num_stages = arguments(cfg)
         out, lse, counts, splits = args["out"], args["lse"], args["tile_counts"], grid[1]
@@ -278,7 +281,8 @@ class DecodeLauncher(KernelLauncher):
         return (out, lse, counts) if count_tiles else (out, lse)
 
     def _arguments_at(self, q, k_cache, v_cache, seqlens, block_table, *, paged: bool, page_size: int,
-                      capacity: int, num_splits: int | None, interpret: bool, count_tiles: bool):
+                      capacity: int, num_splits: int | None, interpret: bool, count_tiles: bool,
+                      inputs: dict):
         """cfg → (grid, keyword arguments, num_warps, num_stages) of this call's decode launch at
         `cfg`; the configuration search compiles exactly these launches."""
         spec = self.spec
@@ -308,7 +312,8 @@ class DecodeLauncher(KernelLauncher):
             args = dict(
                 q=q, k_cache=k_cache, v_cache=v_cache, out=out, lse=lse, split_out=split_out, split_lse=split_lse,
                 cache_seqlens=seqlens, block_table=block_table if paged else seqlens,
-                alibi_slopes=lse if slopes is None else slopes, tile_counts=counts, **random_tables,
+                alibi_slopes=lse if slopes is None else slopes, **sink_arg(spec, inputs), tile_counts=counts,
+                **random_tables,
                 **stride_args("q", q), **stride_args("o", out),
                 stride_kb=kb, stride_kh=kh, stride_kn=kn, stride_kd=kd,
                 stride_vb=vb, stride_vh=vh, stride_vn=vn, stride_vd=vd,

@@ -1,9 +1,11 @@
 """`AttentionKernels`: a spec's kernels and the dispatch between them.
 
 The seam every torch operator of a spec (ops.py) calls:
-- `forward_impl(q, k, v, q_offset, seg_q, seg_k)` → (out, lse); lse is None for linear kinds;
-- `backward_impl(q, k, v, out, lse, dout, q_offset, seg_q, seg_k)` → (dq, dk, dv);
-- `decode_impl(q, k_cache, v_cache, cache_seqlens, block_table)` → (out, lse).
+- `forward_impl(q, k, v, q_offset, seg_q, seg_k, inputs)` → (out, lse); lse is None for linear kinds;
+- `backward_impl(q, k, v, out, lse, dout, q_offset, seg_q, seg_k, inputs)` → (dq, dk, dv, then the
+  gradient of each input with `grad: true` and of the sink, in declared order);
+- `decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, inputs)` → (out, lse).
+`inputs` is the spec's call-time inputs by name (None: none).
 Softmax kinds run the launchers of launch.py, launch_backward.py and decode.py, linear kinds those
 of linear.py; float64 inputs take the reference-precision path (no kernel). Each launcher is made
 once, from its generated source through the disk cache (`cache.generated`), and kept here.
@@ -44,29 +46,32 @@ class AttentionKernels:
         """Ahead-of-time compilation of one kernel kind for a GPU target (no GPU needed)."""
         return self.launcher(kernel).compile_for(target, dtype)
 
-    def forward_impl(self, q, k, v, q_offset=None, seg_q=None, seg_k=None):
+    def forward_impl(self, q, k, v, q_offset=None, seg_q=None, seg_k=None, inputs=None):
         float64 = isinstance(q, torch.Tensor) and q.dtype == torch.float64     # reference precision
         if self.spec.kind == "linear":
             if float64:
                 return linear.reference_forward(self.spec, q, k, v, q_offset), None
             return self.launcher("fwd").forward(q, k, v, q_offset=q_offset), None
         if float64:
-            return reference_forward(self.spec, q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k)
-        return self.launcher("fwd").forward(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k)
+            return reference_forward(self.spec, q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k,
+                                     inputs=inputs)
+        return self.launcher("fwd").forward(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k, inputs=inputs)
 
-    def backward_impl(self, q, k, v, out, lse, dout, q_offset=None, seg_q=None, seg_k=None, *, config=None):
-        """(dq, dk, dv), each with its input's shape, dtype and layout; `config` picks the
-        backward's tiles (default: by shape class)."""
+    def backward_impl(self, q, k, v, out, lse, dout, q_offset=None, seg_q=None, seg_k=None, inputs=None, *,
+                      config=None):
+        """(dq, dk, dv, *input gradients), dq, dk, dv with their input's shape, dtype and layout;
+        `config` picks the backward's tiles (default: by shape class)."""
         float64 = q.dtype == torch.float64
         if self.spec.kind == "linear":
             if float64:
                 return linear.reference_gradients(self.spec, q, k, v, dout, q_offset)
             return self.launcher("bwd").backward(q, k, v, out, dout, q_offset=q_offset, config=config)
         if float64:
-            return reference_gradients(self.spec, q, k, v, dout, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k)
+            return reference_gradients(self.spec, q, k, v, dout, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k,
+                                       inputs=inputs)
         return self.launcher("bwd").backward(q, k, v, out, lse, dout, q_offset=q_offset, seg_q=seg_q,
-                                             seg_k=seg_k, config=config)
+                                             seg_k=seg_k, inputs=inputs, config=config)
 
-    def decode_impl(self, q, k_cache, v_cache, cache_seqlens=None, block_table=None):
+    def decode_impl(self, q, k_cache, v_cache, cache_seqlens=None, block_table=None, inputs=None):
         return self.launcher("decode").decode(q, k_cache, v_cache, cache_seqlens=cache_seqlens,
-                                              block_table=block_table)
+                                              block_table=block_table, inputs=inputs)

@@ -31,8 +31,10 @@ from ..codegen.plan import random_tables
 from ..errors import ShapeError
 from ..reference import check_qkv
 from ..spec import Random, Spec, alibi_slopes, resolve_q_offset
+from ..spec.inputs import DTYPES as DTYPES_OF_INPUTS
 from ..analysis.blockmap import block_map
 from .blockmap_cache import cached_block_map_lists
+from .inputs import call_inputs, sink_arg
 from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, cdiv, dot_precision, meta_tensor, poison
 
 log = logging.getLogger("attngen")
@@ -168,9 +170,10 @@ class SoftmaxLauncher(KernelLauncher):
         k, v = (meta_tensor(batch, spec.kv_heads, nk, spec.head_dim, dtype=dtype) for _ in range(2))
         segments = ((torch.zeros(n, dtype=torch.int32), torch.zeros(nk, dtype=torch.int32))
                     if spec.uses_segments else (None, None))
-        return self._arguments_at(q, k, v, nk - n, *segments, interpret=False, count_tiles=False)
+        return self._arguments_at(q, k, v, nk - n, *segments, interpret=False, count_tiles=False,
+                                  inputs=meta_inputs(spec, batch, n, nk))
 
-    def tuned_config(self, q, k, v, *, q_offset, seg_q, seg_k, arguments=None) -> TileConfig:
+    def tuned_config(self, q, k, v, *, q_offset, seg_q, seg_k, arguments=None, inputs=None) -> TileConfig:
         """The configuration for this call. Off a GPU: `config`. On a GPU, by default the first
         candidate with no spills when compiled for this call's arguments (`launch_choice`, once per
         dtype and architecture); with ATTNGEN_AUTOTUNE=1, on the first call of a shape class every
@@ -182,7 +185,9 @@ class SoftmaxLauncher(KernelLauncher):
         candidates = candidate_configs(head_dim, q.dtype, arch)
         if arguments is None:
             q_offset = resolve_q_offset(q.shape[2], k.shape[2], q_offset)
-            arguments = self._arguments_at(q, k, v, q_offset, seg_q, seg_k, interpret=False, count_tiles=False)
+            arguments = self._arguments_at(q, k, v, q_offset, seg_q, seg_k, interpret=False, count_tiles=False,
+                                           inputs=call_inputs(self.spec, inputs, batch=q.shape[0], nq=q.shape[2],
+                                                              nk=k.shape[2], device=q.device))
         if not env.autotune():
             return self.launch_choice((arch, q.dtype), "fwd", candidates, arguments,
                                       f"{self.generated.kernel_name} on {arch}/{q.dtype}")
@@ -190,7 +195,7 @@ class SoftmaxLauncher(KernelLauncher):
         if key not in self._tuned:
             def time_of(cfg):
                 return self.timer(lambda: self.forward(q, k, v, q_offset=q_offset, seg_q=seg_q,
-                                                       seg_k=seg_k, config=cfg))
+                                                       seg_k=seg_k, config=cfg, inputs=inputs))
             self._tuned[key] = fastest_without_spills(
                 candidates, lambda cfg: self.launch_usage("fwd", arguments, cfg), time_of)
             log.info("%s: autotuned %s for %s", self.generated.kernel_name, self._tuned[key], key)
@@ -251,22 +256,26 @@ class SoftmaxLauncher(KernelLauncher):
         cfg = config or self.spill_free_config(target, dtype, n=n, nk=nk)
         return self.compile_launch("fwd", target, self.aot_arguments(dtype, n, nk or n), cfg)
 
-    def forward(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None,
+    def forward(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, inputs: dict | None = None,
                 config: TileConfig | None = None, count_tiles: bool = False):
-        """(out, lse[, tile_counts]): out like q's layout (B, Hq, Nq, D), lse float32 (B, Hq, Nq)."""
+        """(out, lse[, tile_counts]): out like q's layout (B, Hq, Nq, Dv), lse float32 (B, Hq, Nq).
+        `inputs`: the spec's call-time inputs by name (`sink`, ...)."""
         spec = self.spec
         check_inputs(spec, q, k, v)
         batch, _, nq, _ = q.shape
         nk = k.shape[2]
         q_offset = resolve_q_offset(nq, nk, q_offset)
+        inputs = call_inputs(spec, inputs, batch=batch, nq=nq, nk=nk, device=q.device)
         interpret = architecture(q.device) is None
         if nq == 0 or nk == 0:           # no pair at all: nothing to launch
-            out = torch.zeros(q.shape, dtype=q.dtype, device=q.device)
+            out = q.new_zeros(out_shape(spec, q))
             lse = torch.full((batch, spec.query_heads, nq), float("-inf"), device=q.device)
+            if spec.sink:                # a row with no key: lse = sink[h]
+                lse = lse.copy_(inputs["sink"].to(lse)[None, :, None].expand_as(lse))
             counts = torch.zeros(0, dtype=torch.int32, device=q.device)        # no program ran
             return (out, lse, counts) if count_tiles else (out, lse)
         arguments = self._arguments_at(q, k, v, q_offset, seg_q, seg_k, interpret=interpret,
-                                       count_tiles=count_tiles)
+                                       count_tiles=count_tiles, inputs=inputs)
         cfg = config or self.tuned_config(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k, arguments=arguments)
         grid, args, num_warps, num_stages = arguments(cfg)
         poison(args["out"], args["lse"], interpreted=interpret)
@@ -274,7 +283,8 @@ class SoftmaxLauncher(KernelLauncher):
         out, lse, counts = args["out"], args["lse"], args["tile_counts"]
         return (out, lse, counts) if count_tiles else (out, lse)
 
-    def _arguments_at(self, q, k, v, q_offset, seg_q, seg_k, *, interpret: bool, count_tiles: bool):
+    def _arguments_at(self, q, k, v, q_offset, seg_q, seg_k, *, interpret: bool, count_tiles: bool,
+                      inputs: dict):
         """cfg → (grid, keyword arguments, num_warps, num_stages) of this call's launch at `cfg`:
         outputs allocated, the shape's tables picked. The configuration search compiles with
         exactly these arguments, so it judges the kernel the launch runs."""
@@ -284,12 +294,12 @@ class SoftmaxLauncher(KernelLauncher):
 
         def arguments(cfg: TileConfig):
             tables = self.call_tables(nq, nk, q_offset, cfg, q.device, seg_q, seg_k, batch=batch)
-            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            out = torch.empty(out_shape(spec, q), dtype=q.dtype, device=q.device)
             lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
             grid = (cdiv(nq, cfg.block_m), batch * spec.query_heads)
             counts = torch.zeros(grid[1] * grid[0], dtype=torch.int32, device=q.device) if count_tiles else out
             args = dict(q=q, k=k, v=v, out=out, lse=lse,
-                        alibi_slopes=out if tables.alibi is None else tables.alibi,
+                        alibi_slopes=out if tables.alibi is None else tables.alibi, **sink_arg(spec, inputs),
                         tile_counts=counts, nq=nq, nk=nk, q_offset=q_offset, num_query_heads=spec.query_heads,
                         **block_list_args(tables.lists), **random_table_args(self.tables, tables.random),
                         **segment_args(tables.segments, out), **stride_args("q", q), **stride_args("k", k),
@@ -298,6 +308,17 @@ class SoftmaxLauncher(KernelLauncher):
                                           count_tiles=count_tiles))
             return grid, args, cfg.num_warps, cfg.num_stages
         return arguments
+
+
+def out_shape(spec: Spec, q: torch.Tensor) -> tuple:
+    """(B, Hq, Nq, Dv): the output's shape for q (B, Hq, Nq, Dqk)."""
+    return (*q.shape[:3], spec.v_head_dim)
+
+
+def meta_inputs(spec: Spec, batch: int, nq: int, nk: int) -> dict:
+    """The spec's inputs as meta tensors (no data) at these sizes: ahead-of-time launches."""
+    sizes = {"B": batch, "Hq": spec.query_heads, "Hkv": spec.kv_heads, "Nq": nq, "Nk": nk}
+    return {d.name: meta_tensor(*d.sizes(sizes), dtype=DTYPES_OF_INPUTS[d.dtype]) for d in spec.all_inputs}
 
 
 def stride_args(prefix: str, t: torch.Tensor) -> dict:

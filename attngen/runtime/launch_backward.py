@@ -25,25 +25,32 @@ from ..errors import ShapeError
 from ..reference import _softmax_reference, reference
 from ..spec import Spec, resolve_q_offset
 from .launch import (ShapeTables, SoftmaxLauncher, block_list_args, block_map_lists, check_inputs,
-                     random_table_args, segment_args, stride_args)
+                     meta_inputs, random_table_args, segment_args, stride_args)
+from .inputs import call_inputs, grad_inputs, sink_arg
 from .launcher import AOT_LENGTH, architecture, cdiv, dot_precision, meta_tensor, poison
 
 
-def reference_forward(spec: Spec, q, k, v, *, q_offset=None, seg_q=None, seg_k=None):
+def reference_forward(spec: Spec, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, inputs=None):
     """(out, lse) of the float64 reference: the forward of the reference-precision path."""
-    return reference(spec, q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k)
+    return reference(spec, q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k, **(inputs or {}))
 
 
-def reference_gradients(spec: Spec, q, k, v, dout, *, q_offset=None, seg_q=None, seg_k=None):
-    """(dq, dk, dv) by torch autograd through the float64 reference, in q's dtype. K and V are
-    repeated per query head inside the graph, so autograd sums dK, dV over each group."""
+def reference_gradients(spec: Spec, q, k, v, dout, *, q_offset=None, seg_q=None, seg_k=None, inputs=None):
+    """(dq, dk, dv, *d(each grad input)) by torch autograd through the float64 reference, each in
+    its tensor's dtype. K and V are repeated per query head inside the graph, so autograd sums dK,
+    dV over each group."""
+    inputs = call_inputs(spec, inputs, batch=q.shape[0], nq=q.shape[2], nk=k.shape[2], device=q.device,
+                         float64=True)
     with torch.enable_grad():
         leaves = [t.detach().to(torch.float64).requires_grad_(True) for t in (q, k, v)]
-        q64, k64, v64 = leaves
+        leaves += [inputs[d.name].detach().to(torch.float64).requires_grad_(True) for d in grad_inputs(spec)]
+        q64, k64, v64 = leaves[:3]
+        given = {**inputs, **{d.name: t for d, t in zip(grad_inputs(spec), leaves[3:])}}
         out, _ = _softmax_reference(spec, q64, k64.repeat_interleave(spec.group, dim=1),
-                                    v64.repeat_interleave(spec.group, dim=1), q_offset, seg_q, seg_k)
+                                    v64.repeat_interleave(spec.group, dim=1), q_offset, seg_q, seg_k, given)
         grads = torch.autograd.grad(out, leaves, dout.to(torch.float64), allow_unused=True)
-    return tuple(torch.zeros_like(t) if g is None else g.to(t.dtype) for g, t in zip(grads, (q, k, v)))
+    like = (q, k, v, *(inputs[d.name] for d in grad_inputs(spec)))
+    return tuple(torch.zeros_like(t) if g is None else g.to(t.dtype) for g, t in zip(grads, like))
 
 
 class BackwardLauncher(SoftmaxLauncher):
@@ -80,7 +87,8 @@ class BackwardLauncher(SoftmaxLauncher):
         lse = meta_tensor(batch, spec.query_heads, n, dtype=torch.float32)
         segments = ((torch.zeros(n, dtype=torch.int32), torch.zeros(nk, dtype=torch.int32))
                     if spec.uses_segments else (None, None))
-        return self._arguments_at(q, k, v, out, lse, dout, nk - n, *segments, interpret=False)
+        return self._arguments_at(q, k, v, out, lse, dout, nk - n, *segments, interpret=False,
+                                  inputs=meta_inputs(spec, batch, n, nk))
 
     def by_key_lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k) -> tuple:
         """The transposed block map's CSR lists at the key-major tile sizes (non-interval masks)."""
@@ -94,8 +102,11 @@ class BackwardLauncher(SoftmaxLauncher):
 
     def role_tiles(self, cfg: BackwardConfig) -> dict:
         """{role: TileConfig} of the three kernels (the preprocess streams `preprocess_rows` rows)."""
-        rows = TileConfig(preprocess_rows(self.spec.head_dim), 16, 4, 1)
-        return {"preprocess": rows, "dkdv": cfg.key_major, "dq": cfg.query_major}
+        return {"preprocess": self.preprocess_tiles(), "dkdv": cfg.key_major, "dq": cfg.query_major}
+
+    def preprocess_tiles(self) -> TileConfig:
+        """The delta preprocess's rows per program (its block_n is unused)."""
+        return TileConfig(preprocess_rows(self.spec.head_dim), 16, 4, 1)
 
     @staticmethod
     def role_constexprs(role: str, tiles: TileConfig, dtype: torch.dtype, *, even_k: bool,
@@ -129,27 +140,39 @@ class BackwardLauncher(SoftmaxLauncher):
         return BackwardConfig(chosen["dkdv"], chosen["dq"])
 
     def backward(self, q, k, v, out, lse, dout, *, q_offset=None, seg_q=None, seg_k=None,
-                 config: BackwardConfig | None = None):
-        """(dq, dk, dv), each like its input (shape, dtype, strides)."""
+                 inputs: dict | None = None, config: BackwardConfig | None = None):
+        """(dq, dk, dv, *d(each grad input)): dq, dk, dv like their inputs (shape, dtype,
+        strides); then the gradient of each input with `grad` (the sink's too), float32, in
+        declared order (`inputs.grad_inputs`)."""
         spec = self.spec
         check_inputs(spec, q, k, v)
         _check_saved(spec, q, out, lse, dout)
         batch, _, nq, head_dim = q.shape
         nk = k.shape[2]
         q_offset = resolve_q_offset(nq, nk, q_offset)
+        inputs = call_inputs(spec, inputs, batch=batch, nq=nq, nk=nk, device=q.device)
         interpret = architecture(q.device) is None
         if nq == 0 or nk == 0:     # no pair at all: every gradient is 0
-            return tuple(torch.zeros_like(t) for t in (q, k, v))
-        arguments, (dq, dk, dv) = self._arguments_at(q, k, v, out, lse.to(torch.float32).contiguous(),
-                                                     dout.to(q.dtype), q_offset, seg_q, seg_k, interpret=interpret)
+            return tuple(torch.zeros_like(t) for t in (q, k, v, *(inputs[d.name] for d in grad_inputs(spec))))
+        arguments, (dq, dk, dv, *extra) = self._arguments_at(q, k, v, out, lse.to(torch.float32).contiguous(),
+                                                             dout.to(q.dtype), q_offset, seg_q, seg_k,
+                                                             interpret=interpret, inputs=inputs)
         cfg = config or self.launch_config(head_dim, q.dtype, q.device, arguments)
         poison(dq, dk, dv, interpreted=interpret)
         for role, tiles in self.role_tiles(cfg).items():        # preprocess (delta), dK/dV, dQ
             grid, args, num_warps, num_stages = arguments(role)(tiles)
             self.launch(role, grid, args, num_warps=num_warps, num_stages=num_stages, interpret=interpret)
-        return dq, dk, dv
+        return (dq, dk, dv, *self.input_gradients(extra))
 
-    def _arguments_at(self, q, k, v, out, lse, dout, q_offset, seg_q, seg_k, *, interpret: bool):
+    def input_gradients(self, partials) -> tuple:
+        """Each grad input's gradient from its per-program partial sums, summed in a fixed order
+        (torch's reduction of a fixed shape: deterministic, no atomics)."""
+        if not self.spec.sink:
+            return ()
+        (sink_partials,) = partials                                  # (B, Hq, preprocess programs)
+        return (sink_partials.sum(dim=(0, 2)),)
+
+    def _arguments_at(self, q, k, v, out, lse, dout, q_offset, seg_q, seg_k, *, interpret: bool, inputs: dict):
         """(role → (tiles → (grid, keyword arguments, num_warps, num_stages)), (dq, dk, dv)) of
         this call: the gradients and delta allocated once, each kernel's launch at any tiles. The
         configuration search compiles exactly these launches."""
@@ -158,6 +181,11 @@ class BackwardLauncher(SoftmaxLauncher):
         nk = k.shape[2]
         dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))         # each in its input's layout
         delta = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
+        sink = {}
+        if spec.sink:      # one share of d(sink) per preprocess program, every one written
+            programs = cdiv(nq, self.preprocess_tiles().block_m)
+            partials = torch.empty((batch, spec.query_heads, programs), dtype=torch.float32, device=q.device)
+            sink = dict(lse=lse, sink_partials=partials, **sink_arg(spec, inputs))
 
         def arguments(role: str):
             def at(tiles: TileConfig):
@@ -165,7 +193,7 @@ class BackwardLauncher(SoftmaxLauncher):
                                                   interpreted=interpret)
                 if role == "preprocess":
                     return ((cdiv(nq, tiles.block_m), batch * spec.query_heads), dict(
-                        out=out, dout=dout, delta=delta, nq=nq, num_query_heads=spec.query_heads,
+                        out=out, dout=dout, delta=delta, nq=nq, num_query_heads=spec.query_heads, **sink,
                         **stride_args("o", out), **stride_args("do", dout), **constexprs),
                         tiles.num_warps, tiles.num_stages)
                 # dK/dV walks the transposed map (`by_key_lists`), not the forward's lists
@@ -185,7 +213,7 @@ class BackwardLauncher(SoftmaxLauncher):
                     common, dq=dq, num_query_heads=spec.query_heads, **block_list_args(tables.lists),
                     **stride_args("dq", dq)), tiles.num_warps, tiles.num_stages)
             return at
-        return arguments, (dq, dk, dv)
+        return arguments, (dq, dk, dv, *([sink["sink_partials"]] if sink else []))
 
 
 def _check_saved(spec: Spec, q, out, lse, dout) -> None:

@@ -13,6 +13,12 @@ namespace (softmax specs without a segments mask also get ``<name>_decode``):
     attngen::<name>_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor? cache_seqlens,
                            Tensor? block_table) -> (Tensor out, Tensor lse)
 
+A spec with call-time inputs (`inputs:`, `sink: true`) takes them as one more argument,
+``Tensor[] inputs``, in the order of `Spec.all_inputs`, after ``seg_k`` (forward, backward) or
+``block_table`` (decode); its backward returns ``Tensor[]`` after dq, dk, dv: the gradients of the
+inputs with ``grad: true`` (the sink's among them), in that order. Specs without inputs keep the
+schemas above.
+
 All have fake (meta) implementations that only compute shapes, so torch.compile and torch.export
 trace a model calling them without running a kernel and without a graph break; the forward's
 autograd formula (`torch.library.register_autograd`) calls the backward operator, so AOTAutograd
@@ -45,6 +51,7 @@ from ..errors import ShapeError
 from ..reference import check_qkv
 from ..spec import Spec, load_spec
 from .dispatch import AttentionKernels
+from .inputs import by_name, ordered
 
 NAMESPACE = "attngen"
 FORWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, SymInt q_offset, Tensor? seg_q, Tensor? seg_k)"
@@ -53,6 +60,7 @@ BACKWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tenso
                    "SymInt q_offset, Tensor? seg_q, Tensor? seg_k) -> (Tensor, Tensor, Tensor)")
 DECODE_SCHEMA = ("(Tensor q, Tensor k_cache, Tensor v_cache, Tensor? cache_seqlens, "
                  "Tensor? block_table) -> (Tensor, Tensor)")
+INPUTS = "Tensor[] inputs"       # appended where a spec declares inputs
 SUFFIXES = ("", "_backward", "_decode")          # the operator names one spec takes
 
 log = logging.getLogger("attngen.runtime")
@@ -76,19 +84,22 @@ class _ReferencePrecision(torch.autograd.Function):
     implementation cannot (it runs below the autograd dispatch key)."""
 
     @staticmethod
-    def forward(ctx, kernels, q, k, v, q_offset, seg_q, seg_k):
-        out, lse = kernels.forward_impl(q, k, v, q_offset, seg_q, seg_k)
+    def forward(ctx, kernels, q, k, v, q_offset, seg_q, seg_k, *inputs):
+        given = by_name(kernels.spec, inputs)
+        out, lse = kernels.forward_impl(q, k, v, q_offset, seg_q, seg_k, given)
         ctx.kernels, ctx.q_offset, ctx.segments = kernels, q_offset, (seg_q, seg_k)
-        ctx.save_for_backward(q, k, v)
+        ctx.save_for_backward(q, k, v, *inputs)
         lse = q.new_empty((0,), dtype=torch.float32) if lse is None else lse
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
-        q, k, v = ctx.saved_tensors
-        dq, dk, dv = ctx.kernels.backward_impl(q, k, v, None, None, dout, ctx.q_offset, *ctx.segments)
-        return None, dq, dk, dv, None, None, None
+        q, k, v, *inputs = ctx.saved_tensors
+        spec = ctx.kernels.spec
+        dq, dk, dv, *dinputs = ctx.kernels.backward_impl(q, k, v, None, None, dout, ctx.q_offset, *ctx.segments,
+                                                         by_name(spec, inputs))
+        return None, dq, dk, dv, None, None, None, *_input_grads(spec, dinputs)
 
 
 def _check_call(q, k, v, q_offset, seg_q, seg_k) -> None:
@@ -150,25 +161,29 @@ class CompiledAttention:
         """Ahead-of-time compilation of one kernel kind for a GPU target (no GPU needed)."""
         return self.kernels.compile_for(target, dtype, kernel=kernel)
 
-    def __call__(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, return_lse=False):
+    def __call__(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, return_lse=False, **inputs):
+        """`inputs`: the spec's call-time inputs by name (`sink=t`, ...)."""
         _check_call(q, k, v, q_offset, seg_q, seg_k)
         if q_offset is None:
             q_offset = k.shape[-2] - q.shape[-2]
+        extra = _inputs_argument(self.spec, inputs)
         if isinstance(q, torch.Tensor) and q.dtype == torch.float64:
-            out, lse = _ReferencePrecision.apply(self.kernels, q, k, v, q_offset, seg_q, seg_k)
+            out, lse = _ReferencePrecision.apply(self.kernels, q, k, v, q_offset, seg_q, seg_k, *(extra[0] if extra else ()))
         else:
-            out, lse = self.op(q, k, v, q_offset, seg_q, seg_k)
+            out, lse = self.op(q, k, v, q_offset, seg_q, seg_k, *extra)
         return select_outputs(self.spec, out, lse, return_lse)
 
-    def decode(self, q, k_cache, v_cache, *, cache_seqlens=None, block_table=None, return_lse=False):
+    def decode(self, q, k_cache, v_cache, *, cache_seqlens=None, block_table=None, return_lse=False,
+               **inputs):
         """Attention of Nq new tokens against a KV cache (docs/decode.md), through
         ``torch.ops.attngen.<name>_decode``: q (B, Hq, Nq, D), a contiguous (B, Hkv, Nk_max, D)
         cache or pages (num_pages, page_size, Hkv, D) with `block_table` (B, max_pages) int32;
         token t of sequence b sits at cache_seqlens[b] - Nq + t."""
         if self.decode_op is None:       # the kernels say why (linear, segments)
-            out, lse = self.kernels.decode_impl(q, k_cache, v_cache, cache_seqlens, block_table)
+            out, lse = self.kernels.decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, inputs)
         else:
-            out, lse = self.decode_op(q, k_cache, v_cache, cache_seqlens, block_table)
+            out, lse = self.decode_op(q, k_cache, v_cache, cache_seqlens, block_table,
+                                      *_inputs_argument(self.spec, inputs))
         return (out, lse) if return_lse else out
 
     def __repr__(self) -> str:
@@ -202,6 +217,27 @@ def _free_name(spec: Spec) -> str:
 
 
 # -- the operators ---------------------------------------------------------------------------
+def _inputs_argument(spec: Spec, given: dict) -> tuple:
+    """The operator's trailing `Tensor[] inputs` argument, or nothing for a spec without inputs."""
+    if not spec.all_inputs:
+        ordered(spec, given)                 # refuses an unknown input, naming it
+        return ()
+    return (ordered(spec, given),)
+
+
+def _schema(schema: str, spec: Spec, after: str) -> str:
+    """`schema` with `Tensor[] inputs` after the argument `after` where the spec has inputs."""
+    if not spec.all_inputs:
+        return schema
+    return schema.replace(after, f"{after}, {INPUTS}", 1)
+
+
+def _input_grads(spec: Spec, grads) -> list:
+    """Gradients of the grad inputs → one entry per input (None where it takes no gradient)."""
+    grads = iter(grads)
+    return [next(grads) if d.grad else None for d in spec.all_inputs]
+
+
 def _contiguous(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     # Real outputs must match the fake ones exactly: `like`'s dtype, contiguous.
     return t.to(like.dtype).contiguous()
@@ -211,31 +247,39 @@ def _define(op: CompiledAttention) -> None:
     attn, spec = op.kernels, op.spec
     linear = spec.kind == "linear"
 
-    def forward(q, k, v, q_offset, seg_q, seg_k):
-        out, lse = attn.forward_impl(q, k, v, q_offset, seg_q, seg_k)
-        lse = q.new_empty((0,), dtype=torch.float32) if lse is None else lse.contiguous()
-        return _contiguous(out, q), lse
+    has_inputs = bool(spec.all_inputs)
+    grads_of = [n for n, d in enumerate(spec.all_inputs) if d.grad]
 
-    def forward_fake(q, k, v, q_offset, seg_q, seg_k):
+    def forward(q, k, v, q_offset, seg_q, seg_k, inputs=()):
+        out, lse = attn.forward_impl(q, k, v, q_offset, seg_q, seg_k, by_name(spec, inputs))
+        lse = q.new_empty((0,), dtype=torch.float32) if lse is None else lse.contiguous()
+        return out.to(q.dtype).contiguous(), lse
+
+    def forward_fake(q, k, v, q_offset, seg_q, seg_k, inputs=()):
         check_qkv(spec, q, k, v)
         lse_shape = (0,) if linear else (q.shape[0], q.shape[1], q.shape[2])
-        return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=torch.float32)
+        return q.new_empty((*q.shape[:3], v.shape[3])), q.new_empty(lse_shape, dtype=torch.float32)
 
-    def backward(q, k, v, out, lse, dout, q_offset, seg_q, seg_k):
-        dq, dk, dv = attn.backward_impl(q, k, v, out, None if linear else lse, dout, q_offset,
-                                        seg_q, seg_k)
-        return _contiguous(dq, q), _contiguous(dk, k), _contiguous(dv, v)
+    def backward(q, k, v, out, lse, dout, q_offset, seg_q, seg_k, inputs=()):
+        dq, dk, dv, *dinputs = attn.backward_impl(q, k, v, out, None if linear else lse, dout, q_offset,
+                                                  seg_q, seg_k, by_name(spec, inputs))
+        grads = (_contiguous(dq, q), _contiguous(dk, k), _contiguous(dv, v))
+        return (*grads, [g.contiguous() for g in dinputs]) if has_inputs else grads
 
-    def backward_fake(q, k, v, out, lse, dout, q_offset, seg_q, seg_k):
-        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    def backward_fake(q, k, v, out, lse, dout, q_offset, seg_q, seg_k, inputs=()):
+        grads = (q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape))
+        return (*grads, [inputs[n].new_empty(inputs[n].shape) for n in grads_of]) if has_inputs else grads
 
     forward_op = torch.library.custom_op(f"{NAMESPACE}::{op.name}", forward, mutates_args=(),
-                                         schema=FORWARD_SCHEMA)
+                                         schema=_schema(FORWARD_SCHEMA, spec, "Tensor? seg_k"))
     forward_op.register_fake(forward_fake)
+    backward_schema = _schema(BACKWARD_SCHEMA, spec, "Tensor? seg_k")
+    if has_inputs:
+        backward_schema = backward_schema.replace("Tensor, Tensor, Tensor)", "Tensor, Tensor, Tensor, Tensor[])")
     backward_op = torch.library.custom_op(f"{NAMESPACE}::{op.name}_backward", backward,
-                                          mutates_args=(), schema=BACKWARD_SCHEMA)
+                                          mutates_args=(), schema=backward_schema)
     backward_op.register_fake(backward_fake)
-    forward_op.register_autograd(_autograd_backward(backward_op), setup_context=_setup_context)
+    forward_op.register_autograd(_autograd_backward(backward_op, spec), setup_context=_setup_context)
     if "decode" in kernel_kinds(spec):
         _define_decode(op)
 
@@ -243,33 +287,37 @@ def _define(op: CompiledAttention) -> None:
 def _define_decode(op: CompiledAttention) -> None:
     attn, spec = op.kernels, op.spec
 
-    def decode(q, k_cache, v_cache, cache_seqlens, block_table):
-        out, lse = attn.decode_impl(q, k_cache, v_cache, cache_seqlens, block_table)
-        return _contiguous(out, q), lse.contiguous()
+    def decode(q, k_cache, v_cache, cache_seqlens, block_table, inputs=()):
+        out, lse = attn.decode_impl(q, k_cache, v_cache, cache_seqlens, block_table, by_name(spec, inputs))
+        return out.to(q.dtype).contiguous(), lse.contiguous()
 
-    def decode_fake(q, k_cache, v_cache, cache_seqlens, block_table):
+    def decode_fake(q, k_cache, v_cache, cache_seqlens, block_table, inputs=()):
         # Only what the outputs' shapes depend on; the real call checks the caches and lengths.
         if q.dim() != 4 or (q.shape[1], q.shape[3]) != (spec.query_heads, spec.head_dim):
             raise ShapeError(f"q has shape {tuple(q.shape)}, expected (B, {spec.query_heads}, Nq, "
                              f"{spec.head_dim}) for spec {spec.name!r}")
-        return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+        return q.new_empty((*q.shape[:3], spec.v_head_dim)), q.new_empty(q.shape[:3], dtype=torch.float32)
 
     decode_op = torch.library.custom_op(f"{NAMESPACE}::{op.name}_decode", decode, mutates_args=(),
-                                        schema=DECODE_SCHEMA)
+                                        schema=_schema(DECODE_SCHEMA, spec, "Tensor? block_table"))
     decode_op.register_fake(decode_fake)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, q_offset, seg_q, seg_k = inputs
+    q, k, v, q_offset, seg_q, seg_k, *extra = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, seg_q, seg_k)
+    ctx.save_for_backward(q, k, v, out, lse, seg_q, seg_k, *(extra[0] if extra else ()))
     ctx.q_offset = q_offset
+    ctx.has_inputs = bool(extra)
     ctx.mark_non_differentiable(lse)
 
 
-def _autograd_backward(backward_op):
+def _autograd_backward(backward_op, spec: Spec):
     def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, seg_q, seg_k = ctx.saved_tensors
-        dq, dk, dv = backward_op(q, k, v, out, lse, dout, ctx.q_offset, seg_q, seg_k)
-        return dq, dk, dv, None, None, None
+        q, k, v, out, lse, seg_q, seg_k, *inputs = ctx.saved_tensors
+        if not ctx.has_inputs:
+            dq, dk, dv = backward_op(q, k, v, out, lse, dout, ctx.q_offset, seg_q, seg_k)
+            return dq, dk, dv, None, None, None
+        dq, dk, dv, dinputs = backward_op(q, k, v, out, lse, dout, ctx.q_offset, seg_q, seg_k, inputs)
+        return dq, dk, dv, None, None, None, _input_grads(spec, dinputs)
     return backward

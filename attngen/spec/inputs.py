@@ -114,9 +114,11 @@ def input_decls(value, *, sink: bool) -> tuple[InputDecl, ...]:
     return tuple(sorted(decls, key=lambda d: d.name))
 
 
-def check_inputs(decls: tuple[InputDecl, ...], given: dict, sizes: dict, device) -> dict:
+def check_inputs(decls: tuple[InputDecl, ...], given: dict, sizes: dict, device, *,
+                 float64_ok: bool = False) -> dict:
     """The call's inputs checked against the declarations: every declared one passed, as a tensor
-    of the declared dtype and shape on `device`; no other. Returns name → tensor."""
+    of the declared dtype and shape on `device`; no other. Returns name → tensor. `float64_ok`:
+    float64 stands for float32 (the float64 reference, and `gradcheck` through it)."""
     declared = {d.name: d for d in decls}
     for name in given:
         if name not in declared:
@@ -129,7 +131,7 @@ def check_inputs(decls: tuple[InputDecl, ...], given: dict, sizes: dict, device)
         t = given[name]
         if not isinstance(t, torch.Tensor):
             raise ShapeError(f"input {name!r} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype != DTYPES[decl.dtype]:
+        if t.dtype != DTYPES[decl.dtype] and not (float64_ok and decl.dtype == "float32" and t.dtype == torch.float64):
             raise ShapeError(f"input {name!r} has dtype {t.dtype}, expected {DTYPES[decl.dtype]}")
         if tuple(t.shape) != want:
             raise ShapeError(f"input {name!r} has shape {tuple(t.shape)}, expected {want} "

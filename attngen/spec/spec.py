@@ -224,6 +224,14 @@ class Spec:
                                               for p in self.effective_mask.walk())
 
     @property
+    def mask_inputs(self) -> tuple[str, ...]:
+        """The names of the inputs the mask's formulas read, in declared order."""
+        if self.kind != "softmax":
+            return ()
+        read = {n for p in self.effective_mask.walk() if isinstance(p, Formula) for n in p.inputs_read}
+        return tuple(d.name for d in self.all_inputs if d.name in read)
+
+    @property
     def softmax_scale(self) -> float:
         return self.scale if self.scale is not None else 1.0 / math.sqrt(self.head_dim)
 
@@ -353,7 +361,11 @@ class Spec:
             return {}
         batch = 1 if batch is None else batch
         sizes = {"B": batch, "Hq": self.query_heads, "Hkv": self.kv_heads, "Nq": nq, "Nk": nk}
-        checked = check_inputs(self.all_inputs, dict(inputs or {}), sizes, device)
+        # inputs None where the mask reads none: the caller evaluates the mask alone (a block map,
+        # a picture). Else they are a call's inputs, checked; float64 may stand for float32: what a
+        # float64 evaluation (the reference, gradcheck) passes.
+        checked = ({} if inputs is None and not self.mask_inputs else
+                   check_inputs(self.all_inputs, dict(inputs or {}), sizes, device, float64_ok=True))
         return {"inputs": checked, "group": self.group,
                 "batch": torch.arange(batch, device=device).view(batch, 1, 1, 1),
                 "heads": torch.arange(self.query_heads, device=device).view(1, self.query_heads, 1, 1)}

@@ -51,7 +51,6 @@ def test_block_map_of_a_formula_equals_brute_force(spec):
 REFUSED = [
     (small("with_inputs", inputs={"p": {"shape": ["B"], "dtype": "int32"}}, mask="j < p[b]"), "inputs"),
     (small("with_score", score="s * 2"), "score formula"),
-    (small("with_sink", sink=True), "sinks"),
     (A.Spec(name="with_mla", query_heads=4, kv_heads=2, head_dim={"qk": 32, "v": 16}), "value head dim"),
     (small("with_abs", mask="abs(i - j) <= 3"), "cannot print Abs"),
     (small("with_heads", mask="h % 2 == 0 or j <= i"), "reads the batch, the head"),
@@ -64,5 +63,7 @@ def test_kernels_refuse_what_they_cannot_run(spec, phrase):
         A.emit(spec)
     q = torch.randn(1, 4, 8, 32)
     kv = torch.randn(1, 2, 8, 32)
+    sizes = {"B": 1, "Hq": 4, "Hkv": 2, "Nq": 8, "Nk": 8}
+    inputs = {d.name: torch.zeros(d.sizes(sizes), dtype=getattr(torch, d.dtype)) for d in spec.all_inputs}
     with pytest.raises(A.CompileError, match="do not support"):
-        A.compile(spec)(q, kv, kv[..., : spec.v_head_dim].contiguous())
+        A.compile(spec)(q, kv, kv[..., : spec.v_head_dim].contiguous(), **inputs)

@@ -50,7 +50,7 @@ def reference_backward(spec):
     below autograd, so it cannot differentiate the reference)."""
     calls = []
 
-    def backward_impl(q, k, v, out, lse, dout, q_offset=None, seg_q=None, seg_k=None):
+    def backward_impl(q, k, v, out, lse, dout, q_offset=None, seg_q=None, seg_k=None, inputs=None):
         calls.append((tuple(lse.shape), q_offset))
         batch, group, scale = q.shape[0], spec.group, spec.softmax_scale
         q64, do = q.double(), dout.double()
