@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import sympy
 
+from ..analysis.configs import padded_head_dim
 from ..version import __version__
 from ..ir.graph import Graph
 from ..spec import Random, Segments
@@ -118,6 +119,7 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
         mask_formula=mask_formula, mask_code=mask_code, has_mask=has_mask,
         query_heads=spec["heads"]["query"], kv_heads=spec["heads"]["kv"], group=g.facts["group"],
         grouping=_grouping(spec), head_dim=g.facts["head_dim"], block_d=g.facts["block_d"],
+        **_value_dims(g),
         qk_scale=repr(qk_scale), qk_scale_note=qk_note, score_note=score_note,
         has_softcap="softcap" in g, softcap=repr(g.node("softcap").attrs["cap"]) if "softcap" in g else "1.0",
         has_alibi="alibi" in g, has_segments=spec_uses_segments(g), has_sink=bool(spec.get("sink")),
@@ -130,6 +132,18 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
     values.update(_iteration_values(g))
     values.update(helper_flags(values))
     return values
+
+
+def _value_dims(g: Graph) -> dict:
+    """The value (and output) head dim, Dqk's unless the spec sets `head_dim: {qk, v}`, and its
+    padded tile width: V, out, dO and dV tiles are [.., BLOCK_DV], q/k tiles [.., BLOCK_D]."""
+    head_dim, block_d = g.facts["head_dim"], g.facts["block_d"]
+    v_head_dim = g.facts["spec"].get("value_head_dim", head_dim)
+    block_dv = padded_head_dim(v_head_dim)
+    note = f"{head_dim} (tiled as {block_d})"
+    if v_head_dim != head_dim:
+        note += f"; values {v_head_dim} (tiled as {block_dv})"
+    return dict(v_head_dim=v_head_dim, block_dv=block_dv, head_dim_note=note)
 
 
 def spec_uses_segments(g: Graph) -> bool:

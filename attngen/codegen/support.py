@@ -24,8 +24,6 @@ def unsupported(spec: Spec) -> list[str]:
         reasons.append(f"call-time inputs ({', '.join(d.name for d in spec.inputs)})")
     if spec.score is not None:
         reasons.append(f"a score formula ({spec.score.text})")
-    if spec.value_head_dim is not None:
-        reasons.append(f"a value head dim unlike the query/key one (Dqk {spec.head_dim}, Dv {spec.value_head_dim})")
     for pred in spec.effective_mask.walk():
         if isinstance(pred, Formula):
             reasons += _mask_formula(pred)

@@ -26,7 +26,7 @@ from ..codegen.plan import random_tables
 from ..errors import ShapeError, SpecError
 from ..spec import alibi_slopes, random_draw
 from .inputs import call_inputs, sink_arg
-from .launch import meta_inputs, stride_args
+from .launch import meta_inputs, out_shape, stride_args
 from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, dot_precision, meta_tensor, poison
 
 log = logging.getLogger("attngen")
@@ -105,12 +105,13 @@ class DecodeLauncher(KernelLauncher):
         q = meta_tensor(batch, spec.query_heads, nq, spec.head_dim, dtype=dtype)
         if paged:
             pages = -(-n // page_size)
-            k_cache, v_cache = (meta_tensor(batch * pages, page_size, spec.kv_heads, spec.head_dim, dtype=dtype)
-                                for _ in range(2))
+            k_cache, v_cache = (meta_tensor(batch * pages, page_size, spec.kv_heads, dim, dtype=dtype)
+                                for dim in (spec.head_dim, spec.v_head_dim))
             block_table = meta_tensor(batch, pages, dtype=torch.int32)
             capacity = pages * page_size
         else:
-            k_cache, v_cache = (meta_tensor(batch, spec.kv_heads, n, spec.head_dim, dtype=dtype) for _ in range(2))
+            k_cache, v_cache = (meta_tensor(batch, spec.kv_heads, n, dim, dtype=dtype)
+                                for dim in (spec.head_dim, spec.v_head_dim))
             block_table, capacity = None, n
         seqlens = torch.full((batch,), n, dtype=torch.int32)        # host: random tables read them
         return self._arguments_at(q, k_cache, v_cache, seqlens, block_table, paged=paged, page_size=page_size,
@@ -176,7 +177,7 @@ class DecodeLauncher(KernelLauncher):
         paged = block_table is not None
         if paged:
             num_pages, page_size = k_cache.shape[:2]
-            want = (num_pages, page_size, spec.kv_heads, spec.head_dim)
+            want = (num_pages, page_size, spec.kv_heads)
             layout = "(num_pages, page_size, Hkv, D)"
             if page_size % 16 or page_size == 0:
                 raise ShapeError(f"k_cache has page_size {page_size} (dim 1); it must be a positive "
@@ -190,13 +191,13 @@ class DecodeLauncher(KernelLauncher):
             capacity = block_table.shape[1] * page_size
         else:
             page_size = 0
-            want = (batch, spec.kv_heads, k_cache.shape[2], spec.head_dim)
+            want = (batch, spec.kv_heads, k_cache.shape[2])
             layout = "(B, Hkv, Nk_max, D)"
             capacity = k_cache.shape[2]
-        for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-            if tuple(t.shape) != want:
-                raise ShapeError(f"{name} has shape {tuple(t.shape)}, expected {want} {layout} for "
-                                 f"spec {spec.name!r}")
+        for name, t, dim in (("k_cache", k_cache, spec.head_dim), ("v_cache", v_cache, spec.v_head_dim)):
+            if tuple(t.shape) != (*want, dim):
+                raise ShapeError(f"{name} has shape {tuple(t.shape)}, expected {(*want, dim)} "
+                                 f"{layout if name == 'k_cache' else layout.replace('D)', 'Dv)')} for spec {spec.name!r}")
         seqlens = self._seqlens(cache_seqlens, batch, capacity, q.device)
         if paged and q.device.type == "cpu":
             used = -(-seqlens.to(torch.int64) // page_size)                 # pages each sequence uses
@@ -294,12 +295,12 @@ class DecodeLauncher(KernelLauncher):
             splits = num_splits or choose_num_splits(
                 batch=batch, kv_heads=spec.kv_heads, row_tiles=row_tiles, key_span=self.span(nq, capacity),
                 block_n=cfg.block_n, num_sms=self.num_sms(q.device))
-            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            out = torch.empty(out_shape(spec, q), dtype=q.dtype, device=q.device)
             lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
-            rows = batch * spec.query_heads * nq
+            rows, dv = batch * spec.query_heads * nq, spec.v_head_dim
             if splits > 1:                   # one allocation: partial outputs, then their lse
-                partial = torch.empty((rows * splits * (spec.head_dim + 1),), dtype=torch.float32, device=q.device)
-                split_out, split_lse = partial[:rows * splits * spec.head_dim], partial[rows * splits * spec.head_dim:]
+                partial = torch.empty((rows * splits * (dv + 1),), dtype=torch.float32, device=q.device)
+                split_out, split_lse = partial[:rows * splits * dv], partial[rows * splits * dv:]
                 poison(out, lse, partial, interpreted=interpret)
             else:                            # not read: the kernel writes out and lse directly
                 split_out = split_lse = lse

@@ -167,7 +167,8 @@ class SoftmaxLauncher(KernelLauncher):
         segments spec gets one document."""
         spec = self.spec
         q = meta_tensor(batch, spec.query_heads, n, spec.head_dim, dtype=dtype)
-        k, v = (meta_tensor(batch, spec.kv_heads, nk, spec.head_dim, dtype=dtype) for _ in range(2))
+        k = meta_tensor(batch, spec.kv_heads, nk, spec.head_dim, dtype=dtype)
+        v = meta_tensor(batch, spec.kv_heads, nk, spec.v_head_dim, dtype=dtype)
         segments = ((torch.zeros(n, dtype=torch.int32), torch.zeros(nk, dtype=torch.int32))
                     if spec.uses_segments else (None, None))
         return self._arguments_at(q, k, v, nk - n, *segments, interpret=False, count_tiles=False,

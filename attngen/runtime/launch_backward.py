@@ -25,7 +25,7 @@ from ..errors import ShapeError
 from ..reference import _softmax_reference, reference
 from ..spec import Spec, resolve_q_offset
 from .launch import (ShapeTables, SoftmaxLauncher, block_list_args, block_map_lists, check_inputs,
-                     meta_inputs, random_table_args, segment_args, stride_args)
+                     meta_inputs, out_shape, random_table_args, segment_args, stride_args)
 from .inputs import call_inputs, grad_inputs, sink_arg
 from .launcher import AOT_LENGTH, architecture, cdiv, dot_precision, meta_tensor, poison
 
@@ -82,8 +82,10 @@ class BackwardLauncher(SoftmaxLauncher):
         """role → (tiles → the launch of a call at these sizes), on meta tensors; a segments spec
         gets one document."""
         spec = self.spec
-        q, out, dout = (meta_tensor(batch, spec.query_heads, n, spec.head_dim, dtype=dtype) for _ in range(3))
-        k, v = (meta_tensor(batch, spec.kv_heads, nk, spec.head_dim, dtype=dtype) for _ in range(2))
+        q = meta_tensor(batch, spec.query_heads, n, spec.head_dim, dtype=dtype)
+        out, dout = (meta_tensor(batch, spec.query_heads, n, spec.v_head_dim, dtype=dtype) for _ in range(2))
+        k = meta_tensor(batch, spec.kv_heads, nk, spec.head_dim, dtype=dtype)
+        v = meta_tensor(batch, spec.kv_heads, nk, spec.v_head_dim, dtype=dtype)
         lse = meta_tensor(batch, spec.query_heads, n, dtype=torch.float32)
         segments = ((torch.zeros(n, dtype=torch.int32), torch.zeros(nk, dtype=torch.int32))
                     if spec.uses_segments else (None, None))
@@ -105,8 +107,9 @@ class BackwardLauncher(SoftmaxLauncher):
         return {"preprocess": self.preprocess_tiles(), "dkdv": cfg.key_major, "dq": cfg.query_major}
 
     def preprocess_tiles(self) -> TileConfig:
-        """The delta preprocess's rows per program (its block_n is unused)."""
-        return TileConfig(preprocess_rows(self.spec.head_dim), 16, 4, 1)
+        """The delta preprocess's rows per program (its block_n is unused): it streams out and dO,
+        of the value head dim."""
+        return TileConfig(preprocess_rows(self.spec.v_head_dim), 16, 4, 1)
 
     @staticmethod
     def role_constexprs(role: str, tiles: TileConfig, dtype: torch.dtype, *, even_k: bool,
@@ -217,11 +220,12 @@ class BackwardLauncher(SoftmaxLauncher):
 
 
 def _check_saved(spec: Spec, q, out, lse, dout) -> None:
-    """The forward's saved tensors and the incoming gradient must fit q."""
+    """The forward's saved tensors and the incoming gradient must fit q: (B, Hq, Nq, Dv)."""
+    want = out_shape(spec, q)
     for name, t in (("out", out), ("dout", dout)):
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(q.shape):
-            raise ShapeError(f"{name} has shape {tuple(getattr(t, 'shape', ()))}, expected q's shape "
-                             f"{tuple(q.shape)}")
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
+            raise ShapeError(f"{name} has shape {tuple(getattr(t, 'shape', ()))}, expected {want} "
+                             "(q's (B, Hq, Nq) and the value head dim)")
     want = (q.shape[0], spec.query_heads, q.shape[2])
     if not isinstance(lse, torch.Tensor) or tuple(lse.shape) != want:
         raise ShapeError(f"lse has shape {tuple(getattr(lse, 'shape', ()))}, expected (B, Hq, Nq) = {want}")

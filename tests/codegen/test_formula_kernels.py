@@ -51,7 +51,6 @@ def test_block_map_of_a_formula_equals_brute_force(spec):
 REFUSED = [
     (small("with_inputs", inputs={"p": {"shape": ["B"], "dtype": "int32"}}, mask="j < p[b]"), "inputs"),
     (small("with_score", score="s * 2"), "score formula"),
-    (A.Spec(name="with_mla", query_heads=4, kv_heads=2, head_dim={"qk": 32, "v": 16}), "value head dim"),
     (small("with_abs", mask="abs(i - j) <= 3"), "cannot print Abs"),
     (small("with_heads", mask="h % 2 == 0 or j <= i"), "reads the batch, the head"),
 ]
