@@ -6,6 +6,13 @@ to a Python function Triton cannot run. Integer floor division and modulo are wr
 are right for negative operands too (Triton's ``//`` and ``%`` truncate toward zero, as C does):
 they go through the helpers ``floor_div`` / ``floor_mod`` unless sympy knows the operand is not
 negative (key positions ``j`` never are).
+
+Formulas (SPEC.md, "Expressions") add float arithmetic: ``/`` and ``**`` (sympy's Rational, Float
+and Pow: integer powers as products, half-integer ones through ``tl.sqrt``, others through
+exp2/log2), ``abs``, ``where`` (Piecewise), ``inf`` (oo), and in scores ``tanh`` (the template's
+saturating helper), ``exp``, ``log``, ``sqrt``, ``sigmoid``; the batch, head and score symbols
+print as the names the caller gives (`symbols`). Integer operands of a float function are
+converted to float32 first (Triton's math functions take floats).
 """
 from __future__ import annotations
 
@@ -14,12 +21,16 @@ from sympy.core.function import AppliedUndef
 from sympy.printing.pycode import PythonCodePrinter
 
 from ..errors import CompileError
+from ..spec.formula_types import sigmoid
 from ..spec.predicates import i, j, random_hit, seg_k, seg_q
 
 _ALLOWED = (
     sympy.Symbol, sympy.Integer, sympy.Rational, sympy.Add, sympy.Mul, sympy.Mod, sympy.floor,
     sympy.Max, sympy.Min, sympy.And, sympy.Or, sympy.Not, sympy.Eq, sympy.Ne, sympy.Lt, sympy.Le,
     sympy.Gt, sympy.Ge, AppliedUndef, sympy.logic.boolalg.BooleanTrue, sympy.logic.boolalg.BooleanFalse,
+    sympy.Float, sympy.Abs, sympy.Piecewise, sympy.functions.elementary.piecewise.ExprCondPair,
+    sympy.Pow, sympy.tanh, sympy.exp, sympy.log, sigmoid, sympy.Equivalent,
+    sympy.core.numbers.Infinity, sympy.core.numbers.NegativeInfinity,
 )
 
 
@@ -32,9 +43,9 @@ class TritonPrinter(PythonCodePrinter):
     """
 
     def __init__(self, *, query: str, key: str | None = None, random_args: dict | None = None,
-                 seg_rows: str = "seg_q_rows", seg_cols: str = "seg_k_cols"):
+                 seg_rows: str = "seg_q_rows", seg_cols: str = "seg_k_cols", symbols: dict | None = None):
         super().__init__({"strict": True, "fully_qualified_modules": False})
-        self._names = {i: query, **({j: key} if key else {})}
+        self._names = {i: query, **({j: key} if key else {}), **(symbols or {})}
         self._random_args = random_args or {}
         self._seg = {"seg_q": seg_rows, "seg_k": seg_cols}
 
@@ -60,7 +71,65 @@ class TritonPrinter(PythonCodePrinter):
         return "False"
 
     def _print_Rational(self, expr):
-        raise CompileError(f"non-integer constant {expr} outside floor() in a mask")
+        # x / c: a float constant (floor(x / c) never gets here: _print_floor splits it).
+        return repr(float(expr))
+
+    def _print_Float(self, expr):
+        return repr(float(expr))
+
+    def _print_Infinity(self, expr):
+        return 'float("inf")'
+
+    def _print_NegativeInfinity(self, expr):
+        return 'float("-inf")'
+
+    # -- float arithmetic ----------------------------------------------------------------------
+    def _float(self, expr) -> str:
+        """`expr` printed as a float32 value (integer expressions converted)."""
+        code = self._print(expr)
+        return f"({code}).to(tl.float32)" if expr.is_integer else code
+
+    def _print_Pow(self, expr):
+        base, exponent = expr.args
+        if base == sympy.E:
+            return f"tl.exp({self._float(exponent)})"
+        if exponent.is_Rational and (2 * exponent).is_Integer and exponent != 0:
+            # x ** (k / 2): a product of |k| factors of x (k even) or of sqrt(x) (k odd).
+            twice = int(2 * exponent)
+            factor = f"({self._print(base)})" if twice % 2 == 0 else f"tl.sqrt({self._float(base)})"
+            power = "(" + " * ".join([factor] * (abs(twice) // (2 if twice % 2 == 0 else 1))) + ")"
+            return f"(1.0 / {power})" if exponent < 0 else power
+        return f"tl.exp2({self._float(exponent)} * tl.log2({self._float(base)}))"
+
+    def _print_Abs(self, expr):
+        return f"tl.abs({self._print(expr.args[0])})"
+
+    def _print_Piecewise(self, expr):
+        *pieces, (last, cond) = expr.args
+        if cond != sympy.true:
+            raise CompileError(f"{expr}: a where() without an otherwise branch")
+        out = self._print(last)
+        for value, cond in reversed(pieces):
+            out = f"tl.where({self._print(cond)}, {self._print(value)}, {out})"
+        return out
+
+    def _print_tanh(self, expr):
+        return f"tanh({self._float(expr.args[0])})"
+
+    def _print_exp(self, expr):
+        return f"tl.exp({self._float(expr.args[0])})"
+
+    def _print_log(self, expr):
+        if len(expr.args) != 1:
+            raise CompileError(f"cannot print {expr}: a logarithm to a base")
+        return f"tl.log({self._float(expr.args[0])})"
+
+    def _print_sigmoid(self, expr):
+        return f"tl.sigmoid({self._float(expr.args[0])})"
+
+    def _print_Equivalent(self, expr):
+        first, *rest = (self._print(a) for a in expr.args)
+        return "(" + " & ".join(f"({first} == {r})" for r in rest) + ")"
 
     # -- integer arithmetic --------------------------------------------------------------------
     def _divisor(self, expr) -> tuple[sympy.Expr, int]:
@@ -129,6 +198,8 @@ class TritonPrinter(PythonCodePrinter):
                 f"{table}, {first}, {rows}, {int(per_row)})")
 
     def _print_Function(self, expr):
+        if isinstance(expr, sigmoid):
+            return self._print_sigmoid(expr)
         if isinstance(expr, AppliedUndef) and expr.func in (seg_q, seg_k):
             return self._seg[expr.func.__name__]
         raise CompileError(f"cannot print function {expr} as Triton code")

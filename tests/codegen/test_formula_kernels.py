@@ -20,6 +20,8 @@ RUNNABLE = [
     small("formula_or_band", mask=A.band(6) | A.expr("j % 16 == 0")),
     small("formula_2d", mask="i // 8 - j // 8 <= 1 and j // 8 - i // 8 <= 1 and i % 8 - j % 8 <= 2"),
     small("formula_not", causal=True, mask=~A.expr("0 <= i - j < 5")),
+    # Floats, abs, where and powers in a mask: printed as float arithmetic.
+    small("formula_floats", mask="abs(i - j) * 0.5 <= 3 or where(j % 7 == 0, (i - j) ** 2, 99) < 50"),
 ]
 
 
@@ -51,7 +53,6 @@ def test_block_map_of_a_formula_equals_brute_force(spec):
 REFUSED = [
     (small("with_inputs", inputs={"p": {"shape": ["B"], "dtype": "int32"}}, mask="j < p[b]"), "inputs"),
     (small("with_score", score="s * 2"), "score formula"),
-    (small("with_abs", mask="abs(i - j) <= 3"), "cannot print Abs"),
     (small("with_heads", mask="h % 2 == 0 or j <= i"), "reads the batch, the head"),
 ]
 

@@ -60,8 +60,25 @@ def test_printer_is_strict():
     with pytest.raises(CompileError):
         print_triton(sympy.sin(i) > 0, query="q_pos", key="k_pos")
     with pytest.raises(CompileError):
-        print_triton(sympy.Rational(1, 2) * i > j, query="q_pos", key="k_pos")
+        print_triton(sympy.atan(i) > j, query="q_pos", key="k_pos")
     with pytest.raises(CompileError, match="no Triton name"):
         print_triton(j > 0, query="q_pos")
     with pytest.raises(CompileError, match="no table"):
         print_triton(normalize(A.random(3, 8, 0)).expr(), query="q_pos", key="k_pos")
+
+
+def test_float_nodes_of_formulas():
+    """Formulas' float arithmetic: constants, powers, abs, where, inf and the score functions, with
+    integers converted before a float function; the score's symbols print as the caller names them."""
+    from attngen.spec.formula_types import SYMBOLS
+    spec = A.Spec(name="f", query_heads=2, kv_heads=1, head_dim=8,
+                  score="where(hk == 0, s, -inf) + sqrt(abs(i - j) * 1.0) / 3 + (i - j) ** 2 * 0.5"
+                        " - exp(s) ** -1 + log(i * i + 1) + tanh(s) * sigmoid(h * 1.0)")
+    code = print_triton(spec.score.sympy_form, query="q_pos", key="k_pos",
+                        symbols={SYMBOLS["s"]: "score", SYMBOLS["h"]: "query_head", SYMBOLS["hk"]: "kv_head"})
+    for piece in ('tl.where((kv_head == 0), score, float("-inf"))', "tl.sqrt((tl.abs(q_pos - k_pos)).to(tl.float32))",
+                  "0.5*((q_pos - k_pos) * (q_pos - k_pos))", "- tl.exp(-score)",
+                  "tl.log((((q_pos) * (q_pos)) + 1).to(tl.float32))", "tl.sigmoid(1.0*query_head)*tanh(score)"):
+        assert piece in code, (piece, code)
+    with pytest.raises(CompileError, match="has no Triton name"):
+        print_triton(spec.score.sympy_form, query="q_pos", key="k_pos")

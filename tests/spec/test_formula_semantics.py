@@ -76,8 +76,13 @@ def test_printer_prints_integer_formulas_and_refuses_the_rest_clearly():
 
     code = print_triton(A.expr("(i - j) // 3 == 0 and j % 16 < 4").expr(), query="q_pos", key="k_pos")
     assert "floor_div(" in code and "(k_pos % 16)" in code           # i - j may be negative; j is not
-    for text in ("abs(i - j) <= 2", "i / 2 > j", "where(i > j, i, j) > 2", "j < h", "(i - j) % b == 0"):
-        with pytest.raises(CompileError, match="cannot print|has no Triton name|modulus|non-integer constant"):
+    # Float arithmetic, abs and where print (as float constants, tl.abs, tl.where) ...
+    code = print_triton(A.expr("abs(i - j) <= 2 and i / 2 > j and where(i > j, i, j) > 2").expr(),
+                        query="q_pos", key="k_pos")
+    assert "tl.abs(q_pos - k_pos)" in code and "(0.5)*q_pos > k_pos" in code and "tl.where((q_pos > k_pos), q_pos, k_pos)" in code
+    # ... names without a Triton name here and non-constant moduli do not.
+    for text in ("j < h", "(i - j) % b == 0"):
+        with pytest.raises(CompileError, match="has no Triton name|modulus"):
             print_triton(A.expr(text).expr(), query="q_pos", key="k_pos")
 
 
