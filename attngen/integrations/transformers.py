@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import torch
 
 NAME = "attngen"
-FALLBACK = "load the model with attn_implementation='sdpa' (or 'eager') instead"
+FALLBACK = "load the model with attn_implementation='sdpa' (or 'eager')"
 # Keyword arguments of transformers' attention call that ask for something attngen does not do.
 PACKED_KEYWORDS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 SINK_KEYWORDS = ("s_aux", "sinks")
@@ -235,14 +235,15 @@ def _layer_name(module) -> str:
     return f"{type(module).__name__}" + (f" (layer {index})" if index is not None else "")
 
 
-def _refuse(layer: str, what: str):
-    raise UnsupportedAttention(f"{layer}: {what}; attngen cannot run this layer exactly: {FALLBACK}")
+def _refuse(layer: str, what: str, remedy: str = ""):
+    remedy = f"{remedy}, or " if remedy else ""
+    raise UnsupportedAttention(f"{layer}: {what}. attngen cannot run this layer exactly; {remedy}{FALLBACK}")
 
 
 def _refuse_options(layer: str, dropout, kwargs) -> None:
     if dropout:
-        _refuse(layer, f"attention dropout {dropout} (the model is training with attention_dropout > 0; "
-                       "attngen has no dropout: set config.attention_dropout = 0 or")
+        _refuse(layer, f"attention dropout {dropout} (training with config.attention_dropout > 0; "
+                       "attngen has no dropout)", "set config.attention_dropout = 0")
     for name in SINK_KEYWORDS:
         if kwargs.get(name) is not None:
             _refuse(layer, f"attention sinks ({name}=tensor of shape {tuple(kwargs[name].shape)}) are "
@@ -276,8 +277,8 @@ def _mask_from_module(layer: str, module, sliding_window, q_length: int, kv_leng
     implementation = getattr(config, "_attn_implementation", None)
     if ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(implementation) is not attngen_mask:
         _refuse(layer, f"no attention mask came, because transformers' mask interface has no entry "
-                       f"{implementation!r} (padding would be silently dropped); call "
-                       "attngen.integrations.transformers.register(), which registers both, or")
+                       f"{implementation!r} (padding would be silently dropped)",
+                "call attngen.integrations.transformers.register(), which registers both interfaces")
     causal = bool(getattr(module, "is_causal", True))
     if sliding_window and not causal:
         _refuse(layer, f"bidirectional sliding_window={sliding_window} without a mask")
