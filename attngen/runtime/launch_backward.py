@@ -23,7 +23,7 @@ from ..codegen.aot import CompiledKernels, resource_usage
 from ..codegen.emit import GeneratedKernel
 from ..errors import ShapeError
 from ..reference import _softmax_reference, reference
-from ..spec import Spec, resolve_q_offset
+from ..spec import Spec, resolve_k_offset, resolve_q_offset
 from .launch import (ShapeTables, SoftmaxLauncher, block_list_args, block_map_lists, check_inputs,
                      random_table_args, segment_args, stride_args)
 from .launcher import AOT_LENGTH, architecture, cdiv, dot_precision, meta_tensor, poison
@@ -82,15 +82,18 @@ class BackwardLauncher(SoftmaxLauncher):
                     if spec.uses_segments else (None, None))
         return self._arguments_at(q, k, v, out, lse, dout, nk - n, *segments, interpret=False)
 
-    def by_key_lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k) -> tuple:
-        """The transposed block map's CSR lists at the key-major tile sizes (non-interval masks)."""
+    def by_key_lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k, keys: tuple = (0, None)) -> tuple:
+        """The transposed block map's CSR lists at the key-major tile sizes (non-interval masks);
+        `keys`: (k_offset, total_nk) of a chunk pair."""
         if self.iteration != "lists":
             return ()
+        k_offset, total_nk = keys
         if self.spec.uses_segments:          # built from this call's ids, never kept
-            return block_map_lists(self.spec, nq, nk, q_offset, cfg, device, seg_q, seg_k, transposed=True)
-        key = (nq, nk, q_offset, cfg.block_m, cfg.block_n, device)
+            return block_map_lists(self.spec, nq, nk, q_offset, cfg, device, seg_q, seg_k, transposed=True,
+                                   k_offset=k_offset, total_nk=total_nk)
+        key = (nq, nk, q_offset, keys, cfg.block_m, cfg.block_n, device)
         return self._by_key_cache.get_or_build(key, lambda: block_map_lists(
-            self.spec, nq, nk, q_offset, cfg, device, transposed=True))
+            self.spec, nq, nk, q_offset, cfg, device, transposed=True, k_offset=k_offset, total_nk=total_nk))
 
     def role_tiles(self, cfg: BackwardConfig) -> dict:
         """{role: TileConfig} of the three kernels (the preprocess streams `preprocess_rows` rows)."""
@@ -129,19 +132,23 @@ class BackwardLauncher(SoftmaxLauncher):
         return BackwardConfig(chosen["dkdv"], chosen["dq"])
 
     def backward(self, q, k, v, out, lse, dout, *, q_offset=None, seg_q=None, seg_k=None,
-                 config: BackwardConfig | None = None):
-        """(dq, dk, dv), each like its input (shape, dtype, strides)."""
+                 config: BackwardConfig | None = None, k_offset: int = 0, total_nk: int | None = None):
+        """(dq, dk, dv), each like its input (shape, dtype, strides). k_offset / total_nk: a chunk
+        pair (`SoftmaxLauncher.forward`); with the whole rows' out and lse, these are the chunk
+        pair's exact shares of the whole sequence's gradients."""
         spec = self.spec
         check_inputs(spec, q, k, v)
         _check_saved(spec, q, out, lse, dout)
         batch, _, nq, head_dim = q.shape
         nk = k.shape[2]
-        q_offset = resolve_q_offset(nq, nk, q_offset)
+        keys = resolve_k_offset(nk, k_offset, total_nk)
+        q_offset = resolve_q_offset(nq, nk, q_offset, keys[0])
         interpret = architecture(q.device) is None
         if nq == 0 or nk == 0:     # no pair at all: every gradient is 0
             return tuple(torch.zeros_like(t) for t in (q, k, v))
         arguments, (dq, dk, dv) = self._arguments_at(q, k, v, out, lse.to(torch.float32).contiguous(),
-                                                     dout.to(q.dtype), q_offset, seg_q, seg_k, interpret=interpret)
+                                                     dout.to(q.dtype), q_offset, seg_q, seg_k, interpret=interpret,
+                                                     keys=keys)
         cfg = config or self.launch_config(head_dim, q.dtype, q.device, arguments)
         poison(dq, dk, dv, interpreted=interpret)
         for role, tiles in self.role_tiles(cfg).items():        # preprocess (delta), dK/dV, dQ
@@ -149,7 +156,8 @@ class BackwardLauncher(SoftmaxLauncher):
             self.launch(role, grid, args, num_warps=num_warps, num_stages=num_stages, interpret=interpret)
         return dq, dk, dv
 
-    def _arguments_at(self, q, k, v, out, lse, dout, q_offset, seg_q, seg_k, *, interpret: bool):
+    def _arguments_at(self, q, k, v, out, lse, dout, q_offset, seg_q, seg_k, *, interpret: bool,
+                      keys: tuple = (0, None)):
         """(role → (tiles → (grid, keyword arguments, num_warps, num_stages)), (dq, dk, dv)) of
         this call: the gradients and delta allocated once, each kernel's launch at any tiles. The
         configuration search compiles exactly these launches."""
@@ -170,14 +178,15 @@ class BackwardLauncher(SoftmaxLauncher):
                         tiles.num_warps, tiles.num_stages)
                 # dK/dV walks the transposed map (`by_key_lists`), not the forward's lists
                 tables = self.call_tables(nq, nk, q_offset, tiles if role == "dq" else None, q.device, seg_q, seg_k,
-                                          batch=batch)
+                                          batch=batch, keys=keys)
                 common = dict(q=q, k=k, v=v, dout=dout, lse=lse, delta=delta, nq=nq, nk=nk, q_offset=q_offset,
+                              k_offset=keys[0],
                               alibi_slopes=lse if tables.alibi is None else tables.alibi,
                               **random_table_args(self.tables, tables.random), **segment_args(tables.segments, q),
                               **stride_args("q", q), **stride_args("k", k), **stride_args("v", v),
                               **stride_args("do", dout), **constexprs)
                 if role == "dkdv":
-                    by_key = self.by_key_lists(nq, nk, q_offset, tiles, q.device, seg_q, seg_k)
+                    by_key = self.by_key_lists(nq, nk, q_offset, tiles, q.device, seg_q, seg_k, keys)
                     return ((cdiv(nk, tiles.block_n), batch * spec.kv_heads), dict(
                         common, dk=dk, dv=dv, num_kv_heads=spec.kv_heads, **block_list_args(by_key, "by_key_"),
                         **stride_args("dk", dk), **stride_args("dv", dv)), tiles.num_warps, tiles.num_stages)
