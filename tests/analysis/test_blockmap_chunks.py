@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from attngen.analysis.blockmap import block_map
+from attngen.analysis.pairs import allowed_pairs
 from attngen.spec import band, blocks, columns, global_tokens, random, segments, stride
 from tests.analysis.test_blockmap import EMPTY, FULL, PARTIAL, check_map, spec_of
 
@@ -81,3 +82,24 @@ def test_random_draws_follow_the_whole_sequence():
     chunk = spec.dense_mask(40, 60, 100, k_offset=60, total_nk=N)
     assert torch.equal(chunk, whole[100:140, 60:120])
     assert not torch.equal(spec.dense_mask(40, 60, 100, k_offset=60), whole[100:140, 60:120])
+
+
+@pytest.mark.parametrize("rows, keys", CHUNK_PAIRS)
+@pytest.mark.parametrize("mask, is_causal", MASKS)
+def test_chunk_pair_counts_are_the_whole_masks_cut(mask, is_causal, rows, keys):
+    """`allowed_pairs` of a chunk pair (what `attngen cost --ranks` adds up) counts the whole
+    sequence's allowed pairs in the cut, without the dense mask."""
+    spec = spec_of(mask, is_causal=is_causal)
+    (q0, q1), (k0, k1) = rows, keys
+    want = int(spec.dense_mask(N, N, 0)[q0:q1, k0:k1].sum())
+    assert allowed_pairs(spec, q1 - q0, k1 - k0, q0, k_offset=k0, total_nk=N) == want
+
+
+@pytest.mark.parametrize("rows, keys", CHUNK_PAIRS)
+def test_chunk_pair_counts_of_documents(rows, keys):
+    spec = spec_of(segments(), is_causal=True)
+    seg = torch.repeat_interleave(torch.arange(5), torch.tensor([20, 45, 1, 60, 24]))
+    (q0, q1), (k0, k1) = rows, keys
+    want = int(spec.dense_mask(N, N, 0, seg, seg)[q0:q1, k0:k1].sum())
+    got = allowed_pairs(spec, q1 - q0, k1 - k0, q0, k_offset=k0, total_nk=N, seg_q=seg[q0:q1], seg_k=seg[k0:k1])
+    assert got == want
