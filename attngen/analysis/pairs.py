@@ -80,8 +80,13 @@ def allowed_pairs(spec: Spec, nq: int, nk: int, q_offset: int | None = None, *,
     formula = pairs_formula(mask)
     if formula is not None and nq == nk and q_offset == 0 and k_offset == 0 and nq >= formula.n_min:
         return formula.value(nq)
-    ctx = spec.eval_context(nq, nk, q_offset, *((seg_q, seg_k) if segmented else (None, None)),
-                            k_offset=k_offset, total_nk=total_nk)
+    if segmented:
+        ids = (seg_q, seg_k)
+    elif spec.uses_segments:           # one document: the ids are never read (Segments → Everything)
+        ids = (torch.zeros(nq, dtype=torch.int64), torch.zeros(nk, dtype=torch.int64))
+    else:
+        ids = (None, None)
+    ctx = spec.eval_context(nq, nk, q_offset, *ids, k_offset=k_offset, total_nk=total_nk)
     seg = _SegmentRuns(seg_q, seg_k, nq, nk, k_offset) if segmented else None
     with _one_thread():
         return _count_rows(mask, nq, nk, ctx, seg)

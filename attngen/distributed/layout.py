@@ -1,82 +1,18 @@
-"""Which positions of the sequence each rank holds: chunks, runs, `shard` and `unshard`.
+"""`shard` and `unshard`: a rank's positions of the sequence, taken and put back.
 
-The sequence of n positions is cut into 2·world chunks, as `torch.tensor_split` cuts it (the first
-n mod 2·world chunks one position longer). Layouts:
-- ``zigzag``: rank r holds chunks r and 2·world−1−r (head and tail: even work under causal masks,
-  as Megatron and TransformerEngine balance);
-- ``contiguous``: rank r holds chunks 2r and 2r+1, one run of positions.
-A rank's local tensor is its chunks concatenated in position order. A *run* is a maximal span of
-positions a rank holds contiguously (zigzag's two chunks meet at world = 1); kernels are called per
-run, with the run's first position as `q_offset` or `k_offset`.
+Chunks, layouts (zigzag, contiguous) and runs are `attngen.analysis.sharding`'s (the cost
+command counts work with them too); kernels are called per run, with the run's first position as
+`q_offset` or `k_offset`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from ..analysis.sharding import LAYOUTS, Run, check_layout, chunk_bounds, local_length, rank_chunks, rank_runs
 from ..errors import ShapeError
 
-LAYOUTS = ("zigzag", "contiguous")
-
-
-@dataclass(frozen=True)
-class Run:
-    """Positions start .. stop − 1 of the sequence, at local offset `local` of the rank's tensor."""
-
-    start: int
-    stop: int
-    local: int
-
-    @property
-    def length(self) -> int:
-        return self.stop - self.start
-
-
-def check_layout(layout: str) -> str:
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
-    return layout
-
-
-def chunk_bounds(n: int, chunks: int) -> list[tuple[int, int]]:
-    """(start, stop) of each of `chunks` chunks of n positions (tensor_split's sizes)."""
-    base, extra = divmod(n, chunks)
-    bounds, start = [], 0
-    for c in range(chunks):
-        stop = start + base + (1 if c < extra else 0)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
-
-
-def rank_chunks(rank: int, world: int, layout: str) -> tuple[int, int]:
-    """The two chunk indices rank `rank` holds, in position order."""
-    check_layout(layout)
-    if layout == "zigzag":
-        return rank, 2 * world - 1 - rank
-    return 2 * rank, 2 * rank + 1
-
-
-def rank_runs(n: int, rank: int, world: int, layout: str) -> tuple[Run, ...]:
-    """The runs of positions rank `rank` holds, in position order (empty chunks left out)."""
-    bounds = chunk_bounds(n, 2 * world)
-    runs: list[Run] = []
-    local = 0
-    for c in rank_chunks(rank, world, layout):
-        start, stop = bounds[c]
-        if stop == start:
-            continue
-        if runs and runs[-1].stop == start:             # adjacent chunks: one run
-            runs[-1] = Run(runs[-1].start, stop, runs[-1].local)
-        else:
-            runs.append(Run(start, stop, local))
-        local += stop - start
-    return tuple(runs)
-
-
-def local_length(n: int, rank: int, world: int, layout: str) -> int:
-    return sum(r.length for r in rank_runs(n, rank, world, layout))
+__all__ = ["LAYOUTS", "Run", "check_layout", "chunk_bounds", "group_rank_world", "local_length", "rank_chunks",
+           "rank_runs", "shard", "shard_for", "unshard"]
 
 
 def group_rank_world(group) -> tuple[int, int]:
