@@ -95,7 +95,8 @@ class BlockMap:
 
     def __repr__(self) -> str:
         g = self.geometry
-        return (f"BlockMap(nq={g.nq}, nk={g.nk}, q_offset={g.q_offset}, block_q={g.block_q}, "
+        return (f"BlockMap(nq={g.nq}, nk={g.nk}, q_offset={g.q_offset}, k_offset={g.k_offset}, "
+                f"block_q={g.block_q}, "
                 f"block_k={g.block_k}, by_key={self.by_key}, full={self.num_full}, "
                 f"partial={self.num_partial}, empty={self.num_empty}, unresolved={self.unresolved})")
 
@@ -133,20 +134,24 @@ class BlockMap:
 
 def block_map(spec: Spec, nq: int, nk: int, block_q: int, block_k: int, *, q_offset: int | None = None,
               seg_q: torch.Tensor | None = None, seg_k: torch.Tensor | None = None,
-              refine_budget: int = REFINE_BUDGET) -> BlockMap:
+              refine_budget: int = REFINE_BUDGET, k_offset: int = 0,
+              total_nk: int | None = None) -> BlockMap:
     """The block map of `spec` at these sizes and tiles (see the module docstring).
 
     seg_q / seg_k: the segment ids of a segments mask, (n,) or (B, n); the map is built on their
     device and is valid for every batch row. refine_budget: pair evaluations allowed for settling
-    tiles the structural rules leave unproven (0: structural rules only).
+    tiles the structural rules leave unproven (0: structural rules only). k_offset / total_nk: the
+    keys are positions k_offset .. k_offset + nk - 1 of a sequence of total_nk keys (a chunk pair
+    of context parallelism; `Spec.eval_context`); key tiles count from the chunk's first key.
     """
     for name, value in (("nq", nq), ("nk", nk), ("block_q", block_q), ("block_k", block_k)):
         low = 1 if name.startswith("block") else 0
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ShapeError(f"{name}={value!r} must be an integer >= {low}")
     device = seg_q.device if isinstance(seg_q, torch.Tensor) else torch.device("cpu")
-    ctx = spec.eval_context(nq, nk, q_offset, seg_q, seg_k, device=device)
-    geom = Geometry(nq, nk, ctx.q_offset, block_q, block_k, ctx, device)
+    ctx = spec.eval_context(nq, nk, q_offset, seg_q, seg_k, device=device, k_offset=k_offset,
+                            total_nk=total_nk)
+    geom = Geometry(nq, nk, ctx.q_offset, block_q, block_k, ctx, device, k_offset=ctx.k_offset)
     pred = spec.effective_mask
     if is_interval(pred):
         ranges = tile_ranges(pred, geom)

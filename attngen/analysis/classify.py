@@ -165,7 +165,7 @@ def _run_1d(pred, geom: Geometry, low, high, values) -> tuple[torch.Tensor, torc
     width = int((high - low).max()) + 1
     step = max(1, _CHUNK_ELEMENTS // width)
     offsets = torch.arange(width)
-    ctx = EvalContext(nq=geom.nq, nk=geom.nk, q_offset=geom.q_offset)
+    ctx = EvalContext(nq=geom.nq, nk=geom.nk, q_offset=geom.q_offset, k_offset=geom.k_offset)
     nonempty, full = [], []
     for at in range(0, len(low), step):
         v = low[at:at + step, None] + offsets                   # [n, width]
@@ -265,14 +265,15 @@ def _cpu_context(geom: Geometry) -> EvalContext:
 
     seg_q = None if ctx.seg_rows is None else ctx.seg_rows.squeeze(-1).cpu()
     seg_k = None if ctx.seg_cols is None else ctx.seg_cols.squeeze(-2).cpu()
-    return EvalContext(nq=geom.nq, nk=geom.nk, q_offset=geom.q_offset, seg_rows=seg_q, seg_cols=seg_k,
-                       random_table=None if table is None else random_table)
+    return EvalContext(nq=geom.nq, nk=geom.nk, q_offset=geom.q_offset, k_offset=geom.k_offset,
+                       seg_rows=seg_q, seg_cols=seg_k, random_table=None if table is None else random_table)
 
 
 def _tile_context(ctx: EvalContext, geom: Geometry, ii, jj) -> EvalContext:
     """The context for evaluating positions ii, jj: segment ids gathered at those positions."""
     if ctx.seg_rows is None:
         return ctx
-    return EvalContext(nq=geom.nq, nk=geom.nk, q_offset=geom.q_offset,
-                       seg_rows=ctx.seg_rows[..., ii - geom.q_offset], seg_cols=ctx.seg_cols[..., jj],
+    return EvalContext(nq=geom.nq, nk=geom.nk, q_offset=geom.q_offset, k_offset=geom.k_offset,
+                       seg_rows=ctx.seg_rows[..., ii - geom.q_offset],
+                       seg_cols=ctx.seg_cols[..., jj - geom.k_offset],
                        random_table=ctx.random_table)

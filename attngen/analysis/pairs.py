@@ -26,7 +26,7 @@ from ..spec.predicates import (LEAF_TYPES, All_, Any_, Band, Blocks, Causal, Col
                                GlobalTokens, Not_, Nothing, Predicate, Random, Segments, Stride)
 from ..spec.formula import Formula
 from ..spec.normalize import normalize
-from ..spec.spec import Spec, resolve_q_offset
+from ..spec.spec import Spec, resolve_k_offset, resolve_q_offset
 
 ROW_CHUNK = 1 << 16            # rows counted at once: bounds memory at ~(ROW_CHUNK × breakpoints)
 MAX_TABLE = 1 << 24            # entries of the period table before falling back to dense row chunks
@@ -61,23 +61,33 @@ def _replace_segments(p: Predicate) -> Predicate:
 
 
 def allowed_pairs(spec: Spec, nq: int, nk: int, q_offset: int | None = None, *,
-                  seg_q: torch.Tensor | None = None, seg_k: torch.Tensor | None = None) -> int:
+                  seg_q: torch.Tensor | None = None, seg_k: torch.Tensor | None = None,
+                  k_offset: int = 0, total_nk: int | None = None) -> int:
     """Exact number of (query, key) pairs the mask allows, for one head and one batch element.
 
     A segments mask without `seg_q`/`seg_k` counts as one segment. Segment ids are 1-D here.
+    k_offset / total_nk: the keys are positions k_offset .. k_offset + nk - 1 of a sequence of
+    total_nk keys (a chunk pair of context parallelism; `Spec.eval_context`).
     """
     segmented = seg_q is not None or seg_k is not None
     mask = counted_mask(spec, segments=segmented)
-    q_offset = resolve_q_offset(nq, nk, q_offset)
+    k_offset, total_nk = resolve_k_offset(nk, k_offset, total_nk)
+    q_offset = resolve_q_offset(nq, nk, q_offset, k_offset)
     if isinstance(mask, Everything):
         return nq * nk
     if isinstance(mask, Nothing) or nq == 0 or nk == 0:
         return 0
     formula = pairs_formula(mask)
-    if formula is not None and nq == nk and q_offset == 0 and nq >= formula.n_min:
+    if formula is not None and nq == nk and q_offset == 0 and k_offset == 0 and nq >= formula.n_min:
         return formula.value(nq)
-    ctx = spec.eval_context(nq, nk, q_offset, *((seg_q, seg_k) if segmented else (None, None)))
-    seg = _SegmentRuns(seg_q, seg_k, nq, nk) if segmented else None
+    if segmented:
+        ids = (seg_q, seg_k)
+    elif spec.uses_segments:           # one document: the ids are never read (Segments → Everything)
+        ids = (torch.zeros(nq, dtype=torch.int64), torch.zeros(nk, dtype=torch.int64))
+    else:
+        ids = (None, None)
+    ctx = spec.eval_context(nq, nk, q_offset, *ids, k_offset=k_offset, total_nk=total_nk)
+    seg = _SegmentRuns(seg_q, seg_k, nq, nk, k_offset) if segmented else None
     with _one_thread():
         return _count_rows(mask, nq, nk, ctx, seg)
 
@@ -112,9 +122,10 @@ def _count_rows(mask, nq, nk, ctx, seg) -> int:
 
 
 def _count_chunk(ii, interval, table, period, nk, ctx, seg) -> int:
-    """Allowed pairs of the rows at positions ii [R, 1]."""
-    cuts = [torch.zeros_like(ii), torch.full_like(ii, nk)]
-    cuts += [_breakpoints(leaf, ii, ctx, seg).clamp(0, nk) for leaf in interval]
+    """Allowed pairs of the rows at positions ii [R, 1], keys k_offset .. k_offset + nk - 1."""
+    first, stop = ctx.k_offset, ctx.k_offset + nk
+    cuts = [torch.full_like(ii, first), torch.full_like(ii, stop)]
+    cuts += [_breakpoints(leaf, ii, ctx, seg).clamp(first, stop) for leaf in interval]
     cuts = torch.cat(cuts, dim=1).sort(dim=1).values                  # [R, K]
     lo, hi = cuts[:, :-1], cuts[:, 1:]                                 # pieces [lo, hi)
     code = torch.zeros_like(lo)
@@ -190,9 +201,10 @@ def _leaf_value(leaf, ii, jj, ctx, seg) -> torch.Tensor:
 
 
 class _SegmentRuns:
-    """Segment ids as runs of equal keys, so that a row's keys in its segment are intervals."""
+    """Segment ids as runs of equal keys, so that a row's keys in its segment are intervals (of
+    key positions: index + k_offset)."""
 
-    def __init__(self, seg_q, seg_k, nq, nk):
+    def __init__(self, seg_q, seg_k, nq, nk, k_offset=0):
         for name, seg, size in (("seg_q", seg_q, nq), ("seg_k", seg_k, nk)):
             if not isinstance(seg, torch.Tensor) or seg.dim() != 1 or seg.shape[0] != size:
                 shape = tuple(seg.shape) if isinstance(seg, torch.Tensor) else None
@@ -206,26 +218,28 @@ class _SegmentRuns:
         order = torch.argsort(which, stable=True)
         counts = torch.bincount(which, minlength=len(self.values))
         slot = torch.arange(len(which)) - (torch.cumsum(counts, 0) - counts)[which[order]]
-        self.runs = torch.full((len(self.values), int(counts.max()), 2), nk, dtype=torch.int64)
-        self.runs[which[order], slot] = torch.stack([starts[order], ends[order]], dim=1)
-        self.nk = nk
+        self.stop = k_offset + nk               # past the last key position: an empty run
+        self.runs = torch.full((len(self.values), int(counts.max()), 2), self.stop, dtype=torch.int64)
+        self.runs[which[order], slot] = torch.stack([starts[order], ends[order]], dim=1) + k_offset
+        self.nk, self.k_offset = nk, k_offset
 
     def breakpoints(self, row_index):            # [R, 1] → [R, 2 × runs]
         value = self.seg_q[row_index[:, 0]]
         where = torch.searchsorted(self.values, value).clamp(max=len(self.values) - 1)
         runs = self.runs[where]
-        runs[self.values[where] != value] = self.nk
+        runs[self.values[where] != value] = self.stop
         return runs.flatten(1)
 
     def same(self, row_index, jj):
-        key = self.seg_k[jj.clamp(0, self.nk - 1)]
-        return (key == self.seg_q[row_index]) & (jj < self.nk)
+        index = jj - self.k_offset
+        key = self.seg_k[index.clamp(0, self.nk - 1)]
+        return (key == self.seg_q[row_index]) & (index >= 0) & (index < self.nk)
 
 
 def _count_dense(mask, nq, nk, ctx) -> int:
     """Exact fallback for periods too long to tabulate: the mask in row chunks, never whole."""
     rows_at_once = max(1, DENSE_CHUNK // max(nk, 1))
-    jj = torch.arange(nk).unsqueeze(0)
+    jj = (torch.arange(nk) + ctx.k_offset).unsqueeze(0)
     total = 0
     for start in range(0, nq, rows_at_once):
         ii = (torch.arange(start, min(nq, start + rows_at_once)) + ctx.q_offset).unsqueeze(-1)

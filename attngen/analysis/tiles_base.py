@@ -4,7 +4,8 @@ helpers that turn per-row key-tile ranges into sorted tile-pair keys.
 Words used throughout the block-map analysis:
 - query tile ``t`` holds the rows ``[t*BQ, min((t+1)*BQ, nq))``, i.e. positions
   ``i in [q_lo[t], q_hi[t]]`` with ``i = row + q_offset``; key tile ``u`` holds the keys
-  ``j in [k_lo[u], k_hi[u]]``. Last tiles are shorter; every tile holds at least one row or key.
+  ``j in [k_lo[u], k_hi[u]]`` with ``j = index + k_offset`` (k_offset > 0: a chunk of a longer
+  sequence, context parallelism). Last tiles are shorter; every tile holds at least one row or key.
 - a tile pair ``(t, u)`` is FULL when every (i, j) in it is allowed, EMPTY when none is,
   PARTIAL otherwise. Only existing pairs count: the kernel masks the ragged edge on its own.
 - a *key* names a tile pair as one int64, ``t * num_k_tiles + u``; sorted keys are sorted by
@@ -71,7 +72,8 @@ class Verdict(NamedTuple):
 
 @dataclass(frozen=True, eq=False)
 class Geometry:
-    """The tiling of one (nq, nk, q_offset) problem, with what the predicates need to be evaluated.
+    """The tiling of one (nq, nk, q_offset, k_offset) problem, with what the predicates need to be
+    evaluated.
 
     `q_lo`/`q_hi` (num_q_tiles,) and `k_lo`/`k_hi` (num_k_tiles,) are the first and last position of
     each tile (int64, on `device`). `cache` holds per-map precomputations (random and segment tables).
@@ -84,6 +86,7 @@ class Geometry:
     block_k: int
     ctx: EvalContext = field(repr=False)
     device: torch.device = torch.device("cpu")
+    k_offset: int = 0
     num_q_tiles: int = field(init=False)
     num_k_tiles: int = field(init=False)
     q_lo: torch.Tensor = field(init=False, repr=False)
@@ -100,8 +103,13 @@ class Geometry:
         keys = torch.arange(self.num_k_tiles, device=self.device, dtype=torch.int64) * self.block_k
         set_(self, "q_lo", rows + self.q_offset)
         set_(self, "q_hi", torch.clamp(rows + self.block_q, max=self.nq) - 1 + self.q_offset)
-        set_(self, "k_lo", keys)
-        set_(self, "k_hi", torch.clamp(keys + self.block_k, max=self.nk) - 1)
+        set_(self, "k_lo", keys + self.k_offset)
+        set_(self, "k_hi", torch.clamp(keys + self.block_k, max=self.nk) - 1 + self.k_offset)
+
+    @property
+    def k_last(self) -> int:
+        """The position of the last key."""
+        return self.k_offset + self.nk - 1
 
     @property
     def num_tiles(self) -> int:
@@ -142,8 +150,8 @@ def expand_ranges(first: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor
 def key_tile_span(geom: Geometry, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Key positions [lo, hi] (any integers) → the key tiles [first, last] that hold them
     (first > last when no existing key lies in [lo, hi])."""
-    lo_c = torch.clamp(lo, min=0)
-    hi_c = torch.clamp(hi, max=geom.nk - 1)
+    lo_c = torch.clamp(lo - geom.k_offset, min=0)            # positions → key indices
+    hi_c = torch.clamp(hi - geom.k_offset, max=geom.nk - 1)
     first = floor_div(lo_c, geom.block_k)
     last = floor_div(hi_c, geom.block_k)
     return first, torch.where(lo_c <= hi_c, last, first - 1)

@@ -69,8 +69,9 @@ def is_interval(pred: Predicate) -> bool:
 
 def tile_ranges(pred: Predicate, geom: Geometry) -> TileRanges:
     """Per query tile, the non-empty and full key-tile ranges (int32), from L and R alone."""
-    low_first, high_first = key_bounds(pred, geom.q_lo)      # L(i0), R(i0)
-    low_last, high_last = key_bounds(pred, geom.q_hi)        # L(i1), R(i1)
+    # L(i0), R(i0), L(i1), R(i1) as key indices (position - k_offset)
+    low_first, high_first = (b - geom.k_offset for b in key_bounds(pred, geom.q_lo))
+    low_last, high_last = (b - geom.k_offset for b in key_bounds(pred, geom.q_hi))
     lo = torch.clamp(low_first, min=0)
     hi = torch.clamp(high_last, max=geom.nk - 1)
     nonempty = lo <= hi

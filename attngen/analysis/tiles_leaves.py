@@ -106,9 +106,9 @@ def _stride_candidates(pred, geom: Geometry, start, stop):
         return None
     rows = rows_of(geom, start, stop)
     q_lo, q_hi = geom.q_lo[rows], geom.q_hi[rows]
-    # d ranges over [q_lo - (nk - 1), q_hi]; its multiples of s are m*s for m in [m_lo, m_hi].
-    m_lo = -floor_div(-(q_lo - (geom.nk - 1)), s)
-    m_hi = floor_div(q_hi, s)
+    # d ranges over [q_lo - k_last, q_hi - k_offset]; its multiples of s are m*s for m in [m_lo, m_hi].
+    m_lo = -floor_div(-(q_lo - geom.k_last), s)
+    m_hi = floor_div(q_hi - geom.k_offset, s)
     counts, m = expand_ranges(m_lo, m_hi)
     owner = torch.repeat_interleave(torch.arange(len(rows), device=geom.device), counts, output_size=len(m))
     d = m * s

@@ -73,17 +73,20 @@ def forward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]
             + tensors("tile_counts", dtype="i32")
             + strides("q") + strides("k") + strides("v") + strides("o")
             + strides("seg_q", "bn") + strides("seg_k", "bn")
-            + sizes("nq", "nk", "q_offset", "num_query_heads")
+            + sizes("nq", "nk", "q_offset", "k_offset", "num_query_heads")
             + constexprs("BLOCK_M", "BLOCK_N", "EVEN_K", "COUNT_TILES", "DOT_PRECISION", "UPCAST_DOT"))
     return {"fwd": KernelSignature(kernel_name, args)}
 
 
-def _bound_code(bound: sympy.Expr, position: str, *, clamp: str, limit: str) -> str:
-    """A key bound for the scalar `position`, clamped into [0, nk - 1]; ±oo become the limit."""
+def _bound_code(bound: sympy.Expr, position: str, *, clamp: str, limit: str, key_offset: str = "") -> str:
+    """A key bound for the scalar `position`, as a key index (position - `key_offset`, the kernel's
+    name for it; none in decode, whose keys start at 0) clamped into [0, nk - 1]; ±oo become the
+    limit."""
     if bound in (sympy.oo, -sympy.oo):
         return limit
     code = print_triton(bound, query=position)
-    return f"tl.{clamp}({code}, {limit})"
+    shift = f" - {key_offset}" if key_offset else ""
+    return f"tl.{clamp}({code}{shift}, {limit})"
 
 
 def _score_note(g: Graph) -> tuple[float, str, str]:
@@ -164,9 +167,10 @@ def _iteration_values(g: Graph) -> dict:
     return dict(
         iteration_note="closed-form key-tile ranges from the mask's interval bounds (no index lists)",
         lower_formula=str(lower), upper_formula=str(upper),
-        lo_key_code=_bound_code(lower, "first_pos", clamp="maximum", limit="0"),
-        hi_key_code=_bound_code(upper, "last_pos", clamp="minimum", limit="nk - 1"),
-        full_lo_key_code=_bound_code(lower, "last_pos", clamp="maximum", limit="0"),
-        full_hi_key_code=_bound_code(upper, "first_pos", clamp="minimum", limit="nk - 1"),
+        lo_key_code=_bound_code(lower, "first_pos", clamp="maximum", limit="0", key_offset="k_offset"),
+        hi_key_code=_bound_code(upper, "last_pos", clamp="minimum", limit="nk - 1", key_offset="k_offset"),
+        full_lo_key_code=_bound_code(lower, "last_pos", clamp="maximum", limit="0", key_offset="k_offset"),
+        full_hi_key_code=_bound_code(upper, "first_pos", clamp="minimum", limit="nk - 1",
+                                     key_offset="k_offset"),
     )
 

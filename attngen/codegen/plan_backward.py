@@ -40,11 +40,12 @@ def backward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature
             + sizes("nq", "num_query_heads") + constexprs("BLOCK_M"))),
         "dkdv": KernelSignature(names["dkdv"], (
             saved + tensors("dk", "dv") + tile_walk + block_list_args(g, "by_key_") + randoms
-            + inputs + strides("dk") + strides("dv") + seg + sizes("nq", "nk", "q_offset", "num_kv_heads")
+            + inputs + strides("dk") + strides("dv") + seg
+            + sizes("nq", "nk", "q_offset", "k_offset", "num_kv_heads")
             + constexprs("BLOCK_M", "BLOCK_N", "DOT_PRECISION", "UPCAST_DOT"))),
         "dq": KernelSignature(names["dq"], (
             saved + tensors("dq") + tile_walk + block_list_args(g) + randoms
-            + inputs + strides("dq") + seg + sizes("nq", "nk", "q_offset", "num_query_heads")
+            + inputs + strides("dq") + seg + sizes("nq", "nk", "q_offset", "k_offset", "num_query_heads")
             + constexprs("BLOCK_M", "BLOCK_N", "EVEN_K", "DOT_PRECISION", "UPCAST_DOT"))),
     }
 

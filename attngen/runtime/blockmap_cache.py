@@ -59,22 +59,26 @@ def _read_block_map(path: Path) -> tuple | None:
 
 
 def cached_block_map_lists(spec: Spec, nq: int, nk: int, block_m: int, block_n: int, *,
-                           q_offset: int, transposed: bool = False) -> tuple:
+                           q_offset: int, transposed: bool = False, k_offset: int = 0,
+                           total_nk: int | None = None) -> tuple:
     """(partial_ptr, partial_idx, full_ptr, full_idx) int32 on the CPU of `spec`'s block map
-    (`transposed()`: rows are key tiles), read from the disk cache when the map is large."""
+    (`transposed()`: rows are key tiles), read from the disk cache when the map is large.
+    k_offset / total_nk: a chunk pair of a longer sequence (`block_map`)."""
     spec = load_spec(spec)
     if spec.uses_segments:
         raise ValueError(f"spec {spec.name!r} has a segments mask: its block map depends on the "
                          "segment ids of each call and is not cached")
 
     def build() -> tuple:
-        bm = block_map(spec, nq, nk, block_m, block_n, q_offset=q_offset)
+        bm = block_map(spec, nq, nk, block_m, block_n, q_offset=q_offset, k_offset=k_offset, total_nk=total_nk)
         return (bm.transposed() if transposed else bm).lists
 
     if -(-nq // block_m) * -(-nk // block_n) < BLOCK_MAP_MIN_TILES:
         return build()
     shape = {"nq": nq, "nk": nk, "q_offset": q_offset, "block_m": block_m, "block_n": block_n,
              "transposed": transposed}
+    if k_offset or (total_nk is not None and total_nk != nk):      # a chunk pair: say which
+        shape.update(k_offset=k_offset, total_nk=total_nk)
     path = block_map_file(spec, shape)
     lists = _read_block_map(path)
     if lists is not None:

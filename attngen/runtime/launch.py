@@ -30,7 +30,7 @@ from ..codegen.emit import GeneratedKernel
 from ..codegen.plan import random_tables
 from ..errors import ShapeError
 from ..reference import check_qkv
-from ..spec import Random, Spec, alibi_slopes, resolve_q_offset
+from ..spec import Random, Spec, alibi_slopes, resolve_k_offset, resolve_q_offset
 from ..spec.inputs import DTYPES as DTYPES_OF_INPUTS
 from ..analysis.blockmap import block_map
 from .blockmap_cache import cached_block_map_lists
@@ -93,16 +93,16 @@ class ShapeTables(OrderedDict):
 
 
 def block_map_lists(spec: Spec, nq, nk, q_offset, cfg: TileConfig, device, seg_q=None, seg_k=None,
-                    *, transposed: bool = False) -> tuple:
+                    *, transposed: bool = False, k_offset: int = 0, total_nk: int | None = None) -> tuple:
     """The block map's CSR lists (`BlockMap.lists`, by key tile where `transposed`) on `device`.
     Segment maps come from this call's ids; static ones through `blockmap_cache` (large ones are
-    kept on disk)."""
+    kept on disk). k_offset / total_nk: a chunk pair of a longer sequence (`block_map`)."""
     if seg_q is None:
         lists = cached_block_map_lists(spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset,
-                                       transposed=transposed)
+                                       transposed=transposed, k_offset=k_offset, total_nk=total_nk)
     else:
         bm = block_map(spec, nq, nk, cfg.block_m, cfg.block_n, q_offset=q_offset, seg_q=seg_q,
-                       seg_k=seg_k)
+                       seg_k=seg_k, k_offset=k_offset, total_nk=total_nk)
         lists = (bm.transposed() if transposed else bm).lists
     return tuple(t.to(device=device) for t in lists)
 
@@ -203,22 +203,23 @@ class SoftmaxLauncher(KernelLauncher):
         return self._tuned[key]
 
     def call_tables(self, nq, nk, q_offset, cfg: TileConfig | None, device, seg_q, seg_k, *,
-                    batch: int) -> CallTables:
+                    batch: int, keys: tuple = (0, None)) -> CallTables:
         """The tables of one call; `cfg` None: without the block map's lists (a kernel that walks
-        its own, as the backward's dK/dV kernel does). `batch`: q's, which 2-D segment ids match."""
+        its own, as the backward's dK/dV kernel does). `batch`: q's, which 2-D segment ids match.
+        `keys`: (k_offset, total_nk) of a chunk pair (`Spec.eval_context`)."""
         spec = self.spec
         if spec.uses_segments:
             if seg_q is None or seg_k is None:
                 raise ShapeError(f"spec {spec.name!r} has a segments mask: pass seg_q and seg_k")
             spec.eval_context(nq, nk, q_offset, seg_q, seg_k, batch=batch)   # validates shapes, dtypes
-            lists = () if cfg is None else self._lists(nq, nk, q_offset, cfg, device, seg_q, seg_k)
+            lists = () if cfg is None else self._lists(nq, nk, q_offset, cfg, device, seg_q, seg_k, keys)
             return CallTables(lists=lists, segments=_segments(seg_q, seg_k, device), alibi=self.alibi(device))
         if seg_q is not None or seg_k is not None:
             raise ShapeError(f"spec {spec.name!r} has no segments mask, but seg_q/seg_k were given")
-        key = (nq, nk, q_offset, cfg and (cfg.block_m, cfg.block_n), device)
+        key = (nq, nk, q_offset, keys, cfg and (cfg.block_m, cfg.block_n), device)
         return self._shape_cache.get_or_build(key, lambda: CallTables(
-            lists=() if cfg is None else self._lists(nq, nk, q_offset, cfg, device, None, None),
-            random=self._random(nq, nk, q_offset, device), alibi=self.alibi(device)))
+            lists=() if cfg is None else self._lists(nq, nk, q_offset, cfg, device, None, None, keys),
+            random=self._random(nq, nk, q_offset, device, keys), alibi=self.alibi(device)))
 
     def alibi(self, device) -> torch.Tensor | None:
         """ALiBi's slopes on `device` (float32), made once per device."""
@@ -228,15 +229,16 @@ class SoftmaxLauncher(KernelLauncher):
             self._alibi[device] = alibi_slopes(self.spec.query_heads).to(device=device, dtype=torch.float32)
         return self._alibi[device]
 
-    def _lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k):
+    def _lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k, keys):
         if self.iteration != "lists":
             return ()
-        return block_map_lists(self.spec, nq, nk, q_offset, cfg, device, seg_q, seg_k)
+        return block_map_lists(self.spec, nq, nk, q_offset, cfg, device, seg_q, seg_k, k_offset=keys[0],
+                               total_nk=keys[1])
 
-    def _random(self, nq, nk, q_offset, device):
+    def _random(self, nq, nk, q_offset, device, keys):
         if not self.tables:
             return ()
-        ctx = self.spec.eval_context(nq, nk, q_offset)
+        ctx = self.spec.eval_context(nq, nk, q_offset, k_offset=keys[0], total_nk=keys[1])
         out = []
         for t in self.tables:
             first, table = ctx.random_table(Random(t.per_row, t.block, t.seed))
@@ -258,14 +260,18 @@ class SoftmaxLauncher(KernelLauncher):
         return self.compile_launch("fwd", target, self.aot_arguments(dtype, n, nk or n), cfg)
 
     def forward(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, inputs: dict | None = None,
-                config: TileConfig | None = None, count_tiles: bool = False):
+                config: TileConfig | None = None, count_tiles: bool = False, k_offset: int = 0,
+                total_nk: int | None = None):
         """(out, lse[, tile_counts]): out like q's layout (B, Hq, Nq, Dv), lse float32 (B, Hq, Nq).
-        `inputs`: the spec's call-time inputs by name (`sink`, ...)."""
+        `inputs`: the spec's call-time inputs by name (`sink`, ...). k_offset / total_nk: the keys
+        are positions k_offset .. k_offset + Nk - 1 of a sequence of total_nk keys (a chunk pair of
+        context parallelism; random draws are the whole sequence's)."""
         spec = self.spec
         check_inputs(spec, q, k, v)
         batch, _, nq, _ = q.shape
         nk = k.shape[2]
-        q_offset = resolve_q_offset(nq, nk, q_offset)
+        keys = resolve_k_offset(nk, k_offset, total_nk)
+        q_offset = resolve_q_offset(nq, nk, q_offset, keys[0])
         inputs = call_inputs(spec, inputs, batch=batch, nq=nq, nk=nk, device=q.device)
         interpret = architecture(q.device) is None
         if nq == 0 or nk == 0:           # no pair at all: nothing to launch
@@ -276,7 +282,7 @@ class SoftmaxLauncher(KernelLauncher):
             counts = torch.zeros(0, dtype=torch.int32, device=q.device)        # no program ran
             return (out, lse, counts) if count_tiles else (out, lse)
         arguments = self._arguments_at(q, k, v, q_offset, seg_q, seg_k, interpret=interpret,
-                                       count_tiles=count_tiles, inputs=inputs)
+                                       count_tiles=count_tiles, inputs=inputs, keys=keys)
         cfg = config or self.tuned_config(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k, arguments=arguments)
         grid, args, num_warps, num_stages = arguments(cfg)
         poison(args["out"], args["lse"], interpreted=interpret)
@@ -285,7 +291,7 @@ class SoftmaxLauncher(KernelLauncher):
         return (out, lse, counts) if count_tiles else (out, lse)
 
     def _arguments_at(self, q, k, v, q_offset, seg_q, seg_k, *, interpret: bool, count_tiles: bool,
-                      inputs: dict):
+                      inputs: dict, keys: tuple = (0, None)):
         """cfg → (grid, keyword arguments, num_warps, num_stages) of this call's launch at `cfg`:
         outputs allocated, the shape's tables picked. The configuration search compiles with
         exactly these arguments, so it judges the kernel the launch runs."""
@@ -294,14 +300,15 @@ class SoftmaxLauncher(KernelLauncher):
         nk = k.shape[2]
 
         def arguments(cfg: TileConfig):
-            tables = self.call_tables(nq, nk, q_offset, cfg, q.device, seg_q, seg_k, batch=batch)
+            tables = self.call_tables(nq, nk, q_offset, cfg, q.device, seg_q, seg_k, batch=batch, keys=keys)
             out = torch.empty(out_shape(spec, q), dtype=q.dtype, device=q.device)
             lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
             grid = (cdiv(nq, cfg.block_m), batch * spec.query_heads)
             counts = torch.zeros(grid[1] * grid[0], dtype=torch.int32, device=q.device) if count_tiles else out
             args = dict(q=q, k=k, v=v, out=out, lse=lse,
                         alibi_slopes=out if tables.alibi is None else tables.alibi, **sink_arg(spec, inputs),
-                        tile_counts=counts, nq=nq, nk=nk, q_offset=q_offset, num_query_heads=spec.query_heads,
+                        tile_counts=counts, nq=nq, nk=nk, q_offset=q_offset, k_offset=keys[0],
+                        num_query_heads=spec.query_heads,
                         **block_list_args(tables.lists), **random_table_args(self.tables, tables.random),
                         **segment_args(tables.segments, out), **stride_args("q", q), **stride_args("k", k),
                         **stride_args("v", v), **stride_args("o", out),

@@ -23,7 +23,7 @@ from ..codegen.aot import CompiledKernels, resource_usage
 from ..codegen.emit import GeneratedKernel
 from ..errors import ShapeError
 from ..reference import _softmax_reference, reference
-from ..spec import Spec, resolve_q_offset
+from ..spec import Spec, resolve_k_offset, resolve_q_offset
 from .launch import (ShapeTables, SoftmaxLauncher, block_list_args, block_map_lists, check_inputs,
                      meta_inputs, out_shape, random_table_args, segment_args, stride_args)
 from .inputs import call_inputs, grad_inputs, sink_arg
@@ -92,15 +92,18 @@ class BackwardLauncher(SoftmaxLauncher):
         return self._arguments_at(q, k, v, out, lse, dout, nk - n, *segments, interpret=False,
                                   inputs=meta_inputs(spec, batch, n, nk))
 
-    def by_key_lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k) -> tuple:
-        """The transposed block map's CSR lists at the key-major tile sizes (non-interval masks)."""
+    def by_key_lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k, keys: tuple = (0, None)) -> tuple:
+        """The transposed block map's CSR lists at the key-major tile sizes (non-interval masks);
+        `keys`: (k_offset, total_nk) of a chunk pair."""
         if self.iteration != "lists":
             return ()
+        k_offset, total_nk = keys
         if self.spec.uses_segments:          # built from this call's ids, never kept
-            return block_map_lists(self.spec, nq, nk, q_offset, cfg, device, seg_q, seg_k, transposed=True)
-        key = (nq, nk, q_offset, cfg.block_m, cfg.block_n, device)
+            return block_map_lists(self.spec, nq, nk, q_offset, cfg, device, seg_q, seg_k, transposed=True,
+                                   k_offset=k_offset, total_nk=total_nk)
+        key = (nq, nk, q_offset, keys, cfg.block_m, cfg.block_n, device)
         return self._by_key_cache.get_or_build(key, lambda: block_map_lists(
-            self.spec, nq, nk, q_offset, cfg, device, transposed=True))
+            self.spec, nq, nk, q_offset, cfg, device, transposed=True, k_offset=k_offset, total_nk=total_nk))
 
     def role_tiles(self, cfg: BackwardConfig) -> dict:
         """{role: TileConfig} of the three kernels (the preprocess streams `preprocess_rows` rows)."""
@@ -143,23 +146,27 @@ class BackwardLauncher(SoftmaxLauncher):
         return BackwardConfig(chosen["dkdv"], chosen["dq"])
 
     def backward(self, q, k, v, out, lse, dout, *, q_offset=None, seg_q=None, seg_k=None,
-                 inputs: dict | None = None, config: BackwardConfig | None = None):
+                 inputs: dict | None = None, config: BackwardConfig | None = None, k_offset: int = 0,
+                 total_nk: int | None = None):
         """(dq, dk, dv, *d(each grad input)): dq, dk, dv like their inputs (shape, dtype,
         strides); then the gradient of each input with `grad` (the sink's too), float32, in
-        declared order (`inputs.grad_inputs`)."""
+        declared order (`inputs.grad_inputs`). k_offset / total_nk: a chunk pair
+        (`SoftmaxLauncher.forward`); with the whole rows' out and lse, these are the chunk pair's
+        exact shares of the whole sequence's gradients."""
         spec = self.spec
         check_inputs(spec, q, k, v)
         _check_saved(spec, q, out, lse, dout)
         batch, _, nq, head_dim = q.shape
         nk = k.shape[2]
-        q_offset = resolve_q_offset(nq, nk, q_offset)
+        keys = resolve_k_offset(nk, k_offset, total_nk)
+        q_offset = resolve_q_offset(nq, nk, q_offset, keys[0])
         inputs = call_inputs(spec, inputs, batch=batch, nq=nq, nk=nk, device=q.device)
         interpret = architecture(q.device) is None
         if nq == 0 or nk == 0:     # no pair at all: every gradient is 0
             return tuple(torch.zeros_like(t) for t in (q, k, v, *(inputs[d.name] for d in grad_inputs(spec))))
         arguments, (dq, dk, dv, *extra) = self._arguments_at(q, k, v, out, lse.to(torch.float32).contiguous(),
                                                              dout.to(q.dtype), q_offset, seg_q, seg_k,
-                                                             interpret=interpret, inputs=inputs)
+                                                             interpret=interpret, inputs=inputs, keys=keys)
         cfg = config or self.launch_config(head_dim, q.dtype, q.device, arguments)
         poison(dq, dk, dv, interpreted=interpret)
         for role, tiles in self.role_tiles(cfg).items():        # preprocess (delta), dK/dV, dQ
@@ -175,7 +182,8 @@ class BackwardLauncher(SoftmaxLauncher):
         (sink_partials,) = partials                                  # (B, Hq, preprocess programs)
         return (sink_partials.sum(dim=(0, 2)),)
 
-    def _arguments_at(self, q, k, v, out, lse, dout, q_offset, seg_q, seg_k, *, interpret: bool, inputs: dict):
+    def _arguments_at(self, q, k, v, out, lse, dout, q_offset, seg_q, seg_k, *, interpret: bool, inputs: dict,
+                      keys: tuple = (0, None)):
         """(role → (tiles → (grid, keyword arguments, num_warps, num_stages)), (dq, dk, dv)) of
         this call: the gradients and delta allocated once, each kernel's launch at any tiles. The
         configuration search compiles exactly these launches."""
@@ -201,14 +209,15 @@ class BackwardLauncher(SoftmaxLauncher):
                         tiles.num_warps, tiles.num_stages)
                 # dK/dV walks the transposed map (`by_key_lists`), not the forward's lists
                 tables = self.call_tables(nq, nk, q_offset, tiles if role == "dq" else None, q.device, seg_q, seg_k,
-                                          batch=batch)
+                                          batch=batch, keys=keys)
                 common = dict(q=q, k=k, v=v, dout=dout, lse=lse, delta=delta, nq=nq, nk=nk, q_offset=q_offset,
+                              k_offset=keys[0],
                               alibi_slopes=lse if tables.alibi is None else tables.alibi,
                               **random_table_args(self.tables, tables.random), **segment_args(tables.segments, q),
                               **stride_args("q", q), **stride_args("k", k), **stride_args("v", v),
                               **stride_args("do", dout), **constexprs)
                 if role == "dkdv":
-                    by_key = self.by_key_lists(nq, nk, q_offset, tiles, q.device, seg_q, seg_k)
+                    by_key = self.by_key_lists(nq, nk, q_offset, tiles, q.device, seg_q, seg_k, keys)
                     return ((cdiv(nk, tiles.block_n), batch * spec.kv_heads), dict(
                         common, dk=dk, dv=dv, num_kv_heads=spec.kv_heads, **block_list_args(by_key, "by_key_"),
                         **stride_args("dk", dk), **stride_args("dv", dv)), tiles.num_warps, tiles.num_stages)

@@ -43,6 +43,8 @@ class EvalContext:
     `random_table(pred)` returns ``(first_query_block, table)`` with ``table[qb - first_query_block]``
     the sorted key blocks drawn for query block ``qb`` (see `attngen.spec.random_draw`).
     `seg_rows` / `seg_cols` are segment ids already shaped to broadcast against the position grids.
+    Query row r is position ``r + q_offset``, key index c position ``c + k_offset`` (a chunk of a
+    longer sequence; 0 otherwise).
     Formulas (`attngen.spec.formula`) may also read `batch` and `heads` (indices shaped to
     broadcast against the grids, e.g. (B, 1, 1, 1) and (1, Hq, 1, 1)), the kv head ``h // group``
     and the call's `inputs` by name; none of the built-in predicates reads them.
@@ -51,6 +53,7 @@ class EvalContext:
     nq: int
     nk: int
     q_offset: int
+    k_offset: int = 0
     seg_rows: torch.Tensor | None = None
     seg_cols: torch.Tensor | None = None
     random_table: Callable | None = None

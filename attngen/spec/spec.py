@@ -322,11 +322,17 @@ class Spec:
 
     # -- meaning at concrete sizes -----------------------------------------------------------
     def eval_context(self, nq: int, nk: int, q_offset: int | None = None, seg_q=None, seg_k=None,
-                     device=None, *, inputs: dict | None = None, batch: int | None = None) -> EvalContext:
+                     device=None, *, inputs: dict | None = None, batch: int | None = None,
+                     k_offset: int = 0, total_nk: int | None = None) -> EvalContext:
         """Everything the predicate needs to be evaluated at these sizes (validated). `inputs` are
         the call's inputs by name and `batch` its B (formulas read them; see `formula_context`);
-        2-D segment ids must have `batch` rows when it is given."""
-        q_offset = resolve_q_offset(nq, nk, q_offset)
+        2-D segment ids must have `batch` rows when it is given.
+
+        A chunk of a longer sequence (context parallelism): keys are positions k_offset ..
+        k_offset + nk - 1 of a sequence of `total_nk` keys (default k_offset + nk), and random
+        draws are those of that whole sequence; segment ids are the chunk's own."""
+        k_offset, total_nk = resolve_k_offset(nk, k_offset, total_nk)
+        q_offset = resolve_q_offset(nq, nk, q_offset, k_offset)
         rows = cols = None
         if self.uses_segments:
             rows, cols = _segment_grids(seg_q, seg_k, nq, nk, device, batch)
@@ -339,7 +345,7 @@ class Spec:
             if pred not in tables:
                 first, count = random_draw.query_block_span(nq, q_offset, pred.block)
                 table = random_draw.draw_key_blocks(seed=pred.seed, per_row=pred.per_row, block=pred.block,
-                                                    nk=nk, first_query_block=first, num_query_blocks=count)
+                                                    nk=total_nk, first_query_block=first, num_query_blocks=count)
                 tables[pred] = (first, table.to(device) if device is not None else table)
             return tables[pred]
 
@@ -351,7 +357,7 @@ class Spec:
                     path = _path_to(self.mask, pred, "mask")
                     raise SpecError(f"{path}.per_row" if path else err.field, err.value,
                                     err.reason) from None
-        return EvalContext(nq=nq, nk=nk, q_offset=q_offset, seg_rows=rows, seg_cols=cols,
+        return EvalContext(nq=nq, nk=nk, q_offset=q_offset, k_offset=k_offset, seg_rows=rows, seg_cols=cols,
                            random_table=random_table, **extra)
 
     def formula_context(self, nq: int, nk: int, inputs: dict | None, batch: int | None, device) -> dict:
@@ -371,9 +377,11 @@ class Spec:
                 "heads": torch.arange(self.query_heads, device=device).view(1, self.query_heads, 1, 1)}
 
     def dense_mask(self, nq: int, nk: int, q_offset: int | None = None, seg_q=None, seg_k=None,
-                   *, device=None, inputs: dict | None = None, batch: int | None = None) -> torch.Tensor:
+                   *, device=None, inputs: dict | None = None, batch: int | None = None,
+                   k_offset: int = 0, total_nk: int | None = None) -> torch.Tensor:
         """The mask evaluated on every pair: bool (nq, nk), or (B, nq, nk) for batched segments,
-        or (B, Hq, nq, nk) for a formula that reads the batch, the head or an input.
+        or (B, Hq, nq, nk) for a formula that reads the batch, the head or an input. Keys are
+        positions k_offset .. k_offset + nk - 1 of total_nk (`eval_context`).
 
         For tests and pictures only: kernels never build this.
         """
@@ -381,9 +389,10 @@ class Spec:
             base = Band(None, 0) if self.causal else Everything()
         else:
             base = self.effective_mask
-        ctx = self.eval_context(nq, nk, q_offset, seg_q, seg_k, device=device, inputs=inputs, batch=batch)
+        ctx = self.eval_context(nq, nk, q_offset, seg_q, seg_k, device=device, inputs=inputs, batch=batch,
+                                k_offset=k_offset, total_nk=total_nk)
         ii = (torch.arange(nq, device=device) + ctx.q_offset).unsqueeze(-1)
-        jj = torch.arange(nk, device=device).unsqueeze(0)
+        jj = (torch.arange(nk, device=device) + ctx.k_offset).unsqueeze(0)
         mask = base.evaluate(ii, jj, ctx)
         if self.mask_needs_heads:
             mask = mask.expand(ctx.batch.shape[0], self.query_heads, nq, nk)
@@ -414,13 +423,26 @@ def _path_to(pred: Predicate | None, target: Predicate, path: str) -> str | None
     return None
 
 
-def resolve_q_offset(nq: int, nk: int, q_offset: int | None) -> int:
-    """SPEC.md alignment: by default the last query lines up with the last key."""
+def resolve_q_offset(nq: int, nk: int, q_offset: int | None, k_offset: int = 0) -> int:
+    """SPEC.md alignment: by default the last query lines up with the last key (at k_offset + nk - 1
+    when the call's keys start at position k_offset)."""
     if q_offset is None:
-        return nk - nq
+        return k_offset + nk - nq
     if isinstance(q_offset, bool) or not isinstance(q_offset, int):
         raise ShapeError(f"q_offset must be an int, got {q_offset!r}")
     return q_offset
+
+
+def resolve_k_offset(nk: int, k_offset: int, total_nk: int | None) -> tuple[int, int]:
+    """(k_offset, total_nk) checked: the call's keys are positions k_offset .. k_offset + nk - 1 of
+    a sequence of total_nk keys (default: the call's keys end the sequence)."""
+    if isinstance(k_offset, bool) or not isinstance(k_offset, int) or k_offset < 0:
+        raise ShapeError(f"k_offset must be an int >= 0, got {k_offset!r}")
+    if total_nk is None:
+        return k_offset, k_offset + nk
+    if isinstance(total_nk, bool) or not isinstance(total_nk, int) or total_nk < k_offset + nk:
+        raise ShapeError(f"total_nk={total_nk!r} must be an int >= k_offset + nk = {k_offset + nk}")
+    return k_offset, total_nk
 
 
 def _segment_grids(seg_q, seg_k, nq, nk, device, batch=None):

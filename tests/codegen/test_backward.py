@@ -272,7 +272,7 @@ GEOMETRIES = [(37, 53, 16, 16, None), (53, 37, 16, 32, None), (40, 40, 32, 16, -
               (64, 48, 16, 16, 0), (30, 30, 16, 16, 100)]
 
 
-def _key_major_ranges(source: str, nq, nk, q_offset, block_m, block_n):
+def _key_major_ranges(source: str, nq, nk, q_offset, block_m, block_n, k_offset=0):
     """Run the generated dK/dV kernel's range lines, and the source's tile-range helpers they call,
     in Python (they use only //, + and tl.minimum/maximum/where/cdiv on non-negative integers, where
     Python and Triton agree) for every key tile."""
@@ -295,8 +295,8 @@ def _key_major_ranges(source: str, nq, nk, q_offset, block_m, block_n):
 
     out = []
     for key_tile in range(-(-nk // block_n)):
-        scope = dict(tl=tl, key_tile=key_tile, nq=nq, nk=nk, q_offset=q_offset, BLOCK_M=block_m,
-                     BLOCK_N=block_n, floor_div=lambda a, b: a // b, floor_mod=lambda a, b: a % b)
+        scope = dict(tl=tl, key_tile=key_tile, nq=nq, nk=nk, q_offset=q_offset, k_offset=k_offset,
+                     BLOCK_M=block_m, BLOCK_N=block_n, floor_div=lambda a, b: a // b, floor_mod=lambda a, b: a % b)
         exec(helpers, scope)
         exec(code, scope)
         out.append((scope["first_tile"], scope["full_first"], scope["full_stop"], scope["stop_tile"]))
@@ -304,13 +304,16 @@ def _key_major_ranges(source: str, nq, nk, q_offset, block_m, block_n):
 
 
 @pytest.mark.parametrize("pred", [pytest.param(p, id=repr(p)[:40]) for p in INTERVAL_MASKS])
-def test_key_major_ranges_against_brute_force(pred):
+@pytest.mark.parametrize("k_offset", [pytest.param(0, id="keys-from-0"), pytest.param(29, id="keys-from-29")])
+def test_key_major_ranges_against_brute_force(pred, k_offset):
+    """k_offset > 0: keys are a chunk of a longer sequence (context parallelism)."""
     spec = Spec(name="r", query_heads=1, kv_heads=1, head_dim=16, mask=_normalised(pred))
     source = generate(spec, "bwd", check=True).source
     for nq, nk, bq, bk, q_offset in GEOMETRIES:
-        dense = spec.dense_mask(nq, nk, q_offset)
+        dense = spec.dense_mask(nq, nk, q_offset, k_offset=k_offset)
+        q_offset = spec.eval_context(nq, nk, q_offset, k_offset=k_offset).q_offset
         for key_tile, (first, full_first, full_stop, stop) in enumerate(
-                _key_major_ranges(source, nq, nk, spec.eval_context(nq, nk, q_offset).q_offset, bq, bk)):
+                _key_major_ranges(source, nq, nk, q_offset, bq, bk, k_offset)):
             cols = dense[:, key_tile * bk:(key_tile + 1) * bk]
             for query_tile in range(-(-nq // bq)):
                 block = cols[query_tile * bq:(query_tile + 1) * bq]

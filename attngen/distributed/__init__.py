@@ -1,0 +1,111 @@
+"""Context parallelism: one sequence across the ranks of a torch.distributed group.
+
+    from attngen.distributed import context_parallel, shard, unshard
+    cp = context_parallel(attn, group=None, layout="zigzag")     # or "contiguous"
+    q_l, k_l, v_l = (shard(x, dim=2, layout="zigzag") for x in (q, k, v))
+    out_l = cp(q_l, k_l, v_l)                                     # this rank's rows, with a backward
+    out = unshard(out_l, dim=2, layout="zigzag")
+
+`out_l` equals the same rows of `attn(q, k, v)` on the whole sequence, with every mask (positions
+stay absolute), and its gradients the same rows of the whole-sequence gradients. Segment ids are
+sharded like q/k/v (`shard(seg, dim=0)` for (N,), `dim=1` for (B, N)) and passed as usual.
+Layouts: `layout.py`; which chunk pairs run and ring or all-gather: `plan.py`; the ring: `ring.py`;
+docs/distributed.md for launching and the bytes moved.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ShapeError
+from .layout import LAYOUTS, chunk_bounds, check_layout, group_rank_world, local_length, rank_runs, shard, unshard
+from .plan import STRATEGIES, RingPlan, bytes_per_step, choose_strategy, ring_plan
+from .ring import AllGather, Comm, Ring
+
+__all__ = ["ContextParallel", "LAYOUTS", "STRATEGIES", "RingPlan", "bytes_per_step", "chunk_bounds",
+           "context_parallel", "rank_runs", "ring_plan", "shard", "unshard"]
+
+
+class _ContextParallelFunction(torch.autograd.Function):
+    """out_l, lse_l of the ring (or all-gather) with its backward; lse is not differentiable."""
+
+    @staticmethod
+    def forward(ctx, runner, q, k, v, seg_q, seg_k):
+        if isinstance(runner, AllGather):
+            k_all, v_all, seg_all = runner.gather(k, v, seg_k)
+            out, lse = runner.forward_gathered(q, k_all, v_all, seg_q, seg_all)
+            ctx.save_for_backward(q, k, v, out, lse, seg_q, k_all, v_all, seg_all)
+        else:
+            out, lse = runner.forward(q, k, v, seg_q, seg_k)
+            ctx.save_for_backward(q, k, v, out, lse, seg_q, seg_k)
+        ctx.runner = runner
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        runner = ctx.runner
+        dout = dout.contiguous()
+        if isinstance(runner, AllGather):
+            q, k, v, out, lse, seg_q, k_all, v_all, seg_all = ctx.saved_tensors
+            dq, dk, dv = runner.backward_gathered(q, k_all, v_all, out, lse, dout, seg_q, seg_all, k, v)
+        else:
+            q, k, v, out, lse, seg_q, seg_k = ctx.saved_tensors
+            dq, dk, dv = runner.backward(q, k, v, out, lse, dout, seg_q, seg_k)
+        return None, dq, dk, dv, None, None
+
+
+class ContextParallel:
+    """`attn` over the ranks of `group`: call it with this rank's shards (see the module docstring).
+
+    strategy: "auto" (ring, or all-gather where it moves no more bytes: `plan.choose_strategy`),
+    "ring" or "allgather". Context parallelism is self-attention over one sequence: q, k and v
+    hold the same positions (Nq = Nk, q_offset 0)."""
+
+    def __init__(self, attn, *, group=None, layout: str = "zigzag", strategy: str = "auto"):
+        if not hasattr(attn, "kernels"):          # a spec (file, dict or Spec): compile it
+            import attngen
+            attn = attngen.compile(attn)
+        if attn.spec.kind != "softmax":
+            raise ValueError(f"spec {attn.spec.name!r} is {attn.spec.kind} attention: context "
+                             "parallelism merges softmax partials through lse")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy={strategy!r}: expected one of {STRATEGIES}")
+        self.attn, self.group, self.layout, self.strategy = attn, group, check_layout(layout), strategy
+        self.last_plan: RingPlan | None = None
+        self.last_strategy: str | None = None
+
+    def __call__(self, q, k, v, *, seg_q=None, seg_k=None, return_lse: bool = False):
+        rank, world = group_rank_world(self.group)
+        n = self._sequence_length(q, rank, world)
+        for name, t in (("k", k), ("v", v)):
+            if t.shape[2] != q.shape[2]:
+                raise ShapeError(f"{name} holds {t.shape[2]} positions on rank {rank}, q holds {q.shape[2]}: "
+                                 "context parallelism shards one sequence (Nq = Nk) the same way")
+        plan = ring_plan(self.attn.spec, n, world, self.layout)
+        strategy = choose_strategy(self.attn.spec, plan, self.strategy)
+        self.last_plan, self.last_strategy = plan, strategy
+        runner = (AllGather if strategy == "allgather" else Ring)(self.attn, plan, Comm(self.group, rank, world))
+        out, lse = _ContextParallelFunction.apply(runner, q, k, v, seg_q, seg_k)
+        return (out, lse) if return_lse else out
+
+    def _sequence_length(self, q, rank: int, world: int) -> int:
+        """The whole length: the sum of the ranks' shards (one small all-reduce: a shard's length
+        alone does not say it), checked against the layout."""
+        import torch.distributed as dist
+        if not isinstance(q, torch.Tensor) or q.dim() != 4:
+            raise ShapeError(f"q must be a (B, Hq, N_local, D) tensor, got {getattr(q, 'shape', type(q))}")
+        total = torch.tensor([q.shape[2]], dtype=torch.int64, device=q.device)
+        dist.all_reduce(total, group=self.group)
+        n = int(total)
+        if n < 2 * world:
+            raise ShapeError(f"a sequence of {n} positions cannot be cut into 2 x {world} chunks")
+        want = local_length(n, rank, world, self.layout)
+        if q.shape[2] != want:
+            raise ShapeError(f"q holds {q.shape[2]} positions on rank {rank}; a {self.layout} shard of "
+                             f"{n} positions over {world} ranks holds {want} (use attngen.distributed.shard)")
+        return n
+
+
+def context_parallel(attn, group=None, layout: str = "zigzag", *, strategy: str = "auto") -> ContextParallel:
+    """`attn` (a compiled spec, or a spec) over the ranks of `group` (see `ContextParallel`)."""
+    return ContextParallel(attn, group=group, layout=layout, strategy=strategy)

@@ -1,0 +1,115 @@
+"""Context parallelism across processes: 1, 2 and 4 ranks on this machine (gloo on 127.0.0.1,
+Triton's interpreter), forward and backward against the whole-sequence call on each rank, both
+layouts, ring and all-gather; causal, sliding window, BigBird, documents, GQA/MQA.
+
+Each test spawns its ranks once and runs several cases in them (starting a process costs seconds
+of imports); every wait is bounded, and a rank that fails reports its traceback.
+"""
+from __future__ import annotations
+
+import queue as queue_module
+import socket
+import time
+
+import pytest
+import torch.multiprocessing as mp
+
+from tests.runtime.distributed_worker import run_rank
+
+PROCESS_TIMEOUT = 900           # seconds for all cases of one spawn (interpreted kernels, shared cores)
+
+
+def small_spec(name: str, **fields) -> dict:
+    return {"name": name, "query_heads": 4, "kv_heads": 2, "head_dim": 16, **fields}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(world: int, cases: list) -> list[dict]:
+    """Run `cases` on `world` ranks; the reports of every rank (each case once per rank)."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    processes = [ctx.Process(target=run_rank, args=(rank, world, port, cases, results), daemon=True)
+                 for rank in range(world)]
+    for p in processes:
+        p.start()
+    reports, deadline = [], time.monotonic() + PROCESS_TIMEOUT
+    try:
+        while len(reports) < world * len(cases):
+            try:
+                report = results.get(timeout=max(1.0, deadline - time.monotonic()))
+            except queue_module.Empty:
+                pytest.fail(f"timed out after {PROCESS_TIMEOUT} s with {len(reports)} reports: {reports}")
+            assert report["error"] is None, f"rank {report['rank']}, {report['case']}:\n{report['error']}"
+            reports.append(report)
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {PROCESS_TIMEOUT} s")
+    finally:
+        for p in processes:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+    assert all(p.exitcode == 0 for p in processes), [p.exitcode for p in processes]
+    return reports
+
+
+def by_case(reports: list) -> dict:
+    out: dict = {}
+    for r in reports:
+        out.setdefault(r["case"], []).append(r)
+    return out
+
+
+CAUSAL = small_spec("cp_causal", causal=True)
+WINDOW = small_spec("cp_window", query_heads=2, kv_heads=2, causal=True, mask={"band": {"left": 7}})
+BIGBIRD = small_spec("cp_bigbird", mask={"any": [{"band": 3}, {"global": {"first": 2}},
+                                                 {"random": {"per_row": 1, "block": 8, "seed": 7}}]})
+DOCUMENTS = small_spec("cp_documents", causal=True, mask={"segments": True})
+MQA = small_spec("cp_mqa", query_heads=4, kv_heads=1, causal=True)
+
+
+def _case(case_id, fields, layout, n, **extra) -> dict:
+    from attngen.spec import spec_from_dict
+    fields = dict(fields)
+    heads = {"query": fields.pop("query_heads"), "kv": fields.pop("kv_heads")}
+    return {"id": case_id, "spec": spec_from_dict({**fields, "heads": heads}), "layout": layout, "n": n, **extra}
+
+
+def test_two_ranks_every_mask_both_layouts():
+    cases = [_case("causal-gqa-zigzag", CAUSAL, "zigzag", 45, repeat=True),
+             _case("causal-gqa-contiguous", CAUSAL, "contiguous", 45, strategy="ring"),
+             _case("window-zigzag", WINDOW, "zigzag", 45),
+             _case("window-contiguous", WINDOW, "contiguous", 64),
+             _case("bigbird-zigzag", BIGBIRD, "zigzag", 64, strategy="ring"),
+             _case("documents-contiguous", DOCUMENTS, "contiguous", 45, strategy="ring"),
+             _case("documents-zigzag", DOCUMENTS, "zigzag", 45),
+             _case("mqa-allgather-zigzag", MQA, "zigzag", 45, strategy="allgather")]
+    reports = by_case(spawn(2, cases))
+    assert {r["strategy"] for r in reports["mqa-allgather-zigzag"]} == {"allgather"}
+    assert {r["strategy"] for r in reports["causal-gqa-zigzag"]} == {"allgather"}   # auto: Hkv·W <= Hq
+    assert {r["strategy"] for r in reports["window-contiguous"]} == {"ring"}        # MHA: Hkv·W > Hq
+    assert {r["strategy"] for r in reports["documents-zigzag"]} == {"allgather"}
+
+
+def test_four_ranks_skip_empty_steps():
+    cases = [_case("causal-zigzag", CAUSAL, "zigzag", 77, strategy="ring", repeat=True),
+             _case("window-contiguous", WINDOW, "contiguous", 128, strategy="ring"),
+             _case("bigbird-contiguous", BIGBIRD, "contiguous", 77, strategy="ring"),
+             _case("documents-zigzag", DOCUMENTS, "zigzag", 77, strategy="ring"),
+             _case("mqa-auto-zigzag", MQA, "zigzag", 77)]
+    reports = by_case(spawn(4, cases))
+    window = reports["window-contiguous"][0]
+    # 16 positions a rank, a window of 7: only the previous rank's keys are ever needed.
+    assert window["steps"] == 2 and window["skipped"] > 0, window
+    assert reports["causal-zigzag"][0]["skipped"] == 0         # zigzag: every rank meets every chunk
+    assert {r["strategy"] for r in reports["mqa-auto-zigzag"]} == {"allgather"}
+
+
+def test_one_rank_is_the_plain_call():
+    cases = [_case("causal-one-rank", CAUSAL, "zigzag", 37), _case("documents-one-rank", DOCUMENTS, "contiguous", 37)]
+    spawn(1, cases)
