@@ -70,6 +70,33 @@ def sass(compiled) -> str:
                               check=True).stdout
 
 
+_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
+_INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(.*?)\s*;")
+_BRANCH = re.compile(r"\bBRA\b.*?\(?(\.L_x_\d+)\)?")
+
+
+def sass_loops(text: str) -> list[int]:
+    """The instruction count of each loop in SASS text (as `sass` prints it), in program order: a
+    loop is a label and a later branch back to it; its body is the instructions in between,
+    the branch included."""
+    seen: dict[str, int] = {}
+    loops = []
+    count = 0
+    for line in text.splitlines():
+        label = _LABEL.match(line)
+        if label:
+            seen[label.group(1)] = count
+            continue
+        instruction = _INSTRUCTION.match(line)
+        if not instruction:
+            continue
+        count += 1
+        branch = _BRANCH.search(instruction.group(1))
+        if branch and branch.group(1) in seen:
+            loops.append(count - seen[branch.group(1)])
+    return loops
+
+
 @dataclass(frozen=True)
 class ResourceUsage:
     registers: int

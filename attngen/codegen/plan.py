@@ -131,6 +131,7 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
         iteration=g.facts["iteration"],
         random_args="".join(f", {a}, {b}, {c}" for a, b, c in (t.names for t in tables)),
         signatures=forward_signatures(g, kernel_name),
+        **_step_scale_values(g, qk_scale),
     )
     values.update(_iteration_values(g))
     values.update(helper_flags(values))
@@ -149,6 +150,15 @@ def _value_dims(g: Graph) -> dict:
     return dict(v_head_dim=v_head_dim, block_dv=block_dv, head_dim_note=note)
 
 
+def _step_scale_values(g: Graph, qk_scale: float) -> dict:
+    """Where the score is the scaled product alone (no softcap, no ALiBi), the online-softmax step
+    applies the scale itself (after the row maximum, inside exp2's fused multiply-add)."""
+    in_step = "softcap" not in g and "alibi" not in g
+    return dict(scale_in_step=in_step, step_scale=repr(qk_scale) if in_step else "1.0",
+                step_scale_note=("softmax scale * log2(e), applied after the row maximum" if in_step else
+                                 "1.0: score_of applies the scale (softcap or ALiBi come after it)"))
+
+
 def spec_uses_segments(g: Graph) -> bool:
     return "mask" in g and any(isinstance(p, Segments) for p in g.node("mask").attrs["predicate"].walk())
 
@@ -162,11 +172,14 @@ def _iteration_values(g: Graph) -> dict:
     if g.facts["iteration"] != "ranges":
         return dict(iteration_note="per query tile, lists of partial and full key tiles (block map)",
                     lower_formula="", upper_formula="", lo_key_code="", hi_key_code="",
-                    full_lo_key_code="", full_hi_key_code="")
+                    full_lo_key_code="", full_hi_key_code="", left_partial=False)
     lower, upper = g.facts["bounds"]
     return dict(
         iteration_note="closed-form key-tile ranges from the mask's interval bounds (no index lists)",
         lower_formula=str(lower), upper_formula=str(upper),
+        # With no lower bound every query tile's keys start at key 0, where its full run starts:
+        # partial tiles before the full ones cannot exist (`full_tile_span`), so no loop for them.
+        left_partial=lower != -sympy.oo,
         lo_key_code=_bound_code(lower, "first_pos", clamp="maximum", limit="0", key_offset="k_offset"),
         hi_key_code=_bound_code(upper, "last_pos", clamp="minimum", limit="nk - 1", key_offset="k_offset"),
         full_lo_key_code=_bound_code(lower, "last_pos", clamp="maximum", limit="0", key_offset="k_offset"),

@@ -93,3 +93,20 @@ def test_search_without_a_gpu_judges_the_launched_kernel():
     direct = launcher.compile_for("sm_90", torch.float16, cfg)
     assert resource_usage(direct).spills == 0 and cfg.block_n >= 64
     assert any(c is direct for c in launcher.compiled.values())      # the search's own, kept
+
+
+@pytest.mark.compile
+def test_causal_forward_is_lean():
+    """Causal d64 (sm_90, fp16, n = 4096), the kernel a launch runs: no loop for partial tiles
+    before the full ones (L(i) is unbounded: provably empty), so two tile loops, both on wgmma;
+    registers within the tutorial's + 8 (126 + 8) at the same tiles."""
+    from attngen.codegen.aot import sass_loops
+
+    spec = A.Spec(name="lean_causal", query_heads=16, kv_heads=16, head_dim=64, causal=True)
+    text = A.emit(spec, stage="sass", target="sm_90", n=4096)
+    (config,) = [tuple(map(int, m.groups()[:4])) for m in CONFIG.finditer(text)]
+    (registers, _, spills), = [tuple(map(int, m.groups()[:3])) for m in RESOURCES.finditer(text)]
+    assert config == (128, 64, 8, 3) and spills == 0 and registers <= 134
+    assert len([n for n in sass_loops(text) if n > 1]) == 2
+    source = A.emit(spec)
+    assert "# partial, left" not in source and source.count("for key_tile in range(") == 2
