@@ -22,9 +22,9 @@ transformers builds no mask and passes ``attention_mask=None``, so padding would
 - the key padding from the 2-D attention mask.
 
 `attention_forward` (the attention interface) maps (pattern, heads, head dims, scaling, softcap,
-padded or not) to a `Spec`, compiled once per such class (never per call), and calls it with the
-layer's (B, H, N, D) views as they come; it returns (B, N, H, D), contiguous, and no weights, as
-sdpa's does.
+sinks or not, padded or not) to a `Spec`, compiled once per such class (never per call), and calls
+it with the layer's (B, H, N, D) views as they come; it returns (B, N, H, D), contiguous, and no
+weights, as sdpa's does.
 
 Meanings, exactly transformers':
 - ``sliding_window=W`` keeps keys with ``q - W < k <= q``: ``causal`` and ``band(left=W - 1)``
@@ -36,10 +36,15 @@ Meanings, exactly transformers':
 - ``scaling`` is the spec's scale (Gemma 2: query_pre_attn_scalar ** -0.5), ``softcap`` its
   softcap (``c * tanh(s / c)`` after scaling).
 
-Refused, naming the layer and the fallback: dropout > 0, attention sinks (``s_aux``/``sinks``,
-gpt-oss) until attngen's kernels take them, a 4-D mask or BlockMask, ``head_mask``, packed calls
-(``cu_seq_lens_*``), a ``sliding_window`` or ``is_causal`` that disagrees with the layer's mask, and
-a model whose mask interface is not attngen's.
+- Attention sinks (gpt-oss passes its learned per-head ``sinks`` parameter as ``s_aux``): a spec with
+  ``sink: true``, called with the tensor as ``sink``, float32 as the spec declares it (a ``.to`` that
+  autograd sees through, so the parameter gets its gradient in whatever dtype it is kept). Each row's
+  softmax denominator gains ``exp(sink[h])``, exactly transformers' eager concatenation of the sink
+  as an extra logit that is dropped after the softmax.
+
+Refused, naming the layer and the fallback: dropout > 0, sinks of a shape other than (query heads,),
+a 4-D mask or BlockMask, ``head_mask``, packed calls (``cu_seq_lens_*``), a ``sliding_window`` or
+``is_causal`` that disagrees with the layer's mask, and a model whose mask interface is not attngen's.
 """
 from __future__ import annotations
 
@@ -219,14 +224,16 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     """transformers' attention-interface signature: (B, H, N, D) in, ((B, N, H, D), None) out."""
     layer = _layer_name(module)
     _refuse_options(layer, dropout, kwargs)
+    sink = _sinks(layer, kwargs, query)
     mask = _layer_mask(layer, module, attention_mask, sliding_window, query, key)
     _check_agreement(layer, mask, sliding_window, kwargs.get("is_causal"), query, key)
     padded = mask.seg_k is not None
     attn = compiled_for(mask.pattern, query.shape[1], key.shape[1], query.shape[-1], value.shape[-1],
                         None if scaling is None else float(scaling), float(softcap) if softcap else None,
-                        padded)
+                        padded, sink is not None)
     seg_q = mask.seg_k.new_ones((query.shape[0], query.shape[2])) if padded else None
-    out = attn(query, key, value, q_offset=mask.q_offset, seg_q=seg_q, seg_k=mask.seg_k)
+    extra = {} if sink is None else {"sink": sink}
+    out = attn(query, key, value, q_offset=mask.q_offset, seg_q=seg_q, seg_k=mask.seg_k, **extra)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -244,15 +251,28 @@ def _refuse_options(layer: str, dropout, kwargs) -> None:
     if dropout:
         _refuse(layer, f"attention dropout {dropout} (training with config.attention_dropout > 0; "
                        "attngen has no dropout)", "set config.attention_dropout = 0")
-    for name in SINK_KEYWORDS:
-        if kwargs.get(name) is not None:
-            _refuse(layer, f"attention sinks ({name}=tensor of shape {tuple(kwargs[name].shape)}) are "
-                           "not supported yet by attngen's kernels")
     if kwargs.get("head_mask") is not None:
         _refuse(layer, "a head_mask")
     packed = [name for name in PACKED_KEYWORDS if kwargs.get(name) is not None]
     if packed:
         _refuse(layer, f"a packed (varlen) call with {', '.join(packed)}")
+
+
+def _sinks(layer: str, kwargs, query) -> torch.Tensor | None:
+    """The layer's attention sinks (``s_aux``, or ``sinks``), one logit per query head, as the spec's
+    float32 `sink` on the query's device; None when the layer has none."""
+    given = [(name, kwargs[name]) for name in SINK_KEYWORDS if kwargs.get(name) is not None]
+    if not given:
+        return None
+    if len(given) > 1:
+        _refuse(layer, f"attention sinks given twice ({', '.join(name for name, _ in given)})")
+    name, sink = given[0]
+    heads = query.shape[1]
+    if not isinstance(sink, torch.Tensor) or tuple(sink.shape) != (heads,):
+        shape = tuple(sink.shape) if isinstance(sink, torch.Tensor) else type(sink).__name__
+        _refuse(layer, f"attention sinks {name} of shape {shape}; attngen takes one sink logit per "
+                       f"query head, shape ({heads},)")
+    return sink.to(device=query.device, dtype=torch.float32)
 
 
 def _layer_mask(layer: str, module, attention_mask, sliding_window, query, key) -> LayerMask:
@@ -301,7 +321,7 @@ def _check_agreement(layer: str, mask: LayerMask, sliding_window, is_causal, que
 
 @functools.lru_cache(maxsize=None)
 def compiled_for(pattern: Pattern, query_heads: int, kv_heads: int, head_dim: int, value_head_dim: int,
-                 scale: float | None, softcap: float | None, padded: bool):
+                 scale: float | None, softcap: float | None, padded: bool, sink: bool = False):
     """The compiled spec of one class of layer calls (lengths and batch are call-time: never here)."""
     from .. import api
     from ..spec import Spec, band, segments
@@ -320,8 +340,8 @@ def compiled_for(pattern: Pattern, query_heads: int, kv_heads: int, head_dim: in
         f"right{pattern.right}" if pattern.right and not pattern.causal else "",
         "padded" if padded else "", f"h{query_heads}x{kv_heads}", f"d{head_dim}",
         f"v{value_head_dim}" if value_head_dim != head_dim else "",
-        "softcap" if softcap else "", hashlib.sha256(tag).hexdigest()[:8]]))
+        "softcap" if softcap else "", "sink" if sink else "", hashlib.sha256(tag).hexdigest()[:8]]))
     head_dims = head_dim if value_head_dim == head_dim else {"qk": head_dim, "v": value_head_dim}
     spec = Spec(name=name, query_heads=query_heads, kv_heads=kv_heads, head_dim=head_dims,
-                causal=pattern.causal, mask=mask, scale=scale, softcap=softcap)
+                causal=pattern.causal, mask=mask, scale=scale, softcap=softcap, sink=sink)
     return api.compile(spec)

@@ -21,7 +21,8 @@ WINDOW = 4
 
 def config(model: str):
     """The config of `model`: llama, mistral (sliding window on every layer), qwen2 (layer 0 full,
-    layer 1 sliding), gemma2 (sliding then full, softcap, query_pre_attn_scalar != head_dim)."""
+    layer 1 sliding), gemma2 (sliding then full, softcap, query_pre_attn_scalar != head_dim), gpt_oss
+    (attention sinks, sliding then full, a mixture of 2 experts)."""
     import transformers as tf
 
     if model == "llama":
@@ -33,6 +34,9 @@ def config(model: str):
     if model == "gemma2":
         return tf.Gemma2Config(sliding_window=WINDOW, query_pre_attn_scalar=2, attn_logit_softcapping=1.0,
                                **COMMON)
+    if model == "gpt_oss":
+        return tf.GptOssConfig(sliding_window=WINDOW, num_local_experts=2, num_experts_per_tok=1,
+                               layer_types=["sliding_attention", "full_attention"], **COMMON)
     raise ValueError(f"unknown model {model!r}")
 
 
@@ -47,6 +51,11 @@ def pair(model: str, seed: int = 0):
     cfg = config(model)
     torch.manual_seed(seed)
     eager = AutoModelForCausalLM.from_config(copy.deepcopy(cfg), attn_implementation="eager").eval()
+    with torch.no_grad():            # sinks of std 1, not the initializer's 0.05: each head's own
+        for module in eager.modules():       # sink must reach its own row (a swapped head shows)
+            sinks = getattr(module, "sinks", None)
+            if isinstance(sinks, torch.nn.Parameter):
+                sinks.normal_(0.0, 1.0)
     ours = AutoModelForCausalLM.from_config(copy.deepcopy(cfg), attn_implementation="attngen").eval()
     ours.load_state_dict(eager.state_dict())
     return eager, ours

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from hf_models import COMMON, config, left_padded_batch  # noqa: E402
+from hf_models import config, left_padded_batch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AttentionInterface, AutoModelForCausalLM  # noqa: E402
 from transformers import masking_utils as mu  # noqa: E402
@@ -118,16 +118,60 @@ def test_packed_sequences_are_refused():
              use_cache=False)
 
 
-def test_attention_sinks_are_refused():
-    """gpt-oss passes its learned sinks as s_aux: refused until attngen's kernels take sinks."""
-    import transformers as tf
+def _eager_with_sinks(q, k, v, sink, scale):
+    """transformers' gpt-oss eager attention, causal: the sink is one more logit per row, dropped
+    after the softmax."""
+    k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+    scores = (q @ k.transpose(2, 3)) * scale
+    n = scores.shape[-1]
+    scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+    sinks = sink.reshape(1, -1, 1, 1).expand(q.shape[0], -1, q.shape[2], 1)
+    probs = torch.softmax(torch.cat([scores, sinks], dim=-1), dim=-1)[..., :-1]
+    return (probs @ v).transpose(1, 2)
 
-    cfg = tf.GptOssConfig(**{**COMMON, "num_local_experts": 2, "num_experts_per_tok": 1,
-                             "sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"]})
-    register()
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="attngen").eval()
-    ids, mask = left_padded_batch()
-    _refused(r"GptOssAttention \(layer 0\): attention sinks \(s_aux=", model, ids, attention_mask=mask)
+
+@pytest.mark.parametrize("name", ["s_aux", "sinks"])
+def test_attention_sinks_map_to_a_sink_spec(name):
+    """gpt-oss passes its learned sinks as s_aux (a parameter in the model's dtype, here bfloat16):
+    the layer runs a `sink: true` spec, compiled once per class, with the sinks as float32 and the
+    parameter gets its gradient."""
+    from attngen.integrations.transformers import compiled_for
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 6, 8, generator=g, requires_grad=True)
+    k, v = (torch.randn(2, 2, 6, 8, generator=g) for _ in range(2))
+    sinks = torch.nn.Parameter((torch.randn(4, generator=g) * 2).to(torch.bfloat16))
+    causal = LayerMask(Pattern(True, None, 0), q_offset=0, q_length=6, kv_length=6, seg_k=None)
+    module = torch.nn.Module()
+    module.layer_idx = 0
+    compiled_for.cache_clear()
+    for _ in range(2):
+        out, weights = attention_forward(module, q, k, v, causal, scaling=0.5, **{name: sinks})
+    info = compiled_for.cache_info()
+    assert (info.currsize, info.hits) == (1, 1), info
+    spec = compiled_for(Pattern(True, None, 0), 4, 2, 8, 8, 0.5, None, False, True).spec
+    assert spec.sink and "sink" in spec.name and weights is None
+    reference_sinks = sinks.detach().float().requires_grad_()
+    expected = _eager_with_sinks(q.detach(), k, v, reference_sinks, 0.5)
+    assert (out - expected).abs().max().item() <= 1e-5
+    dout = torch.randn(out.shape, generator=g)
+    out.backward(dout)
+    expected.backward(dout)
+    assert sinks.grad is not None and sinks.grad.dtype == torch.bfloat16
+    assert reference_sinks.grad.abs().max() > 1e-2           # the check below means something
+    assert (sinks.grad.float() - reference_sinks.grad).abs().max() <= 1e-2 * reference_sinks.grad.abs().max()
+
+
+def test_sinks_of_another_shape_are_refused():
+    q = torch.randn(1, 4, 5, 8)
+    k = v = torch.randn(1, 2, 5, 8)
+    causal = LayerMask(Pattern(True, None, 0), q_offset=0, q_length=5, kv_length=5, seg_k=None)
+    module = torch.nn.Module()
+    module.layer_idx = 1
+    with pytest.raises(UnsupportedAttention, match=r"Module \(layer 1\): attention sinks s_aux of shape "
+                                                   r"\(2,\); .* shape \(4,\)") as info:
+        attention_forward(module, q, k, v, causal, s_aux=torch.zeros(2))
+    assert FALLBACK in str(info.value)
 
 
 def test_a_window_that_disagrees_with_the_mask_is_refused():

@@ -10,12 +10,14 @@ pytest.importorskip("transformers")
 
 from hf_models import left_padded_batch, pair  # noqa: E402
 
+from attngen.integrations import transformers as adapter  # noqa: E402
 from attngen.integrations.transformers import compiled_for  # noqa: E402
 
 MODELS = [pytest.param("llama", id="llama-gqa"),
           pytest.param("mistral", id="mistral-sliding"),
           pytest.param("qwen2", id="qwen2-full-then-sliding"),
-          pytest.param("gemma2", id="gemma2-softcap-sliding-then-full")]
+          pytest.param("gemma2", id="gemma2-softcap-sliding-then-full"),
+          pytest.param("gpt_oss", id="gpt-oss-sinks-sliding-then-full")]
 LOGITS_TOL, GRAD_TOL = 1e-4, 1e-3
 
 
@@ -64,8 +66,8 @@ def test_logits_and_gradients_match_eager(model):
         assert param.grad is not None and torch.isfinite(param.grad).all(), f"{model}: {name} has no gradient"
         error = (param.grad - expected).abs().max().item()
         assert error <= GRAD_TOL, f"{model}: d loss / d {name} differs by {error:.2e}"
-    for name, param in ours.named_parameters():        # the attention weights did get gradients
-        if "q_proj" in name:
+    for name, param in ours.named_parameters():        # the attention weights (and sinks) did get gradients
+        if "q_proj" in name or name.endswith(".sinks"):
             assert param.grad.abs().max() > 1e-3, f"{model}: {name}'s gradient is ~0: nothing was checked"
 
 
@@ -89,12 +91,19 @@ def test_static_cache_generation_matches_eager(padded):
     _assert_same_generation("gemma2", ours, eager, ids, max_new_tokens=5, cache_implementation="static", **kwargs)
 
 
-def test_specs_are_compiled_per_class_not_per_call():
-    """Other lengths and more decoding steps never make a new spec. gemma2 left-padded needs at most
-    its two layer kinds (sliding, full) with and without padding (a sliding cache can roll past the
-    padding)."""
-    _, ours = pair("gemma2")
+@pytest.mark.parametrize("model", ["gemma2", "gpt_oss"])
+def test_specs_are_compiled_per_class_not_per_call(model, monkeypatch):
+    """Other lengths and more decoding steps never make a new spec. gemma2 (and gpt-oss, whose specs
+    also carry its sinks) left-padded needs at most its two layer kinds (sliding, full) with and
+    without padding (a sliding cache can roll past the padding)."""
+    _, ours = pair(model)
     compiled_for.cache_clear()
+    sinks = set()                      # the spec's sink flag of every layer call
+
+    def recording(*args):
+        sinks.add(args[-1])
+        return compiled_for(*args)
+    monkeypatch.setattr(adapter, "compiled_for", recording)
 
     def generate(lengths):
         for length in lengths:
@@ -107,3 +116,4 @@ def test_specs_are_compiled_per_class_not_per_call():
     again = generate((9, 13))
     assert again.currsize == first.currsize, (first, again)
     assert again.hits - first.hits == 2 * 2 * 3, (first, again)   # 2 prompts x 2 layers x 3 steps
+    assert sinks == {model == "gpt_oss"}, f"{model}: sink flags of the layer calls {sinks}"
