@@ -14,10 +14,18 @@ LINEAR = [s for s in A.load_specs("specs") if s.kind == "linear"]
 TARGETS = ["sm_80", "sm_90"]
 
 
+# The one known exception, measured on the kernel as a launch compiles it (Triton 3.9; not 3.6):
+# relu's float32 state pass keeps a stack frame of 8 (sm_80) or 16 (sm_90) bytes at every chunk
+# configuration tried (16/8/1, 16/8/2, 16/4/1, 16/4/2, 16/2/1, 32/4/1), with 64 registers and no
+# local memory. float32 runs these dots on CUDA cores; the 16-bit kernels have no stack anywhere.
+STACK_ALLOWED = {("linear_relu", torch.float32, "states"): 16}
+
+
 def assert_no_spills(spec, target, dtype, kernel):
     for role, compiled in A.compile(spec).compile_for(target, dtype, kernel=kernel).kernels.items():
         usage = resource_usage(compiled)
-        assert usage.local == 0 and usage.stack == 0, f"{spec.name} {kernel}/{role} {target} {dtype}: {usage}"
+        allowed = STACK_ALLOWED.get((spec.name, dtype, role), 0)
+        assert usage.local == 0 and usage.stack <= allowed, f"{spec.name} {kernel}/{role} {target} {dtype}: {usage}"
         assert usage.registers <= 255
 
 
