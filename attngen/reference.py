@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ShapeError
-from .spec import Spec, alibi_slopes, load_spec, resolve_q_offset
+from .spec import Spec, alibi_slopes, load_spec
 
 
 def check_qkv(spec: Spec, q, k, v) -> None:

@@ -21,7 +21,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-import triton
 
 from .. import env
 from ..analysis.configs import TileConfig, candidate_configs

@@ -49,12 +49,17 @@ def cut(t: torch.Tensor, span) -> torch.Tensor:
     return t[:, :, span[0]:span[1]]
 
 
+def whole_sequence(mask, hq, hkv, rng):
+    """The spec, (q, k, v, dout) of the whole sequence, its segment ids and its reference (out, lse)."""
+    spec = Spec(name="chunks", query_heads=hq, kv_heads=hkv, head_dim=16, **mask)
+    q, k, v, dout = tensors(spec, N, N, rng)
+    whole = segment_call(spec, (0, N), (0, N))
+    return spec, (q, k, v, dout), whole, attngen.reference(spec, q, k, v, q_offset=0, **whole)
+
+
 @pytest.mark.parametrize("mask, hq, hkv", CASES)
 def test_forward_pairs_merge_to_the_whole(mask, hq, hkv, torch_rng):
-    spec = Spec(name="chunks", query_heads=hq, kv_heads=hkv, head_dim=16, **mask)
-    q, k, v, _ = tensors(spec, N, N, torch_rng)
-    whole = segment_call(spec, (0, N), (0, N))
-    want_out, want_lse = attngen.reference(spec, q, k, v, q_offset=0, **whole)
+    spec, (q, k, v, _), _, (want_out, want_lse) = whole_sequence(mask, hq, hkv, torch_rng)
     launcher = attngen.compile(spec).kernels.launcher("fwd")
     for rows in chunks():
         parts = [launcher.forward(cut(q, rows), cut(k, keys), cut(v, keys), q_offset=rows[0], k_offset=keys[0],
@@ -67,10 +72,7 @@ def test_forward_pairs_merge_to_the_whole(mask, hq, hkv, torch_rng):
 
 @pytest.mark.parametrize("mask, hq, hkv", CASES)
 def test_backward_pairs_sum_to_the_whole(mask, hq, hkv, torch_rng):
-    spec = Spec(name="chunks", query_heads=hq, kv_heads=hkv, head_dim=16, **mask)
-    q, k, v, dout = tensors(spec, N, N, torch_rng)
-    whole = segment_call(spec, (0, N), (0, N))
-    out, lse = attngen.reference(spec, q, k, v, q_offset=0, **whole)
+    spec, (q, k, v, dout), whole, (out, lse) = whole_sequence(mask, hq, hkv, torch_rng)
     out, lse = out.to(q.dtype), lse.to(torch.float32)
     want = autograd_reference(spec, q, k, v, dout, q_offset=0, **whole)
     launcher = attngen.compile(spec).kernels.launcher("bwd")

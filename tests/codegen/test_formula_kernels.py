@@ -5,7 +5,6 @@ import torch
 
 import attngen as A
 from attngen.analysis.blockmap import block_map
-from attngen.checking import check_close
 
 from test_forward import check_forward
 from test_backward import check_gradients, tensors

@@ -162,12 +162,17 @@ def test_attention_sinks_map_to_a_sink_spec(name):
     assert (sinks.grad.float() - reference_sinks.grad).abs().max() <= 1e-2 * reference_sinks.grad.abs().max()
 
 
-def test_sinks_of_another_shape_are_refused():
-    q = torch.randn(1, 4, 5, 8)
-    k = v = torch.randn(1, 2, 5, 8)
-    causal = LayerMask(Pattern(True, None, 0), q_offset=0, q_length=5, kv_length=5, seg_k=None)
+def causal_layer_call(layer_idx: int):
+    """(module, q, k, v, mask) of a causal GQA layer call (4 query heads, 2 kv heads, 5 tokens)."""
     module = torch.nn.Module()
-    module.layer_idx = 1
+    module.layer_idx = layer_idx
+    k = v = torch.randn(1, 2, 5, 8)
+    mask = LayerMask(Pattern(True, None, 0), q_offset=0, q_length=5, kv_length=5, seg_k=None)
+    return module, torch.randn(1, 4, 5, 8), k, v, mask
+
+
+def test_sinks_of_another_shape_are_refused():
+    module, q, k, v, causal = causal_layer_call(1)
     with pytest.raises(UnsupportedAttention, match=r"Module \(layer 1\): attention sinks s_aux of shape "
                                                    r"\(2,\); .* shape \(4,\)") as info:
         attention_forward(module, q, k, v, causal, s_aux=torch.zeros(2))
@@ -175,11 +180,7 @@ def test_sinks_of_another_shape_are_refused():
 
 
 def test_a_window_that_disagrees_with_the_mask_is_refused():
-    q = torch.randn(1, 4, 5, 8)
-    k = v = torch.randn(1, 2, 5, 8)
-    full = LayerMask(Pattern(True, None, 0), q_offset=0, q_length=5, kv_length=5, seg_k=None)
-    module = torch.nn.Module()
-    module.layer_idx = 3
+    module, q, k, v, full = causal_layer_call(3)
     with pytest.raises(UnsupportedAttention, match=r"Module \(layer 3\): the layer says sliding_window=4"):
         attention_forward(module, q, k, v, full, sliding_window=4)
     with pytest.raises(UnsupportedAttention, match=r"is_causal=False"):

@@ -6,7 +6,6 @@ an interpreted launch."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 import attngen
