@@ -10,6 +10,7 @@ import sympy
 
 from ..ir.graph import Graph
 from .plan import block_list_args, forward_values, random_args, random_tables, sink_args
+from .plan_formula import FormulaCode
 from .plan_helpers import helper_flags
 from .printer import print_triton
 from .signature import KernelSignature, constexprs, sizes, strides, tensors
@@ -30,7 +31,7 @@ def backward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature
     saved = tensors("q", "k", "v", "dout") + tensors("lse", "delta", dtype="fp32")
     inputs = strides("q") + strides("k") + strides("v") + strides("do")
     seg = strides("seg_q", "bn") + strides("seg_k", "bn")
-    randoms = random_args(random_tables(g))
+    randoms = random_args(random_tables(g)) + FormulaCode.of_graph(g, "bwd").signature_args()
     return {
         # With sinks the preprocess also writes each program's share of d(sink) (`sink_partials`).
         "preprocess": KernelSignature(names["preprocess"], (

@@ -11,6 +11,7 @@ import sympy
 from ..ir.graph import Graph
 from ..spec.predicates import i
 from .plan import _bound_code, forward_values, random_tables, sink_args
+from .plan_formula import FormulaCode
 from .plan_helpers import helper_flags
 from .printer import print_triton
 from .signature import Arg, KernelSignature, constexprs, sizes, strides, tensors
@@ -29,7 +30,8 @@ def decode_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]:
         randoms += [Arg(t.names[0], "tensor", "i32"), Arg(t.names[2], "size")]
     decode = (tensors("q", "k_cache", "v_cache", "out") + tensors("lse", "split_out", "split_lse", dtype="fp32")
               + tensors("cache_seqlens", "block_table", dtype="i32") + tensors("alibi_slopes", dtype="fp32")
-              + sink_args(g) + tuple(randoms) + tensors("tile_counts", dtype="i32")
+              + sink_args(g) + tuple(randoms) + FormulaCode.of_graph(g, "decode").signature_args()
+              + tensors("tile_counts", dtype="i32")
               + strides("q") + strides("k") + strides("v") + strides("o") + strides("table_", "b")
               + sizes("nq", "nk_max", "num_kv_heads")
               + constexprs("BLOCK_M", "BLOCK_N", "PAGED", "PAGE_SIZE", "KV_ALIGNED", "SPLIT", "COUNT_TILES",

@@ -29,7 +29,7 @@ def helper_flags(values: dict, *, extra_code: Iterable[str] = ()) -> dict[str, b
     codes = [value for name, value in values.items() if name.endswith("_code")]
     return {
         **printed_helpers([*codes, *extra_code]),
-        "uses_tanh": values["has_softcap"],
+        "uses_tanh": values["has_softcap"] or re.search(r"(?<![.\w])tanh\(", "\n".join(codes)) is not None,
         # The backward scores with its own score_and_dcap (the softcap's derivative too) and
         # recomputes p from the forward's lse: no running maximum.
         "uses_score_of": kind != "bwd",

@@ -25,7 +25,7 @@ from ..codegen.emit import GeneratedKernel
 from ..codegen.plan import random_tables
 from ..errors import ShapeError, SpecError
 from ..spec import alibi_slopes, random_draw
-from .inputs import call_inputs, sink_arg
+from .inputs import call_inputs, formula_args, sink_arg
 from .launch import meta_inputs, out_shape, stride_args
 from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, dot_precision, meta_tensor, poison
 
@@ -314,7 +314,7 @@ class DecodeLauncher(KernelLauncher):
                 q=q, k_cache=k_cache, v_cache=v_cache, out=out, lse=lse, split_out=split_out, split_lse=split_lse,
                 cache_seqlens=seqlens, block_table=block_table if paged else seqlens,
                 alibi_slopes=lse if slopes is None else slopes, **sink_arg(spec, inputs), tile_counts=counts,
-                **random_tables,
+                **random_tables, **formula_args(self.signatures["decode"], inputs),
                 **stride_args("q", q), **stride_args("o", out),
                 stride_kb=kb, stride_kh=kh, stride_kn=kn, stride_kd=kd,
                 stride_vb=vb, stride_vh=vh, stride_vn=vn, stride_vd=vd,

@@ -33,7 +33,7 @@ from ..spec import Random, Spec, alibi_slopes, resolve_k_offset, resolve_q_offse
 from ..spec.inputs import DTYPES as DTYPES_OF_INPUTS
 from ..analysis.blockmap import block_map
 from .blockmap_cache import cached_block_map_lists
-from .inputs import call_inputs, sink_arg
+from .inputs import call_inputs, formula_args, sink_arg
 from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, cdiv, dot_precision, meta_tensor, poison
 
 log = logging.getLogger("attngen")
@@ -309,7 +309,7 @@ class SoftmaxLauncher(KernelLauncher):
                         tile_counts=counts, nq=nq, nk=nk, q_offset=q_offset, k_offset=keys[0],
                         num_query_heads=spec.query_heads,
                         **block_list_args(tables.lists), **random_table_args(self.tables, tables.random),
-                        **segment_args(tables.segments, out), **stride_args("q", q), **stride_args("k", k),
+                        **formula_args(self.signatures["fwd"], inputs), **segment_args(tables.segments, out), **stride_args("q", q), **stride_args("k", k),
                         **stride_args("v", v), **stride_args("o", out),
                         **self.constexprs(cfg, q.dtype, even_k=nk % cfg.block_n == 0, interpreted=interpret,
                                           count_tiles=count_tiles))

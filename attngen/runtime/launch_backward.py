@@ -26,7 +26,7 @@ from ..reference import _softmax_reference, reference
 from ..spec import Spec, resolve_k_offset, resolve_q_offset
 from .launch import (ShapeTables, SoftmaxLauncher, block_list_args, block_map_lists, check_inputs,
                      meta_inputs, out_shape, random_table_args, segment_args, stride_args)
-from .inputs import call_inputs, grad_inputs, sink_arg
+from .inputs import call_inputs, formula_args, grad_inputs, sink_arg
 from .launcher import AOT_LENGTH, architecture, cdiv, dot_precision, meta_tensor, poison
 
 
@@ -214,6 +214,7 @@ class BackwardLauncher(SoftmaxLauncher):
                               k_offset=keys[0],
                               alibi_slopes=lse if tables.alibi is None else tables.alibi,
                               **random_table_args(self.tables, tables.random), **segment_args(tables.segments, q),
+                              **formula_args(self.signatures["dq"], inputs),
                               **stride_args("q", q), **stride_args("k", k), **stride_args("v", v),
                               **stride_args("do", dout), **constexprs)
                 if role == "dkdv":
