@@ -137,6 +137,20 @@ class FormulaCode:
         other = "0.0" if decl.dtype == "float32" else "0"
         return f"tl.load({base} + {' + '.join(offset)}, mask={inside}, other={other})"
 
+    def flat_index(self, read: Read, names: dict) -> tuple[str, str]:
+        """(the flat row-major element index of `read`, whether it lies inside the input)."""
+        flat = None
+        checks = []
+        for k, index in enumerate(read.indices):
+            code = f"({print_triton(index, query='q_pos', key='k_pos', symbols=names)})"
+            flat = code if flat is None else f"({flat} * in_{read.name}_size{k} + {code})"
+            size = sympy.Symbol(f"in_{read.name}_size{k}", integer=True, positive=True)
+            checks += ([] if index.is_nonnegative else [sympy.Ge(index, 0)]) + [sympy.Lt(index, size)]
+        sizes = {c.rhs: c.rhs.name for c in checks if isinstance(c, sympy.Lt)}
+        inside = print_triton(sympy.And(*checks, evaluate=False), query="q_pos", key="k_pos",
+                              symbols={**names, **sizes}, scalars=self.scalars | set(sizes))
+        return flat, inside
+
     # -- what the plans and templates read ------------------------------------------------------
     @property
     def active(self) -> bool:
@@ -207,9 +221,9 @@ class FormulaCode:
 
 
 def formula_values(g, kind: str, random_args: dict) -> dict:
-    """Template values of the formula holes: `formula_args`, `formula_setup`, the score's code."""
+    """Template values of the formula holes: `formula_args`, `formula_setup_lines`, the score's code."""
     code = FormulaCode.of_graph(g, kind)
-    values = dict(formula_args=code.args(), formula_setup=code.setup(), has_score=code.score is not None,
+    values = dict(formula_args=code.args(), formula_setup_lines=code.setup(), has_score=code.score is not None,
                   score_code="", dscore_code="", score_text="")
     if code.score is not None:
         values.update(score_code=code.score_code(), dscore_code=code.dscore_code(),
@@ -217,3 +231,53 @@ def formula_values(g, kind: str, random_args: dict) -> dict:
     if code.mask is not None:
         values["formula_mask_code"] = code.mask_code(random_args)
     return values
+
+
+# -- gradients of `grad: true` inputs (the backward's dQ kernel) --------------------------------
+def grad_values(code: FormulaCode) -> dict:
+    """Template values of the dQ kernel's input-gradient holes.
+
+    Each program (query tile of one batch and query head) owns a row of a zeroed float32 buffer
+    ``d_in_<name>`` (programs x the input's elements) and adds its share there: a hoisted read's
+    share is summed over the program's tiles in registers (`dread_<n>`) and added once at the end;
+    an inline read's share is scattered per tile, element by element over the tile's range of
+    flat indices (a load and a store per element, ordered by a barrier: no atomics). The launcher
+    sums the rows in a fixed order: two runs give the same bits."""
+    reads = code.grad_reads()
+    if not reads:
+        return dict(has_grad_reads=False, grad_args="", grad_returns="", grad_tile_lines=[],
+                    grad_setup_lines=[], grad_finish_lines=[])
+    inline_inputs = list(dict.fromkeys(r.name for _, r, _ in reads if not r.hoisted))
+    hoisted = [n for n, r, _ in reads if r.hoisted]
+    tile = ["g = p * (dp - delta_rows[:, None])                           # d(loss)/d(score), natural units"]
+    setup = [f"d_in_{name}_row = d_in_{name} + (batch_head.to(tl.int64) * tl.num_programs(0) + query_tile) * "
+             f"({' * '.join(f'in_{name}_size{k}' for k in range(len(code.decls[name].shape)))})"
+             for name in dict.fromkeys(r.name for _, r, _ in reads)]
+    setup += [f"dread_{n} = 0.0" for n in hoisted]
+    finish = []
+    for n, read, derivative in reads:
+        share = f"tl.where(p > 0.0, g * ({code.print(derivative)}), 0.0)"
+        if read.hoisted:
+            tile.append(f"dread_{n} += tl.sum({share})               # d(loss)/d {read.name}[..], read {n}")
+            flat, inside = code.flat_index(read, {**code.names, H: HEAD_NAMES[code.kind]})
+            finish += [f"tl.store(d_in_{read.name}_row + {flat}, tl.load(d_in_{read.name}_row + {flat}, mask={inside}, "
+                       f"other=0.0) + dread_{n}, mask={inside})", "tl.debug_barrier()"]
+            continue
+        flat, inside = code.flat_index(read, code.names)
+        tile += [f"share = {share}                   # d(loss)/d {read.name}[..], read {n}",
+                 f"flat = tl.where({inside}, {flat}, -1) + tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)",
+                 "flat = tl.where(p > 0.0, flat, -1)",
+                 "for element in range(tl.min(tl.where(flat >= 0, flat, 1 << 30)), tl.max(flat) + 1):",
+                 f"    part = tl.sum(tl.where(flat == element, share, 0.0))",
+                 f"    tl.store(d_in_{read.name}_row + element, tl.load(d_in_{read.name}_row + element) + part)",
+                 "    tl.debug_barrier()"]
+    params = [f"d_in_{name}_row" for name in inline_inputs] + [f"dread_{n}" for n in hoisted]
+    return dict(has_grad_reads=True, grad_args="".join(f", {p}" for p in params),
+                grad_returns="".join(f", dread_{n}" for n in hoisted), grad_tile_lines=tile,
+                grad_setup_lines=setup, grad_finish_lines=finish)
+
+
+def grad_signature_args(code: FormulaCode) -> tuple[Arg, ...]:
+    """The dQ kernel's per-program gradient buffers, one per `grad: true` input the score reads."""
+    return tuple(Arg(f"d_in_{name}", "tensor", "fp32")
+                 for name in dict.fromkeys(r.name for _, r, _ in code.grad_reads()))
