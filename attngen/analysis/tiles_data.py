@@ -24,6 +24,7 @@ import sympy
 import torch
 from sympy.printing.str import StrPrinter
 
+from ..errors import SpecError
 from ..spec.formula import Formula
 from ..spec.formula_types import SYMBOLS
 from ..spec.predicates import All_, Any_, Everything, Not_, Nothing, Predicate
@@ -137,10 +138,13 @@ class _Text(StrPrinter):
 
 def input_free_spec(spec, upper: bool):
     """`spec` with its mask replaced by its input-free bound, and no inputs, score or sink (what a
-    block map reads: the mask alone)."""
+    block map reads: the mask alone); None where the bound allows no pair."""
     mask = bound(spec.effective_mask, upper)
-    return dataclasses.replace(spec, causal=False, mask=None if isinstance(mask, Everything) else mask,
-                               inputs=(), score=None, sink=False)
+    try:
+        return dataclasses.replace(spec, causal=False, mask=None if isinstance(mask, Everything) else mask,
+                                   inputs=(), score=None, sink=False)
+    except SpecError:            # "allows no (i, j) pair at all": no tile is full (or non-empty)
+        return None
 
 
 def data_bounded_map(spec, build):
@@ -148,14 +152,19 @@ def data_bounded_map(spec, build):
     block map of an input-free spec. EMPTY outside U's non-empty tiles, FULL on L's full tiles."""
     from .blockmap import BlockMap, _keys_to_csr, _row_of_each   # noqa: PLC0415 (blockmap imports us)
 
-    upper, lower = build(input_free_spec(spec, True)), build(input_free_spec(spec, False))
-    geom = upper.geometry
+    maps = [build(s) for s in (input_free_spec(spec, True), input_free_spec(spec, False)) if s is not None]
+    geom = maps[0].geometry if maps else build(input_free_spec(spec, True) or dataclasses.replace(
+        spec, causal=False, mask=None, inputs=(), score=None, sink=False)).geometry
+    upper = input_free_spec(spec, True) is not None and maps[0]
+    lower = input_free_spec(spec, False) is not None and maps[-1]
 
     def keys(ptr, idx):
         return _row_of_each(ptr).to(torch.int64) * geom.num_k_tiles + idx.to(torch.int64)
 
-    nonempty = torch.cat([keys(upper.partial_ptr, upper.partial_idx), keys(upper.full_ptr, upper.full_idx)])
-    full = keys(lower.full_ptr, lower.full_idx)
+    none = torch.zeros(0, dtype=torch.int64, device=geom.device)
+    nonempty = torch.cat([keys(upper.partial_ptr, upper.partial_idx), keys(upper.full_ptr, upper.full_idx)]) \
+        if upper else none
+    full = keys(lower.full_ptr, lower.full_idx) if lower else none
     partial = torch.sort(nonempty[~torch.isin(nonempty, full)]).values
     return BlockMap(geom, *_keys_to_csr(geom, [partial]), *_keys_to_csr(geom, [full]),
-                    unresolved=upper.unresolved + lower.unresolved)
+                    unresolved=sum(m.unresolved for m in maps))

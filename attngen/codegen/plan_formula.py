@@ -38,8 +38,10 @@ from .signature import Arg
 B, H, HK, S = (SYMBOLS[n] for n in ("b", "h", "hk", "s"))
 DATA = {B, H, HK}
 TENSOR_DTYPE = {"float32": "fp32", "int32": "i32", "int64": "i64", "bool": "i1"}
-# What a tile function calls the batch, the query head and the kv head, per kernel kind.
-HEAD_NAMES = {"fwd": "query_head", "bwd": "query_head", "decode": "head_rows"}
+# What a tile function calls the batch, the query head and the kv head, per kernel kind (decode's
+# tile functions already take `batch` and `kv_head`, and its rows mix heads: h is a column there).
+DATA_NAMES = {"fwd": ("batch", "query_head", "kv_head"), "bwd": ("batch", "query_head", "kv_head"),
+              "decode": ("seq_batch", "head_rows", "seq_kv_head")}
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ class FormulaCode:
     def _names(self) -> dict:
         """Printer names of the data symbols and of every read (a hoisted read by its local, an
         inline one as its masked load)."""
-        names = {B: "batch", H: HEAD_NAMES[self.kind], HK: "kv_head"}
+        names = dict(zip((B, H, HK), DATA_NAMES[self.kind]))
         for n, read in enumerate(self.reads):
             names[read.symbol] = f"read_{n}" if read.hoisted else f"({self.load(read, names)})"
         return names
@@ -160,7 +162,7 @@ class FormulaCode:
         """The tile functions' extra parameters (and arguments: the same names at every call)."""
         if not self.active:
             return ""
-        names = ["batch", HEAD_NAMES[self.kind], "kv_head"]
+        names = list(DATA_NAMES[self.kind])
         for name in self.inputs:
             if any(not r.hoisted for r in self.reads if r.name == name):
                 names += self._input_arg_names(name)
@@ -174,12 +176,11 @@ class FormulaCode:
 
     def setup(self) -> list[str]:
         """Lines of the kernel body, before the key loop: the hoisted reads."""
-        lines = ["head_rows = query_head[:, None]                       # [BLOCK_M, 1]"] if (
+        lines = ["seq_batch, head_rows, seq_kv_head = batch, query_head[:, None], kv_head   # head_rows: [BLOCK_M, 1]"] if (
             self.active and self.kind == "decode") else []
-        body = {**self.names, H: HEAD_NAMES[self.kind]}
         for n, read in enumerate(self.reads):
             if read.hoisted:
-                lines.append(f"read_{n} = {self.load(read, body)}    # {read.name}[{', '.join(map(str, read.indices))}]")
+                lines.append(f"read_{n} = {self.load(read, self.names)}    # {read.name}[{', '.join(map(str, read.indices))}]")
         return lines
 
     def signature_args(self) -> tuple[Arg, ...]:
@@ -259,7 +260,7 @@ def grad_values(code: FormulaCode) -> dict:
         share = f"tl.where(p > 0.0, g * ({code.print(derivative)}), 0.0)"
         if read.hoisted:
             tile.append(f"dread_{n} += tl.sum({share})               # d(loss)/d {read.name}[..], read {n}")
-            flat, inside = code.flat_index(read, {**code.names, H: HEAD_NAMES[code.kind]})
+            flat, inside = code.flat_index(read, code.names)
             finish += [f"tl.store(d_in_{read.name}_row + {flat}, tl.load(d_in_{read.name}_row + {flat}, mask={inside}, "
                        f"other=0.0) + dread_{n}, mask={inside})", "tl.debug_barrier()"]
             continue
