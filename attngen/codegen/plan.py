@@ -162,7 +162,8 @@ def _step_scale_values(g: Graph, qk_scale: float) -> dict:
     in_step = "softcap" not in g and "alibi" not in g and "score" not in g
     return dict(scale_in_step=in_step, step_scale=repr(qk_scale) if in_step else "1.0",
                 step_scale_note=("softmax scale * log2(e), applied after the row maximum" if in_step else
-                                 "1.0: score_of applies the scale (softcap, ALiBi or a score formula come after it)"))
+                                 "1.0: score_of applies the scale (a score formula comes after it)" if "score" in g
+                                 else "1.0: score_of applies the scale (softcap or ALiBi come after it)"))
 
 
 def spec_uses_segments(g: Graph) -> bool:

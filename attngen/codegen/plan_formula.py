@@ -124,34 +124,32 @@ class FormulaCode:
 
     def load(self, read: Read, names: dict) -> str:
         """The masked load of `read`, its indices printed with `names`."""
-        decl = self.decls[read.name]
         base = f"in_{read.name}"
-        offset, checks = [], []
-        for k, index in enumerate(read.indices):
-            code = print_triton(index, query="q_pos", key="k_pos", symbols=names)
-            offset.append(f"({code}) * stride_{base}_{k}")
-            if not index.is_nonnegative:
-                checks.append(sympy.Ge(index, 0))
-            checks.append(sympy.Lt(index, sympy.Symbol(f"{base}_size{k}", integer=True, positive=True)))
-        sizes = {c.rhs: c.rhs.name for c in checks if isinstance(c, sympy.Lt)}
-        inside = print_triton(sympy.And(*checks, evaluate=False), query="q_pos", key="k_pos",
-                              symbols={**names, **sizes}, scalars=self.scalars | set(sizes))
-        other = "0.0" if decl.dtype == "float32" else "0"
-        return f"tl.load({base} + {' + '.join(offset)}, mask={inside}, other={other})"
+        offset = " + ".join(f"({self._index(e, names)}) * stride_{base}_{k}" for k, e in enumerate(read.indices))
+        other = "0.0" if self.decls[read.name].dtype == "float32" else "0"
+        return f"tl.load({base} + {offset}, mask={self._inside(read, names)}, other={other})"
 
     def flat_index(self, read: Read, names: dict) -> tuple[str, str]:
         """(the flat row-major element index of `read`, whether it lies inside the input)."""
         flat = None
-        checks = []
         for k, index in enumerate(read.indices):
-            code = f"({print_triton(index, query='q_pos', key='k_pos', symbols=names)})"
+            code = f"({self._index(index, names)})"
             flat = code if flat is None else f"({flat} * in_{read.name}_size{k} + {code})"
+        return flat, self._inside(read, names)
+
+    @staticmethod
+    def _index(index, names: dict) -> str:
+        return print_triton(index, query="q_pos", key="k_pos", symbols=names)
+
+    def _inside(self, read: Read, names: dict) -> str:
+        """0 <= index < size for every index (the lower check only where an index may be negative)."""
+        checks, sizes = [], {}
+        for k, index in enumerate(read.indices):
             size = sympy.Symbol(f"in_{read.name}_size{k}", integer=True, positive=True)
+            sizes[size] = size.name
             checks += ([] if index.is_nonnegative else [sympy.Ge(index, 0)]) + [sympy.Lt(index, size)]
-        sizes = {c.rhs: c.rhs.name for c in checks if isinstance(c, sympy.Lt)}
-        inside = print_triton(sympy.And(*checks, evaluate=False), query="q_pos", key="k_pos",
-                              symbols={**names, **sizes}, scalars=self.scalars | set(sizes))
-        return flat, inside
+        return print_triton(sympy.And(*checks, evaluate=False), query="q_pos", key="k_pos",
+                            symbols={**names, **sizes}, scalars=self.scalars | set(sizes))
 
     # -- what the plans and templates read ------------------------------------------------------
     @property
