@@ -152,19 +152,20 @@ def data_bounded_map(spec, build):
     block map of an input-free spec. EMPTY outside U's non-empty tiles, FULL on L's full tiles."""
     from .blockmap import BlockMap, _keys_to_csr, _row_of_each   # noqa: PLC0415 (blockmap imports us)
 
-    maps = [build(s) for s in (input_free_spec(spec, True), input_free_spec(spec, False)) if s is not None]
-    geom = maps[0].geometry if maps else build(input_free_spec(spec, True) or dataclasses.replace(
+    upper_spec, lower_spec = input_free_spec(spec, True), input_free_spec(spec, False)
+    upper = None if upper_spec is None else build(upper_spec)
+    lower = None if lower_spec is None else build(lower_spec)
+    maps = [m for m in (upper, lower) if m is not None]
+    geom = maps[0].geometry if maps else build(dataclasses.replace(
         spec, causal=False, mask=None, inputs=(), score=None, sink=False)).geometry
-    upper = input_free_spec(spec, True) is not None and maps[0]
-    lower = input_free_spec(spec, False) is not None and maps[-1]
 
     def keys(ptr, idx):
         return _row_of_each(ptr).to(torch.int64) * geom.num_k_tiles + idx.to(torch.int64)
 
     none = torch.zeros(0, dtype=torch.int64, device=geom.device)
     nonempty = torch.cat([keys(upper.partial_ptr, upper.partial_idx), keys(upper.full_ptr, upper.full_idx)]) \
-        if upper else none
-    full = keys(lower.full_ptr, lower.full_idx) if lower else none
+        if upper is not None else none
+    full = keys(lower.full_ptr, lower.full_idx) if lower is not None else none
     partial = torch.sort(nonempty[~torch.isin(nonempty, full)]).values
     return BlockMap(geom, *_keys_to_csr(geom, [partial]), *_keys_to_csr(geom, [full]),
                     unresolved=sum(m.unresolved for m in maps))
