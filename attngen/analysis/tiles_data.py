@@ -147,11 +147,10 @@ def input_free_spec(spec, upper: bool):
         return None
 
 
-def data_bounded_map(spec, build):
-    """The block map of a data-reading mask from the maps of its bounds: `build(spec)` is the
-    block map of an input-free spec. EMPTY outside U's non-empty tiles, FULL on L's full tiles."""
-    from .blockmap import BlockMap, _keys_to_csr, _row_of_each   # noqa: PLC0415 (blockmap imports us)
-
+def data_bounded_keys(spec, build):
+    """The tiles of a data-reading mask from the maps of its bounds (`build(spec)`: the block map
+    of an input-free spec): (geometry, sorted keys of the PARTIAL tiles, of the FULL tiles,
+    unresolved). EMPTY outside U's non-empty tiles, FULL on L's full tiles."""
     upper_spec, lower_spec = input_free_spec(spec, True), input_free_spec(spec, False)
     upper = None if upper_spec is None else build(upper_spec)
     lower = None if lower_spec is None else build(lower_spec)
@@ -160,12 +159,12 @@ def data_bounded_map(spec, build):
         spec, causal=False, mask=None, inputs=(), score=None, sink=False)).geometry
 
     def keys(ptr, idx):
-        return _row_of_each(ptr).to(torch.int64) * geom.num_k_tiles + idx.to(torch.int64)
+        rows = torch.repeat_interleave(torch.arange(len(ptr) - 1, device=ptr.device), (ptr[1:] - ptr[:-1]).long())
+        return rows * geom.num_k_tiles + idx.to(torch.int64)
 
     none = torch.zeros(0, dtype=torch.int64, device=geom.device)
     nonempty = torch.cat([keys(upper.partial_ptr, upper.partial_idx), keys(upper.full_ptr, upper.full_idx)]) \
         if upper is not None else none
     full = keys(lower.full_ptr, lower.full_idx) if lower is not None else none
     partial = torch.sort(nonempty[~torch.isin(nonempty, full)]).values
-    return BlockMap(geom, *_keys_to_csr(geom, [partial]), *_keys_to_csr(geom, [full]),
-                    unresolved=sum(m.unresolved for m in maps))
+    return geom, partial, full, sum(m.unresolved for m in maps)
