@@ -6,6 +6,9 @@
     out_l = cp(q_l, k_l, v_l)                                     # this rank's rows, with a backward
     out = unshard(out_l, dim=2, layout="zigzag")
 
+`cp.decode(q, k_cache_l, v_cache_l, cache_seqlens=lengths)` decodes against a KV cache sharded
+along the sequence (`decode.py`).
+
 `out_l` equals the same rows of `attn(q, k, v)` on the whole sequence, with every mask (positions
 stay absolute), and its gradients the same rows of the whole-sequence gradients. Segment ids are
 sharded like q/k/v (`shard(seg, dim=0)` for (N,), `dim=1` for (B, N)) and passed as usual.
@@ -19,6 +22,7 @@ import torch
 from ..errors import ShapeError
 from ..runtime.inputs import call_inputs, grad_inputs
 from ..runtime.merge import merge
+from .decode import sharded_decode
 from .inputs import local_gradient, whole_inputs
 from .layout import LAYOUTS, chunk_bounds, check_layout, group_rank_world, local_length, rank_runs, shard, unshard
 from .plan import STRATEGIES, RingPlan, bytes_per_step, choose_strategy, ring_plan
@@ -101,6 +105,16 @@ class ContextParallel:
         runner = (AllGather if strategy == "allgather" else Ring)(self.attn, plan, Comm(self.group, rank, world),
                                                                    q.device, whole)
         out, lse = _ContextParallelFunction.apply(runner, q, k, v, seg_q, seg_k, sink, *grad_locals)
+        return (out, lse) if return_lse else out
+
+    def decode(self, q, k_cache, v_cache, *, cache_seqlens, block_table=None, return_lse: bool = False,
+               **inputs):
+        """`attn.decode` against a KV cache sharded along the sequence: this rank's cache (contiguous
+        (B, Hkv, C_r, D) or paged with its block_table) holds positions offset_r .. offset_r + C_r - 1,
+        offset_r the capacities of the ranks before it; q, cache_seqlens (whole lengths) and inputs
+        are the same on every rank, and every rank gets the whole result (`decode.py`)."""
+        out, lse = sharded_decode(self.attn, q, k_cache, v_cache, cache_seqlens=cache_seqlens,
+                                  block_table=block_table, group=self.group, inputs=inputs)
         return (out, lse) if return_lse else out
 
     def _inputs(self, given: dict, q, n: int) -> tuple:

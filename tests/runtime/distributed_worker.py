@@ -28,11 +28,11 @@ def documents(n: int) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
 
 
-def call_time_inputs(spec, n: int, gen: torch.Generator) -> dict:
+def call_time_inputs(spec, n: int, gen: torch.Generator, batch: int = 1) -> dict:
     """Whole-sequence values of the spec's inputs (batch 1): sinks large enough to matter, one
     head's far below its scores and one far above; integer inputs in 0..n/4 (prefix lengths,
     document ids), float ones N(0, 1)."""
-    sizes = {"B": 1, "Hq": spec.query_heads, "Hkv": spec.kv_heads, "Nq": n, "Nk": n}
+    sizes = {"B": batch, "Hq": spec.query_heads, "Hkv": spec.kv_heads, "Nq": n, "Nk": n}
     given = {}
     for d in spec.all_inputs:
         if d.name == "sink":
@@ -49,7 +49,35 @@ def call_time_inputs(spec, n: int, gen: torch.Generator) -> dict:
     return given
 
 
+def check_decode_case(case: dict, rank: int, world: int) -> dict:
+    """Decoding against a cache sharded along the sequence, contiguous (rank r holds `cut` positions)
+    or paged: every rank's result against the whole cache's plain decode (float64 reference)."""
+    spec, capacity, nq = case["spec"], case["n"], 3
+    gen = torch.Generator().manual_seed(99)
+    lengths = torch.tensor([capacity, 1, capacity // 2 + 3, 0], dtype=torch.int32)
+    q = torch.randn(len(lengths), spec.query_heads, nq, spec.head_dim, generator=gen)
+    k, v = (torch.randn(len(lengths), spec.kv_heads, capacity, spec.head_dim, generator=gen) for _ in range(2))
+    given = call_time_inputs(spec, capacity, gen, batch=len(lengths))
+    start, stop = capacity * rank // world, capacity * (rank + 1) // world
+    k_l, v_l, table = k[:, :, start:stop], v[:, :, start:stop], None
+    if case.get("paged"):
+        from tests.codegen.test_decode import paged
+        k_l, v_l, table = paged(k_l.contiguous(), v_l.contiguous(), 16, seed=rank)
+    cp = context_parallel(attngen.compile(spec))
+    out, lse = cp.decode(q, k_l, v_l, cache_seqlens=lengths, block_table=table, return_lse=True, **given)
+    for b, n in enumerate(lengths.tolist()):
+        if n == 0:
+            continue
+        mine = {name: t[b:b + 1] if name == "prefix" else t for name, t in given.items()}
+        want = attngen.reference(spec, q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], q_offset=n - nq, **mine)
+        check_close(f"{case['id']} rank {rank}/{world} decode out[{b}]", out[b:b + 1], want[0], torch.float32)
+        check_close(f"{case['id']} rank {rank}/{world} decode lse[{b}]", lse[b:b + 1], want[1], torch.float32)
+    return {"strategy": "decode", "steps": 1, "skipped": 0}
+
+
 def check_case(case: dict, rank: int, world: int) -> dict:
+    if case.get("decode"):
+        return check_decode_case(case, rank, world)
     spec = case["spec"]
     attn = attngen.compile(spec)
     n, dtype = case["n"], getattr(torch, case.get("dtype", "float32"))

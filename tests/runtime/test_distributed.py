@@ -104,7 +104,8 @@ def test_two_ranks_every_mask_both_layouts():
              _case("sinks-allgather-contiguous", SINKS, "contiguous", 45, strategy="allgather"),
              _case("inputs-ring-zigzag", PREFIX_T5, "zigzag", 45, strategy="ring", repeat=True),
              _case("sequence-inputs-ring-contiguous", DOC_IDS, "contiguous", 45, strategy="ring", repeat=True),
-             _case("sequence-inputs-allgather-zigzag", DOC_IDS, "zigzag", 45, strategy="allgather")]
+             _case("sequence-inputs-allgather-zigzag", DOC_IDS, "zigzag", 45, strategy="allgather"),
+             _case("decode-inputs", PREFIX_T5, "contiguous", 50, decode=True)]
     reports = by_case(spawn(2, cases))
     assert {r["strategy"] for r in reports["mqa-allgather-zigzag"]} == {"allgather"}
     assert {r["strategy"] for r in reports["causal-gqa-zigzag"]} == {"allgather"}   # auto: Hkv·W <= Hq
@@ -117,7 +118,9 @@ def test_four_ranks_skip_empty_steps():
              _case("window-contiguous", WINDOW, "contiguous", 128, strategy="ring"),
              _case("bigbird-contiguous", BIGBIRD, "contiguous", 77, strategy="ring"),
              _case("documents-zigzag", DOCUMENTS, "zigzag", 77, strategy="ring"),
-             _case("mqa-auto-zigzag", MQA, "zigzag", 77)]
+             _case("mqa-auto-zigzag", MQA, "zigzag", 77),
+             _case("decode-sinks", SINKS, "contiguous", 96, decode=True),
+             _case("decode-bigbird-paged", BIGBIRD, "contiguous", 128, decode=True, paged=True)]
     reports = by_case(spawn(4, cases))
     window = reports["window-contiguous"][0]
     # 16 positions a rank, a window of 7: only the previous rank's keys are ever needed.
