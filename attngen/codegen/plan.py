@@ -79,15 +79,13 @@ def forward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]
     return {"fwd": KernelSignature(kernel_name, args)}
 
 
-def _bound_code(bound: sympy.Expr, position: str, *, clamp: str, limit: str, key_offset: str = "") -> str:
+def _bound_code(bound: sympy.Expr, position: str, *, clamp: str, limit: str, key_offset: str) -> str:
     """A key bound for the scalar `position`, as a key index (position - `key_offset`, the kernel's
-    name for it; none in decode, whose keys start at 0) clamped into [0, nk - 1]; ±oo become the
-    limit."""
+    name for the position of its first key) clamped at `limit`; ±oo become the limit."""
     if bound in (sympy.oo, -sympy.oo):
         return limit
     code = print_triton(bound, query=position)
-    shift = f" - {key_offset}" if key_offset else ""
-    return f"tl.{clamp}({code}{shift}, {limit})"
+    return f"tl.{clamp}({code} - {key_offset}, {limit})"
 
 
 def _score_note(g: Graph) -> tuple[float, str, str]:

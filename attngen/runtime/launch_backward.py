@@ -147,7 +147,7 @@ class BackwardLauncher(SoftmaxLauncher):
 
     def backward(self, q, k, v, out, lse, dout, *, q_offset=None, seg_q=None, seg_k=None,
                  inputs: dict | None = None, config: BackwardConfig | None = None, k_offset: int = 0,
-                 total_nk: int | None = None):
+                 total_nk: int | None = None, total_nq: int | None = None):
         """(dq, dk, dv, *d(each grad input)): dq, dk, dv like their inputs (shape, dtype,
         strides); then the gradient of each input with `grad` (the sink's too), float32, in
         declared order (`inputs.grad_inputs`). k_offset / total_nk: a chunk pair
@@ -160,7 +160,8 @@ class BackwardLauncher(SoftmaxLauncher):
         nk = k.shape[2]
         keys = resolve_k_offset(nk, k_offset, total_nk)
         q_offset = resolve_q_offset(nq, nk, q_offset, keys[0])
-        inputs = call_inputs(spec, inputs, batch=batch, nq=nq, nk=nk, device=q.device)
+        inputs = call_inputs(spec, inputs, batch=batch, nq=nq if total_nq is None else total_nq,
+                             nk=nk if total_nk is None else total_nk, device=q.device)
         interpret = architecture(q.device) is None
         if nq == 0 or nk == 0:     # no pair at all: every gradient is 0
             return tuple(torch.zeros_like(t) for t in (q, k, v, *(inputs[d.name] for d in grad_inputs(spec))))
