@@ -39,7 +39,7 @@ import torch
 from ..spec.predicates import Predicate, i as I_SYMBOL, j as J_SYMBOL
 
 MAX_CASES = 64        # cases of one lifted expression (min/max/abs/where multiply them)
-MAX_ATOMS = 256       # distinct atoms of a program
+MAX_ATOMS = 48        # distinct atoms of a program (a row cell costs O(atoms^2))
 
 
 class Outside(Exception):
@@ -235,6 +235,9 @@ class _Compiler:
             return _or([self.boolean(a) for a in e.args])
         if isinstance(e, sympy.Not):
             return _not(self.boolean(e.args[0]))
+        if isinstance(e, sympy.ITE):                          # sympy's own boolean where
+            c, a, b = (self.boolean(x) for x in e.args)
+            return _or([_and([c, a]), _and([_not(c), b])])
         if isinstance(e, (sympy.Equivalent, sympy.Xor)):
             parts = [self.boolean(a) for a in e.args]
             same = _or([_and(parts), _and([_not(p) for p in parts])])

@@ -37,7 +37,7 @@ from .tiles_base import (Geometry, Verdict, candidates_for, classifier_for, expa
 
 WITNESS_GRIDS = (3, 8)     # sides of the witness grids tried on open tiles, cheap first
 WITNESSES = 8              # whole rows per open tile counted exactly before all of them are
-ROWS_AT_ONCE = 1 << 16     # rows counted at once in step 3 (bounds the working memory)
+CELL_VALUES = 1 << 23      # rows x (cuts x atoms) counted at once (bounds the working memory)
 FANOUT = 16               # pieces a key-tile range is cut into per bisection step
 PREFETCH_PAIRS = 1 << 25   # tile pairs' worth of query tiles whose candidates are found at once
 COUNT_BLOCK = 64          # tile side `count_pairs` works with
@@ -109,22 +109,27 @@ def _witnesses(program: Program, side: int, i0, i1, j0, j1) -> tuple[torch.Tenso
 def _witness_rows(program: Program, i0, i1, j0, j1) -> tuple[torch.Tensor, torch.Tensor]:
     """(some allowed, all allowed) over WITNESSES whole rows of each box, counted exactly."""
     rows = _spread(i0, i1, WITNESSES).flatten()
-    n = len(i0)
     lo, hi = j0.repeat_interleave(WITNESSES), j1.repeat_interleave(WITNESSES)
-    counts = program.row_counts(rows, lo, hi).view(n, WITNESSES)
+    counts = _row_counts(program, rows, lo, hi).view(len(i0), WITNESSES)
     return (counts > 0).any(1), (counts == (j1 - j0 + 1)[:, None]).all(1)
 
 
+def _row_counts(program: Program, ii, j0, j1) -> torch.Tensor:
+    """`Program.row_counts` in chunks of rows: a cell holds O(atoms^2) values while counted."""
+    atoms = max(1, len(program.atoms))
+    step = max(256, CELL_VALUES // ((2 * atoms + 2) * atoms))
+    if len(ii) <= step:
+        return program.row_counts(ii, j0, j1)
+    return torch.cat([program.row_counts(ii[at:at + step], j0[at:at + step], j1[at:at + step])
+                      for at in range(0, len(ii), step)])
+
+
 def box_counts(program: Program, i0, i1, j0, j1) -> torch.Tensor:
-    """Exact allowed pairs per box [i0, i1] x [j0, j1] (int64), row by row, in row chunks."""
+    """Exact allowed pairs per box [i0, i1] x [j0, j1] (int64), row by row."""
     rows, values = expand_ranges(i0, i1)
     owner = torch.repeat_interleave(torch.arange(len(i0), device=i0.device), rows, output_size=len(values))
     out = torch.zeros(len(i0), dtype=torch.int64, device=i0.device)
-    for at in range(0, len(values), ROWS_AT_ONCE):
-        part = slice(at, at + ROWS_AT_ONCE)
-        who = owner[part]
-        out.index_add_(0, who, program.row_counts(values[part], j0[who], j1[who]))
-    return out
+    return out.index_add_(0, owner, _row_counts(program, values, j0[owner], j1[owner]))
 
 
 def candidate_keys(program: Program, geom: Geometry, start: int, stop: int) -> torch.Tensor:
