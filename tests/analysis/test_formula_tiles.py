@@ -198,3 +198,14 @@ def test_a_long_natten_map_builds_fast():
     bm = block_map(spec, 1 << 18, 1 << 18, 64, 64)
     assert time.perf_counter() - start < 5.0
     assert bm.unresolved == 0 and bm.num_partial == 20474 and bm.num_full == 0
+
+
+def test_a_where_nested_in_a_condition():
+    """sympy writes it as ITE(c, a, b): the evaluator, the printer and the analysis all read it."""
+    text = "where(where(0 < i, 0, i) <= 0, 0, i) <= 0 and where(j % 3 == 0, i - j, j - i) < 5"
+    spec = spec_of(text)
+    python = torch.tensor([[((0 if (0 if 0 < i else i) <= 0 else i) <= 0) and ((i - j if j % 3 == 0 else j - i) < 5)
+                            for j in range(60)] for i in range(-10, 40)])
+    assert torch.equal(spec.dense_mask(50, 60, -10), python)
+    assert torch.equal(exact_map(spec, 50, 60, 16, 16, -10), brute_classes(spec, 50, 60, 16, 16, -10))
+    assert "tl.where" in A.emit(spec)
