@@ -194,9 +194,9 @@ def test_a_long_natten_map_builds_fast():
     pass over every pair would take."""
     spec = spec_of("abs(i // 32 - j // 32) <= 3 and abs(i % 32 - j % 32) <= 3")
     block_map(spec, 4096, 4096, 64, 64)
-    start = time.perf_counter()
+    start = time.process_time()                 # CPU time: CI shares its cores
     bm = block_map(spec, 1 << 18, 1 << 18, 64, 64)
-    assert time.perf_counter() - start < 5.0
+    assert time.process_time() - start < 5.0   # about 0.15 s on an idle core
     assert bm.unresolved == 0 and bm.num_partial == 20474 and bm.num_full == 0
 
 
