@@ -196,7 +196,10 @@ def tile_efficiency(sizes: list[int], device: str) -> int:
 
     print("| spec | nq = nk | tiles visited | non-empty tiles | efficiency |\n|---|---|---|---|---|")
     worst = 1.0
-    for full in (s for s in A.load_specs(SPECS_DIR) if s.kind == "softmax"):
+    # the shipped specs, and the input-free mask formulas of specs/formulas (their maps are exact too)
+    formulas = [s for s in A.load_specs(SPECS_DIR / "formulas")
+                if s.uses_formulas and not s.all_inputs and s.score is None and s.value_head_dim is None]
+    for full in (s for s in A.load_specs(SPECS_DIR) + formulas if s.kind == "softmax"):
         mask = None if isinstance(full.effective_mask, A.spec.Everything) else full.effective_mask
         spec = A.Spec(name=full.name, query_heads=1, kv_heads=1, head_dim=16, mask=mask,
                       softcap=full.softcap, alibi=full.alibi)

@@ -24,9 +24,13 @@ Exact (map == brute force; ``unresolved == 0``) by construction, with no refinem
   Transformer strided); any/all/not of columns (j-only);
 - any/all/not of these on every tile where each `any` has at most one non-empty part (or a full
   one) and each `all` at most one non-full part (or an empty one): then the combination is that
-  part.
-Everything else (Longformer, BigBird, Sparse Transformer fixed with misaligned tiles, packed
-documents with causal, ...) is exact once the remaining tiles are settled by evaluating the
+  part;
+- input-free mask formulas of affine terms in i and j, // and % by constants, min/max/abs/where,
+  comparisons and and/or/not, alone or in any/all/not with every leaf but random and segments
+  (Longformer, Sparse Transformer fixed, NATTEN as a formula, ...): `tiles_formula` decides them
+  by interval arithmetic, witnesses and exact counts per row cell, never pair by pair.
+Everything else (BigBird's random blocks beside other leaves, packed documents with causal,
+formulas with products of positions or floats, ...) is exact once the remaining tiles are settled by evaluating the
 predicate on them (`classify.refine`: witnesses first, then every pair), within `refine_budget`
 pair evaluations (default `classify.REFINE_BUDGET`, 8M: at least ~500 tiles of 128x128, far more
 when witnesses settle them). Past the budget those tiles stay PARTIAL and `unresolved` counts them.

@@ -11,6 +11,9 @@ Unproven tiles are then settled, so that the map is exact:
 1. A subtree that depends on d = i - j alone (band, causal, stride, and any/all/not of them) is
    evaluated on the tile's d-range, every d of which occurs: ``BQ + BK - 1`` values per tile.
    One that depends on j alone (columns) is evaluated on the tile's keys. Both eagerly, per node.
+   Any other subtree in the formula family (`formula_program`: every leaf but random and
+   segments, and input-free formulas of affine terms, // and %, min/max/abs, comparisons) is
+   settled exactly by `tiles_formula.exact_verdict`, without evaluating every pair.
 2. What is left at the root is evaluated with the predicate's own `evaluate` (the ground truth):
    first on a sparse grid of witness pairs per tile (one allowed and one not prove PARTIAL), then,
    for the tiles still open, on every pair; at most `budget` pair evaluations per map. Tiles past
@@ -23,10 +26,10 @@ from functools import lru_cache
 
 import torch
 
-from ..spec.formula import Formula
 from ..spec.predicates import (All_, Any_, Band, Causal, Columns, EvalContext, Everything, Not_, Nothing,
                                Predicate, Random, Stride)
 from . import tiles_leaves, tiles_tables  # noqa: F401  (they register the leaf classifiers)
+from .tiles_formula import exact_verdict, program_of  # (registers the formula classifier)
 from .tiles_base import (Geometry, RowRanges, Verdict, as_keys, candidates_for, candidates_of,
                          classifier_for, in_ranges, sorted_unique, verdict_of)
 
@@ -115,14 +118,6 @@ def _all_candidates(pred: All_, geom, start, stop):
     return keys
 
 
-@classifier_for(Formula)
-def _formula(pred: Formula, geom, qt, kt):
-    """No structural rule for formulas yet: every tile is an unproven PARTIAL (sound), which
-    `refine` settles by evaluating the formula on the tile (the same sympy form the kernel prints)."""
-    nonempty = torch.ones_like(qt, dtype=torch.bool)
-    return Verdict(nonempty, torch.zeros_like(nonempty), torch.zeros_like(nonempty))
-
-
 # -- settling unproven tiles ----------------------------------------------------------------
 @lru_cache(maxsize=None)
 def dependence(pred: Predicate) -> str | None:
@@ -140,12 +135,17 @@ def dependence(pred: Predicate) -> str | None:
 
 
 def _settle(pred, geom: Geometry, qt, kt, verdict: Verdict) -> Verdict:
-    """Prove the unproven tiles of a d-only or j-only subtree on its 1-D footprint."""
-    kind = dependence(pred)
-    if kind not in ("d", "j"):
-        return verdict
+    """Prove the unproven tiles of a d-only or j-only subtree on its 1-D footprint, and of any
+    other subtree in the formula family (`tiles_formula`) by its exact per-tile steps."""
     todo = torch.nonzero(~verdict.exact_mask()).flatten()
     if len(todo) == 0:
+        return verdict
+    kind = dependence(pred)
+    if kind not in ("d", "j"):
+        program = program_of(pred)
+        if program is not None:
+            exact = exact_verdict(program, geom, qt[todo], kt[todo])
+            _record(verdict, todo, exact.nonempty, exact.full)
         return verdict
     if kind == "d":
         low, high = geom.d_range(qt[todo], kt[todo])

@@ -12,7 +12,7 @@ import torch
 
 from ..spec.predicates import All_, Any_, Band, GlobalTokens
 from ..spec.spec import Spec, resolve_q_offset
-from .pairs import allowed_pairs, counted_mask, pairs_formula
+from .pairs import allowed_pairs, counted_mask, counted_symbolically, pairs_formula
 from .reach import Reach, reach
 
 BACKWARD_FACTOR = 2.5          # dq, dk, dv and the recomputed scores: 2.5x the forward FLOPs
@@ -159,6 +159,16 @@ def cost(spec: Spec, *, n: int, nk: int | None = None, batch: int = 1, layers: i
     if spec.uses_segments and seg_q is None and seg_k is None:
         notes.append("segments: counted as one segment (no segment ids given)")
     pairs = allowed_pairs(spec, n, nk, q_offset, seg_q=seg_q, seg_k=seg_k)
+    segmented = seg_q is not None or seg_k is not None
+    symbolic = counted_symbolically(counted_mask(spec, segments=segmented)) if spec.kind == "softmax" else None
+    if symbolic is True:
+        notes.append("allowed pairs: counted from the mask formula's tile classes (exact, symbolic: "
+                     "no pair evaluated one by one)")
+    elif symbolic is False:
+        notes.append("allowed pairs: the mask is outside what the formula tile analysis decides "
+                     "exactly (affine terms in i and j, // and % by constants, min/max/abs, "
+                     "comparisons, and/or/not; no random or segments leaf), so every pair was "
+                     "evaluated (exact, n x nk work)")
     heads, d, size = spec.query_heads, spec.head_dim, dtype_bytes(dtype)
     flops = flops_forward(spec, pairs=pairs, n=n, nk=nk, batch=batch, layers=layers)
     if spec.kind == "linear":

@@ -1,5 +1,11 @@
 """Exact counts of the (query, key) pairs a spec's mask allows, without building the mask.
 
+A mask with a formula in the family of `tiles_formula` (input-free, affine terms in i and j, // and %
+by constants, min/max/abs, comparisons, and/or/not, with any built-in leaf but random and segments)
+is counted from its tile classes instead: full tiles by their area, the others row by row in cells on
+which every floor term is affine (`formula_program.Program.row_counts`), never pair by pair. A
+formula outside the family is counted by evaluating it on every pair, in row chunks (exact, O(n²)).
+
 One query row's mask, read as a function of the key j, is *piecewise periodic*: the interval leaves
 (band, blocks, global tokens, random blocks, segments) change value only at a few breakpoints per
 row, and between two breakpoints the modular leaves (stride, columns) repeat with period M = lcm of
@@ -25,6 +31,8 @@ import torch
 from ..spec.predicates import (LEAF_TYPES, All_, Any_, Band, Blocks, Causal, Columns, Everything,
                                GlobalTokens, Not_, Nothing, Predicate, Random, Segments, Stride)
 from ..spec.formula import Formula
+from .formula_program import compile_mask
+from .tiles_formula import count_pairs
 from ..spec.normalize import normalize
 from ..spec.spec import Spec, resolve_k_offset, resolve_q_offset
 
@@ -104,8 +112,20 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
+def counted_symbolically(mask: Predicate) -> bool | None:
+    """For a mask with a formula: True if its pairs are counted from its tile classes (the formula
+    family of `tiles_formula`, exact and never pair by pair), False if every pair is evaluated;
+    None for a mask without a formula (counted by the period table below)."""
+    if not any(isinstance(p, Formula) for p in mask.walk()):
+        return None
+    return compile_mask(mask) is not None
+
+
 def _count_rows(mask, nq, nk, ctx, seg) -> int:
-    if any(isinstance(p, Formula) for p in mask.walk()):     # no period table for formulas yet
+    symbolic = counted_symbolically(mask)
+    if symbolic:
+        return count_pairs(compile_mask(mask), nq, nk, ctx.q_offset, ctx.k_offset)
+    if symbolic is False:        # outside the family: exact, but every pair is evaluated
         return _count_dense(mask, nq, nk, ctx)
     leaves = list(dict.fromkeys(p for p in mask.walk() if isinstance(p, LEAF_TYPES)))
     interval = [leaf for leaf in leaves if not isinstance(leaf, MODULAR)]

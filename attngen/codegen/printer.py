@@ -29,7 +29,7 @@ _ALLOWED = (
     sympy.Max, sympy.Min, sympy.And, sympy.Or, sympy.Not, sympy.Eq, sympy.Ne, sympy.Lt, sympy.Le,
     sympy.Gt, sympy.Ge, AppliedUndef, sympy.logic.boolalg.BooleanTrue, sympy.logic.boolalg.BooleanFalse,
     sympy.Float, sympy.Abs, sympy.Piecewise, sympy.functions.elementary.piecewise.ExprCondPair,
-    sympy.Pow, sympy.tanh, sympy.exp, sympy.log, sigmoid, sympy.Equivalent,
+    sympy.Pow, sympy.tanh, sympy.exp, sympy.log, sigmoid, sympy.Equivalent, sympy.ITE,
     sympy.core.numbers.Infinity, sympy.core.numbers.NegativeInfinity,
 )
 
@@ -114,6 +114,11 @@ class TritonPrinter(PythonCodePrinter):
         for value, cond in reversed(pieces):
             out = f"tl.where({self._print(cond)}, {self._print(value)}, {out})"
         return out
+
+    def _print_ITE(self, expr):
+        # a boolean where() nested in a condition, as sympy writes it
+        cond, yes, no = (self._print(a) for a in expr.args)
+        return f"tl.where({cond}, {yes}, {no})"
 
     def _print_tanh(self, expr):
         return f"tanh({self._float(expr.args[0])})"

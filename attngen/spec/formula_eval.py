@@ -186,6 +186,11 @@ class _Evaluator:
         values = [_tensor(v) for v in self.args(e)]
         return _fold(lambda a, b: a & b, [v == values[0] for v in values[1:]])
 
+    def _ITE(self, e):
+        # sympy writes a where() nested in a condition as ITE(c, a, b) (booleans a, b)
+        cond, yes, no = (_tensor(v) for v in self.args(e))
+        return torch.where(cond, yes, no)
+
     def _Xor(self, e):
         return _fold(lambda a, b: _tensor(a) ^ _tensor(b), self.args(e))
 
