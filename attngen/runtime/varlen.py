@@ -26,7 +26,7 @@ from .inputs import call_inputs, sink_arg
 from .launch import ShapeTables, SoftmaxLauncher, block_list_args, segment_args
 from .launch_backward import BackwardLauncher
 from .launcher import architecture, meta_tensor, poison
-from .varlen_tables import VarlenLayout, blocked_lse_index, check_varlen, work_tables
+from .varlen_tables import VarlenLayout, blocked_lse_index, check_varlen, random_tables_per_sequence, work_tables
 
 
 def varlen_inputs(spec: Spec, inputs: dict | None, layout: VarlenLayout, device) -> dict:
@@ -58,6 +58,13 @@ class VarlenLauncher(SoftmaxLauncher):
         return self._work.get_or_build(key, lambda: work_tables(
             self.spec, layout, block_m, block_n, key_major=key_major,
             with_lists=self.iteration == "lists", device=device))
+
+    def random_arguments(self, layout: VarlenLayout, device) -> dict:
+        """The random predicates' joined tables and per-sequence rows (none without random masks)."""
+        if not self.tables:
+            return {}
+        return self._work.get_or_build((_layout_key(layout), "random", device), lambda: random_tables_per_sequence(
+            self.spec, self.tables, layout, device))
 
     def aot_arguments(self, dtype: torch.dtype, n: int, nk: int, batch: int = 1):
         """cfg → the launch of a packed batch of `batch` sequences of n queries and nk keys each,
@@ -111,6 +118,7 @@ class VarlenLauncher(SoftmaxLauncher):
             args = dict(q=q, k=k, v=v, out=out, lse=lse, alibi_slopes=out if alibi is None else alibi,
                         **sink_arg(spec, inputs), tile_counts=out, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
                         work_table=tables.work, total_q=q.shape[0], num_query_heads=spec.query_heads,
+                        **self.random_arguments(layout, table_device),
                         **block_list_args(tables.lists), **segment_args((), out),
                         **packed_strides("q", q), **packed_strides("k", k), **packed_strides("v", v),
                         **packed_strides("o", out),
@@ -128,6 +136,7 @@ class VarlenBackwardLauncher(BackwardLauncher):
         self._lse_index = ShapeTables()
 
     work = VarlenLauncher.work
+    random_arguments = VarlenLauncher.random_arguments
 
     def aot_arguments(self, dtype: torch.dtype, n: int, nk: int, batch: int = 1):
         spec = self.spec
@@ -205,6 +214,7 @@ class VarlenBackwardLauncher(BackwardLauncher):
                 alibi = self.alibi(q.device)
                 common = dict(q=q, k=k, v=v, dout=dout, lse=lse, delta=delta, **varlen,
                               alibi_slopes=lse if alibi is None else alibi, **segment_args((), q),
+                              **self.random_arguments(layout, table_device),
                               **packed_strides("q", q), **packed_strides("k", k), **packed_strides("v", v),
                               **packed_strides("do", dout), **constexprs)
                 key_major = role == "dkdv"

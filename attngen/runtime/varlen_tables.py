@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ShapeError
-from ..spec import Spec
+from ..spec import Random, Spec
 from .blockmap_cache import cached_block_map_lists
 from .launcher import DTYPES, cdiv
 
@@ -189,3 +189,29 @@ def blocked_lse_index(layout: VarlenLayout, heads: int, device) -> torch.Tensor:
     row = torch.arange(layout.total_q) - start
     head = torch.arange(heads)[:, None]
     return (heads * start[None, :] + head * n[None, :] + row[None, :]).to(device)
+
+
+def random_tables_per_sequence(spec: Spec, tables, layout: VarlenLayout, device) -> dict:
+    """Each random predicate's draws for every sequence (its own lengths, as a batched call of them
+    draws; one draw per distinct (len_q, len_k)), by kernel argument name: the joined int32 table,
+    and (offset in it, first query block, rows) per sequence. Sequences with no query or no key
+    draw nothing (rows 0)."""
+    out = {}
+    for t in tables:
+        table_name, _, _ = t.names
+        parts, offsets, per_sequence, size = [], {}, [], 0
+        for nq, nk in zip(layout.len_q, layout.len_k):
+            if nq == 0 or nk == 0:
+                per_sequence.append((0, 0, 0))
+                continue
+            if (nq, nk) not in offsets:
+                first, table = spec.eval_context(nq, nk, nk - nq).random_table(Random(t.per_row, t.block, t.seed))
+                offsets[nq, nk] = (size, first, table.shape[0])
+                parts.append(table.to(torch.int32).reshape(-1))
+                size += parts[-1].shape[0]
+            per_sequence.append(offsets[nq, nk])
+        joined = torch.cat(parts) if parts else torch.zeros(1, dtype=torch.int32)
+        out[table_name] = (joined if joined.numel() else torch.zeros(1, dtype=torch.int32)).contiguous().to(device)
+        out[f"random_{t.index}_per_sequence"] = torch.tensor(per_sequence or [(0, 0, 0)],
+                                                             dtype=torch.int32).contiguous().to(device)
+    return out

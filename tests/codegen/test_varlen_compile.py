@@ -1,8 +1,8 @@
 """The varlen kernels (`attn.varlen`) compile for sm_80 and sm_90 without a GPU, exactly as a launch
 over a packed batch compiles them (`VarlenLauncher.aot_arguments`), with no spills in 16-bit.
 
-By default three specs cover the kernels' paths: closed-form key ranges with a window (mistral),
-block-map lists (sparse_strided) and GQA with causal (gqa); ATTNGEN_SLOW=1 adds every shipped
+By default four specs cover the kernels' paths: closed-form key ranges with a window (mistral),
+block-map lists (sparse_strided), per-sequence random draws (bigbird) and GQA with causal (gqa); ATTNGEN_SLOW=1 adds every shipped
 softmax spec varlen runs.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from attngen.codegen.aot import resource_usage
 from attngen.codegen.plan_varlen import varlen_unsupported
 
 TARGETS = ["sm_80", "sm_90"]
-DEFAULT = ("mistral_sliding_window", "sparse_strided", "gqa")
+DEFAULT = ("mistral_sliding_window", "sparse_strided", "gqa", "bigbird")
 SPECS = [pytest.param(s, id=s.name, marks=() if s.name in DEFAULT else pytest.mark.slow)
          for s in A.load_specs("specs") if s.kind == "softmax" and not varlen_unsupported(s)]
 
