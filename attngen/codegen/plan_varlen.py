@@ -56,7 +56,7 @@ def varlen_backward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSi
 
 def varlen_forward_values(g: Graph, *, kernel_name: str) -> dict:
     values = forward_values(g, kernel_name=kernel_name)
-    values.update(varlen=True, kernel_title="varlen forward kernel", varlen_random=varlen_random_names(g),
+    values.update(varlen=True, kernel_title="varlen forward kernel", kernel_kind="varlen_fwd", varlen_random=varlen_random_names(g),
                   signatures=varlen_forward_signatures(g, kernel_name))
     values.update(helper_flags(values))
     return values
@@ -64,7 +64,7 @@ def varlen_forward_values(g: Graph, *, kernel_name: str) -> dict:
 
 def varlen_backward_values(g: Graph, *, kernel_name: str) -> dict:
     values = backward_values(g, kernel_name=kernel_name)
-    values.update(varlen=True, kernel_title="varlen backward kernels", varlen_random=varlen_random_names(g),
+    values.update(varlen=True, kernel_title="varlen backward kernels", kernel_kind="varlen_bwd", varlen_random=varlen_random_names(g),
                   signatures=varlen_backward_signatures(g, kernel_name))
     values.update(helper_flags(values))
     return values

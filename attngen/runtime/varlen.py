@@ -86,7 +86,7 @@ class VarlenLauncher(SoftmaxLauncher):
         inputs = varlen_inputs(spec, inputs, layout, q.device)
         interpret = architecture(q.device) is None
         arguments = self._varlen_arguments(q, k, v, layout, inputs, interpret=interpret,
-                                           cu=(cu_seqlens_q, cu_seqlens_k))
+                                           cu=(cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()))
         cfg = config or self._varlen_config(q, arguments)
         grid, args, num_warps, num_stages = arguments(cfg)
         poison(args["out"], args["lse"], interpreted=interpret)
@@ -161,7 +161,7 @@ class VarlenBackwardLauncher(BackwardLauncher):
         blocked = self.blocked_lse(lse, layout)
         arguments, (dq, dk, dv, *extra) = self._varlen_arguments(
             q, k, v, out, blocked, dout.to(q.dtype), layout, inputs, interpret=interpret,
-            cu=(cu_seqlens_q, cu_seqlens_k))
+            cu=(cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()))
         cfg = config or self.launch_config(spec.head_dim, q.dtype, q.device, arguments)
         poison(dq, dk, dv, interpreted=interpret)
         for role, tiles in self.role_tiles(cfg).items():        # preprocess (delta), dK/dV, dQ
