@@ -14,6 +14,8 @@ from .plan import forward_signatures, forward_values
 from .plan_backward import backward_signatures, backward_values
 from .plan_decode import decode_signatures, decode_values
 from .plan_linear import kernel_names, linear_signatures, linear_values
+from .plan_varlen import (refuse_varlen, varlen_backward_signatures, varlen_backward_values,
+                          varlen_forward_signatures, varlen_forward_values)
 from .render import render
 from .support import refuse_unsupported
 from .signature import KernelSignature
@@ -24,6 +26,7 @@ SIGNATURES = {
     "fwd": forward_signatures, "bwd": backward_signatures, "decode": decode_signatures,
     "linear_fwd": lambda graph, name: linear_signatures(graph),
     "linear_bwd": lambda graph, name: linear_signatures(graph),
+    "varlen_fwd": varlen_forward_signatures, "varlen_bwd": varlen_backward_signatures,
 }
 
 
@@ -73,10 +76,29 @@ def decode_kernel(spec: Spec, *, check: bool | None = None) -> GeneratedKernel:
     return GeneratedKernel(spec, "decode", source, graph, name)
 
 
+def varlen_forward_kernel(spec: Spec, *, check: bool | None = None) -> GeneratedKernel:
+    """The forward for a packed batch of sequences (`attn.varlen`): one launch, fwd.py.jinja with
+    `varlen` (plan_varlen.py)."""
+    refuse_varlen(spec)
+    graph = lower_forward(spec, check=check)
+    name = f"attngen_varlen_fwd_{spec.name}"
+    source = render("fwd.py.jinja", **varlen_forward_values(graph, kernel_name=name))
+    return GeneratedKernel(spec, "varlen_fwd", source, graph, name)
+
+
+def varlen_backward_kernel(spec: Spec, *, check: bool | None = None) -> GeneratedKernel:
+    """The three backward kernels of `varlen_forward_kernel`, from bwd.py.jinja with `varlen`."""
+    refuse_varlen(spec)
+    graph = lower_backward(spec, check=check)
+    name = f"attngen_varlen_bwd_{spec.name}"
+    source = render("bwd.py.jinja", **varlen_backward_values(graph, kernel_name=name))
+    return GeneratedKernel(spec, "varlen_bwd", source, graph, name)
+
+
 GENERATORS = {"fwd": forward_kernel, "bwd": backward_kernel,
               "linear_fwd": lambda spec, *, check=None: linear_kernel(spec, "fwd", check=check),
               "linear_bwd": lambda spec, *, check=None: linear_kernel(spec, "bwd", check=check),
-              "decode": decode_kernel}
+              "decode": decode_kernel, "varlen_fwd": varlen_forward_kernel, "varlen_bwd": varlen_backward_kernel}
 
 
 def generate(spec, kind: str = "fwd", *, check: bool | None = None) -> GeneratedKernel:

@@ -120,7 +120,7 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
         mask_code, mask_formula = "(q_pos == q_pos) & (k_pos == k_pos)", "True (every pair allowed)"
     qk_scale, qk_note, score_note = _score_note(g)
     values = dict(
-        kernel_title="forward kernel", template_name="fwd.py.jinja", kernel_kind="fwd",
+        kernel_title="forward kernel", template_name="fwd.py.jinja", kernel_kind="fwd", varlen=False,
         spec_name=g.facts["spec_name"], version=__version__, kernel_name=kernel_name,
         mask_formula=mask_formula, mask_code=mask_code, has_mask=has_mask,
         query_heads=spec["heads"]["query"], kv_heads=spec["heads"]["kv"], group=g.facts["group"],

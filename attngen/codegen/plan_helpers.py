@@ -25,7 +25,7 @@ def helper_flags(values: dict, *, extra_code: Iterable[str] = ()) -> dict[str, b
     """uses_<helper> for every optional helper, from the values a softmax template is rendered
     with: the printed code is every value named `*_code`, every line of those named `*_lines`, plus
     `extra_code`."""
-    kind = values["kernel_kind"]
+    kind = values["kernel_kind"].removeprefix("varlen_")     # varlen kernels call what their kind's do
     ranges = values["iteration"] == "ranges"
     codes = [value for name, value in values.items() if name.endswith("_code")]
     codes += [line for name, lines in values.items() if name.endswith("_lines") for line in lines]

@@ -20,9 +20,11 @@ from .decode import DecodeLauncher
 from .launch import SoftmaxLauncher
 from .launch_backward import BackwardLauncher, reference_forward, reference_gradients
 from .linear import LinearLauncher
+from .varlen import VarlenBackwardLauncher, VarlenLauncher
 
 LAUNCHERS = {"fwd": SoftmaxLauncher, "bwd": BackwardLauncher, "decode": DecodeLauncher,
-             "linear_fwd": LinearLauncher, "linear_bwd": LinearLauncher}
+             "linear_fwd": LinearLauncher, "linear_bwd": LinearLauncher,
+             "varlen_fwd": VarlenLauncher, "varlen_bwd": VarlenBackwardLauncher}
 
 
 class AttentionKernels:
@@ -71,6 +73,18 @@ class AttentionKernels:
                                        inputs=inputs)
         return self.launcher("bwd").backward(q, k, v, out, lse, dout, q_offset=q_offset, seg_q=seg_q,
                                              seg_k=seg_k, inputs=inputs, config=config)
+
+    def varlen_forward_impl(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
+                            inputs=None):
+        """(out (total_q, Hq, Dv), lse (Hq, total_q)) of a packed batch (runtime/varlen.py)."""
+        return self.launcher("varlen_fwd").forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=max_seqlen_q,
+                                                   max_seqlen_k=max_seqlen_k, inputs=inputs)
+
+    def varlen_backward_impl(self, q, k, v, out, lse, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None,
+                             max_seqlen_k=None, inputs=None, *, config=None):
+        return self.launcher("varlen_bwd").backward(q, k, v, out, lse, dout, cu_seqlens_q, cu_seqlens_k,
+                                                    max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
+                                                    inputs=inputs, config=config)
 
     def decode_impl(self, q, k_cache, v_cache, cache_seqlens=None, block_table=None, inputs=None):
         return self.launcher("decode").decode(q, k_cache, v_cache, cache_seqlens=cache_seqlens,

@@ -52,6 +52,7 @@ from ..reference import check_qkv
 from ..spec import Spec, load_spec
 from .dispatch import AttentionKernels
 from .inputs import by_name, ordered
+from . import ops_varlen
 
 NAMESPACE = "attngen"
 FORWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, SymInt q_offset, Tensor? seg_q, Tensor? seg_k)"
@@ -61,7 +62,7 @@ BACKWARD_SCHEMA = ("(Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tenso
 DECODE_SCHEMA = ("(Tensor q, Tensor k_cache, Tensor v_cache, Tensor? cache_seqlens, "
                  "Tensor? block_table) -> (Tensor, Tensor)")
 INPUTS = "Tensor[] inputs"       # appended where a spec declares inputs
-SUFFIXES = ("", "_backward", "_decode")          # the operator names one spec takes
+SUFFIXES = ("", "_backward", "_decode", *ops_varlen.SUFFIXES)          # the operator names one spec takes
 
 log = logging.getLogger("attngen.runtime")
 _LOCK = threading.Lock()
@@ -144,6 +145,8 @@ class CompiledAttention:
         self.backward_op = getattr(namespace, f"{name}_backward").default
         has_decode = "decode" in kernel_kinds(spec)
         self.decode_op = getattr(namespace, f"{name}_decode").default if has_decode else None
+        has_varlen = ops_varlen.has_varlen(spec)
+        self.varlen_op = getattr(namespace, f"{name}_varlen").default if has_varlen else None
 
     def prepare(self) -> None:
         """Generate and import every kernel kind codegen knows for this spec (through the disk
@@ -185,6 +188,15 @@ class CompiledAttention:
             out, lse = self.decode_op(q, k_cache, v_cache, cache_seqlens, block_table,
                                       *_inputs_argument(self.spec, inputs))
         return (out, lse) if return_lse else out
+
+    def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
+               return_lse=False, **inputs):
+        """A packed batch of sequences (FlashAttention's varlen layout, docs/recipes.md), through
+        ``torch.ops.attngen.<name>_varlen``: q (total_q, Hq, D), k/v (total_k, Hkv, D/Dv),
+        cu_seqlens_q/k int32 (batch + 1). Each sequence is attended as a batch row of its own
+        lengths (bottom-right aligned, `b` its index); out (total_q, Hq, Dv) [, lse (Hq, total_q)]."""
+        return ops_varlen.varlen_call(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                      return_lse, inputs)
 
     def __repr__(self) -> str:
         return (f"CompiledAttention({self.spec.name!r}, {self.spec.kind}, {self.spec.grouping}, "
@@ -282,6 +294,8 @@ def _define(op: CompiledAttention) -> None:
     forward_op.register_autograd(_autograd_backward(backward_op, spec), setup_context=_setup_context)
     if "decode" in kernel_kinds(spec):
         _define_decode(op)
+    if ops_varlen.has_varlen(spec):
+        ops_varlen.define_varlen(op, NAMESPACE)
 
 
 def _define_decode(op: CompiledAttention) -> None:

@@ -15,9 +15,11 @@ import pytest
 
 import attngen as A
 from attngen.codegen.emit import generate
+from attngen.codegen.plan_varlen import varlen_unsupported
 
 CASES = [(s, kind) for s in A.load_specs("specs")
-         for kind in ("fwd", "bwd") + (("decode",) if s.kind == "softmax" and not s.uses_segments else ())]
+         for kind in ("fwd", "bwd") + (("decode",) if s.kind == "softmax" and not s.uses_segments else ())
+         + (("varlen_fwd", "varlen_bwd") if not varlen_unsupported(s) else ())]
 BUILTINS = {"range", "float", "int", "min", "max", "len", "isinstance"}
 
 
