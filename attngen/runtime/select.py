@@ -208,3 +208,31 @@ class Selector:
         gate = self._launcher_of().gate(q, k, (candidates != 0).to(torch.int32), rows=block)
         chosen = top_k_blocks(gate, spec.select.top) | own_blocks(nq, nk, q_offset, block, block, device)
         return Selection(chosen, block, block, classes_of)
+
+
+def decode_selection(selector: Selector, q, k_cache, seqlens, block_table, *, page_size: int,
+                     capacity: int) -> torch.Tensor:
+    """int32 (B, Hkv, ceil(capacity / R)): per sequence and kv head, the key blocks selected for
+    its Nq new tokens, one query block (SPEC.md). Each sequence's keys are its cache rows
+    0..seqlen-1 (a paged cache's pages gathered first); the gate runs per sequence (its partial
+    last block and its candidates depend on its length), reading the lengths on the host."""
+    spec, block = selector.spec, selector.spec.select.block
+    batch, _, nq, _ = q.shape
+    selected = torch.zeros((batch, spec.kv_heads, cdiv(capacity, block)), dtype=torch.int32, device=q.device)
+    if q.device.type == "meta":
+        return selected
+    launcher = selector._launcher_of()
+    for b, seqlen in enumerate(seqlens.tolist()):
+        n = min(seqlen, capacity)
+        if n <= 0:
+            continue
+        if block_table is None:
+            k_seq = k_cache[b:b + 1, :, :n]                                   # (1, Hkv, n, D), a view
+        else:
+            pages = k_cache[block_table[b, :cdiv(n, page_size)].long()]      # (pages, page, Hkv, D)
+            k_seq = pages.reshape(1, -1, *pages.shape[2:]).transpose(1, 2)[:, :, :n]
+        candidates = selector.classes(nq, n, n - nq, nq, block, None, None, q.device, exact=True)
+        gate = launcher.gate(q[b:b + 1], k_seq, (candidates != 0).to(torch.int32), rows=nq)
+        chosen = top_k_blocks(gate, spec.select.top) | own_blocks(nq, n, n - nq, nq, block, q.device)
+        selected[b, :, :chosen.shape[-1]] = chosen[0, :, 0].to(torch.int32)
+    return selected

@@ -211,3 +211,41 @@ def test_torch_compile_fullgraph_runs_the_selection_inside_the_op(torch_rng):
     want = reference_gradients(spec, q, k, v, torch.full(out.shape, 2.0))
     for name, leaf, w in zip(("dq", "dk", "dv"), leaves, want):
         check_close(name, leaf.grad, w, torch.float32, table=GRAD_TOLERANCE)
+
+
+# -- decode ---------------------------------------------------------------------------------------------
+def _pages(t, page_size, order):
+    """A (B, Hkv, capacity, D) cache as pages (num_pages, page_size, Hkv, D) placed by `order`
+    (a permutation of the B * pages per sequence), unused slots NaN; and the block table."""
+    batch, hkv, capacity, d = t.shape
+    per_seq = -(-capacity // page_size)
+    t = torch.nn.functional.pad(t, (0, 0, 0, per_seq * page_size - capacity))
+    t = t.reshape(batch, hkv, per_seq, page_size, d).permute(0, 2, 3, 1, 4).reshape(-1, page_size, hkv, d)
+    out = torch.full_like(t, float("nan"))
+    out[order] = t
+    return out, order.reshape(batch, per_seq).to(torch.int32)
+
+
+@pytest.mark.parametrize("nq, paged, dtype", [
+    pytest.param(1, False, torch.float32, id="nq1-contiguous-fp32"),
+    pytest.param(5, False, torch.bfloat16, id="nq5-contiguous-bf16"),
+    pytest.param(3, True, torch.float32, id="nq3-paged-fp32"),
+])
+def test_decode_per_sequence(nq, paged, dtype, torch_rng):
+    """Each sequence's new tokens are one query block; lengths 1 (or Nq), odd and full."""
+    spec = select_spec(f"sel_decode_{nq}_{int(paged)}_{str(dtype)[6:]}", causal=True, top=2)
+    capacity = 112
+    q = torch.randn(3, spec.query_heads, nq, spec.head_dim, generator=torch_rng).to(dtype)
+    k, v = (torch.randn(3, spec.kv_heads, capacity, spec.head_dim, generator=torch_rng).to(dtype) for _ in range(2))
+    seqlens = torch.tensor([nq, 77, capacity], dtype=torch.int32)
+    attn = attngen.compile(spec)
+    if paged:
+        order = torch.randperm(3 * capacity // 16, generator=torch_rng)
+        (k_pages, table), (v_pages, _) = _pages(k, 16, order), _pages(v, 16, order)
+        out, lse = attn.decode(q, k_pages, v_pages, cache_seqlens=seqlens, block_table=table, return_lse=True)
+    else:
+        out, lse = attn.decode(q, k, v, cache_seqlens=seqlens, return_lse=True)
+    for b, n in enumerate(seqlens.tolist()):
+        want_out, want_lse = reference(spec, q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], decode=True)
+        check_close(f"out[{b}] (n={n})", out[b:b + 1], want_out, dtype)
+        check_close(f"lse[{b}] (n={n})", lse[b:b + 1], want_lse, torch.float32 if dtype == torch.float32 else dtype)
