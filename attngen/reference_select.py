@@ -50,6 +50,16 @@ def own_blocks(nq: int, nk: int, q_offset: int, rows: int, block: int, device=No
            (kb <= torch.div(last, block, rounding_mode="floor")[:, None])
 
 
+def selected_blocks(spec, q: torch.Tensor, k: torch.Tensor, candidates: torch.Tensor, q_offset: int, *,
+                    rows: int) -> torch.Tensor:
+    """bool (B, Hkv, QB, KB): the selected key blocks of each query block of `rows` rows, given the
+    candidates (broadcastable to that shape)."""
+    nq, nk, block = q.shape[2], k.shape[2], spec.select.block
+    gate = block_means(q, rows, spec.group) @ block_means(k, block).transpose(-1, -2)  # (B, Hkv, QB, KB)
+    candidates = candidates.expand(gate.shape)
+    return top_blocks(gate, candidates, spec.select.top) | own_blocks(nq, nk, q_offset, rows, block, q.device)
+
+
 def selected_pairs(spec, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, q_offset: int, *,
                    decode: bool = False) -> torch.Tensor:
     """bool (B, Hq, Nq, Nk): `mask` (broadcastable to that) AND the selection. `q` is (B, Hq, Nq, D),
@@ -59,12 +69,11 @@ def selected_pairs(spec, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, q
     nk = k.shape[2]
     group = spec.group
     rows = max(nq, 1) if decode else block
-    gate = block_means(q, rows, group) @ block_means(k, block).transpose(-1, -2)     # (B, Hkv, QB, KB)
-    qb, kb = gate.shape[-2:]
+    qb, kb = -(-nq // rows), -(-nk // block)
     full = mask.expand(b, hq, nq, nk)
     padded = torch.nn.functional.pad(full, (0, kb * block - nk, 0, qb * rows - nq))
     candidates = padded.reshape(b, hq // group, group, qb, rows, kb, block).any(dim=(2, 4, 6))
-    chosen = top_blocks(gate, candidates, top) | own_blocks(nq, nk, q_offset, rows, block, q.device)
+    chosen = selected_blocks(spec, q, k, candidates, q_offset, rows=rows)
     chosen = chosen.repeat_interleave(group, dim=1)                                  # (B, Hq, QB, KB)
     rows_of = torch.arange(nq, device=q.device) // rows
     keys_of = torch.arange(nk, device=q.device) // block

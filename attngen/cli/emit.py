@@ -20,7 +20,7 @@ def add_parser(subparsers):
                                      "of time: no GPU needed).",
                          examples=EXAMPLES)
     parser.add_argument("spec", metavar="SPEC", help="spec YAML file")
-    parser.add_argument("--kernel", choices=("fwd", "bwd", "decode"), default="fwd",
+    parser.add_argument("--kernel", choices=("fwd", "bwd", "decode", "select"), default="fwd",
                         help="which kernel (default fwd)")
     parser.add_argument("--stage", choices=("triton", "ttir", "ttgir", "llir", "ptx", "sass"), default="triton",
                         help="how far to lower it (default triton: the generated source)")

@@ -20,8 +20,9 @@ from .decode import DecodeLauncher
 from .launch import SoftmaxLauncher
 from .launch_backward import BackwardLauncher, reference_forward, reference_gradients
 from .linear import LinearLauncher
+from .select import SelectLauncher
 
-LAUNCHERS = {"fwd": SoftmaxLauncher, "bwd": BackwardLauncher, "decode": DecodeLauncher,
+LAUNCHERS = {"fwd": SoftmaxLauncher, "bwd": BackwardLauncher, "decode": DecodeLauncher, "select": SelectLauncher,
              "linear_fwd": LinearLauncher, "linear_bwd": LinearLauncher}
 
 

@@ -249,3 +249,42 @@ def test_decode_per_sequence(nq, paged, dtype, torch_rng):
         want_out, want_lse = reference(spec, q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], decode=True)
         check_close(f"out[{b}] (n={n})", out[b:b + 1], want_out, dtype)
         check_close(f"lse[{b}] (n={n})", lse[b:b + 1], want_lse, torch.float32 if dtype == torch.float32 else dtype)
+
+
+# -- cost, show, the shipped specs ------------------------------------------------------------------
+def test_cost_bound_holds_and_is_top_blocks_per_query(torch_rng):
+    from attngen.analysis.cost import cost
+    spec = select_spec("sel_cost", top=2, causal=True, query_heads=2, kv_heads=1)
+    for nq, nk, q_offset in ((80, 80, 0), (37, 101, None), (50, 70, 3)):
+        c = cost(spec, n=nq, nk=nk, q_offset=q_offset)
+        q_offset = nk - nq if q_offset is None else q_offset
+        for seed in range(3):
+            q, k, _ = qkv(spec, nq, nk, torch.Generator().manual_seed(seed), batch=1)
+            allowed = selected_pairs(spec, q, k, spec.dense_mask(nq, nk, q_offset=q_offset), q_offset)
+            assert int(allowed[0, 0].sum()) <= c.selected_pairs_bound <= c.allowed_pairs
+    # no mask, aligned: every query sees its own block and exactly top others (all full blocks)
+    plain = select_spec("sel_cost_plain", top=2, query_heads=2, kv_heads=1)
+    assert cost(plain, n=64, nk=64).selected_pairs_bound == 64 * 3 * 16
+    # the last key block holds 4 keys: its query block (own) takes 4, the others the top 2 full blocks
+    assert cost(plain, n=64, nk=68, q_offset=0).selected_pairs_bound == 64 * 3 * 16
+
+
+def test_show_draws_a_selection(capsys):
+    from attngen.cli.main import main
+    assert main(["show", "specs/select/moba.yaml", "--n", "1024", "--seed", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "seed 1" in text and "visited" in text
+    assert main(["show", "specs/gqa.yaml", "--n", "256", "--seed", "1"]) == 2
+
+
+SELECT_SPECS = sorted((__import__("pathlib").Path(__file__).resolve().parents[2] / "specs" / "select").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SELECT_SPECS, ids=lambda p: p.stem)
+def test_shipped_select_specs_run(path, torch_rng):
+    """Each specs/select file, with its mask, select and grouping kept but fewer and smaller heads."""
+    spec = load_spec(path)
+    small = Spec(name=f"{spec.name}_small", query_heads=2 * min(spec.group, 2), kv_heads=2, head_dim=16,
+                 causal=spec.causal, mask=spec.mask, select={"top": 2, "block": 16})
+    q, k, v = qkv(small, 57, 75, torch_rng, batch=1)
+    _check_forward(small, q, k, v)
