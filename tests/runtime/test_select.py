@@ -175,6 +175,20 @@ def test_selection_is_sparse_and_matches_the_rule(torch_rng):
     assert holds.sum() < spec.dense_mask(64, 96).view(4, 16, 6, 16).any(dim=(1, 3)).sum() * 4
 
 
+def test_kernel_tile_count_is_the_lists(torch_rng):
+    """The forward's own COUNT_TILES count per (batch, query head, query tile) is its lists' length:
+    what benchmarks/select_tiles.py counts from the lists."""
+    spec = select_spec("sel_counts", causal=True, top=1)
+    q, k, v = qkv(spec, 64, 96, torch_rng)
+    launcher = attngen.compile(spec).launcher("fwd")
+    _, _, counts = launcher.forward(q, k, v, count_tiles=True)
+    cfg = launcher.config(16, q.dtype, q.device)
+    ptr_p, _, ptr_f, _, rows = launcher.select(q, k, 32, None, None).lists(cfg.block_m, cfg.block_n)
+    per_row = (ptr_p[1:] - ptr_p[:-1]) + (ptr_f[1:] - ptr_f[:-1])                  # (b, hk, tile)
+    want = per_row.view(2, 2, 1, rows).expand(2, 2, spec.group, rows).reshape(-1)   # (b, h, tile)
+    assert torch.equal(counts.cpu().long(), want.long())
+
+
 def test_ties_in_the_kernels_go_to_the_lower_block(torch_rng):
     spec = select_spec("sel_ties", top=2, query_heads=2, kv_heads=1)
     q = torch.randn(1, 2, 16, 16, generator=torch_rng)
