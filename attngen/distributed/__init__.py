@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import ShapeError
+from ..runtime.inputs import call_inputs
+from ..runtime.merge import merge
 from .layout import LAYOUTS, chunk_bounds, check_layout, group_rank_world, local_length, rank_runs, shard, unshard
 from .plan import STRATEGIES, RingPlan, bytes_per_step, choose_strategy, ring_plan
 from .ring import AllGather, Comm, Ring
@@ -26,17 +28,21 @@ __all__ = ["ContextParallel", "LAYOUTS", "STRATEGIES", "RingPlan", "bytes_per_st
 
 
 class _ContextParallelFunction(torch.autograd.Function):
-    """out_l, lse_l of the ring (or all-gather) with its backward; lse is not differentiable."""
+    """out_l, lse_l of the ring (or all-gather) with its backward; lse is not differentiable.
+    Sinks: the chunk pairs run without them and the sink joins each row once, here; the backward
+    reads the rows' final out and lse, and d(sink) comes from those rows alone."""
 
     @staticmethod
-    def forward(ctx, runner, q, k, v, seg_q, seg_k):
+    def forward(ctx, runner, q, k, v, seg_q, seg_k, sink):
+        gathered = ()
         if isinstance(runner, AllGather):
-            k_all, v_all, seg_all = runner.gather(k, v, seg_k)
-            out, lse = runner.forward_gathered(q, k_all, v_all, seg_q, seg_all)
-            ctx.save_for_backward(q, k, v, out, lse, seg_q, k_all, v_all, seg_all)
+            gathered = runner.gather(k, v, seg_k)
+            out, lse = runner.forward_gathered(q, *gathered[:2], seg_q, gathered[2])
         else:
             out, lse = runner.forward(q, k, v, seg_q, seg_k)
-            ctx.save_for_backward(q, k, v, out, lse, seg_q, seg_k)
+        if sink is not None:
+            out, lse = merge([out], [lse], sink=sink)
+        ctx.save_for_backward(q, k, v, out, lse, seg_q, seg_k, sink, *gathered)
         ctx.runner = runner
         ctx.mark_non_differentiable(lse)
         return out, lse
@@ -45,13 +51,14 @@ class _ContextParallelFunction(torch.autograd.Function):
     def backward(ctx, dout, _dlse):
         runner = ctx.runner
         dout = dout.contiguous()
-        if isinstance(runner, AllGather):
-            q, k, v, out, lse, seg_q, k_all, v_all, seg_all = ctx.saved_tensors
+        q, k, v, out, lse, seg_q, seg_k, sink, *gathered = ctx.saved_tensors
+        dsink = None if sink is None else runner.sink_gradient(sink, out, lse, dout)
+        if gathered:
+            k_all, v_all, seg_all = gathered
             dq, dk, dv = runner.backward_gathered(q, k_all, v_all, out, lse, dout, seg_q, seg_all, k, v)
         else:
-            q, k, v, out, lse, seg_q, seg_k = ctx.saved_tensors
             dq, dk, dv = runner.backward(q, k, v, out, lse, dout, seg_q, seg_k)
-        return None, dq, dk, dv, None, None
+        return None, dq, dk, dv, None, None, dsink
 
 
 class ContextParallel:
@@ -74,8 +81,9 @@ class ContextParallel:
         self.last_plan: RingPlan | None = None
         self.last_strategy: str | None = None
 
-    def __call__(self, q, k, v, *, seg_q=None, seg_k=None, return_lse: bool = False):
+    def __call__(self, q, k, v, *, seg_q=None, seg_k=None, return_lse: bool = False, **inputs):
         rank, world = group_rank_world(self.group)
+        sink = self._sink(inputs, q)
         n = self._sequence_length(q, rank, world)
         for name, t in (("k", k), ("v", v)):
             if t.shape[2] != q.shape[2]:
@@ -84,9 +92,22 @@ class ContextParallel:
         plan = ring_plan(self.attn.spec, n, world, self.layout)
         strategy = choose_strategy(self.attn.spec, plan, self.strategy)
         self.last_plan, self.last_strategy = plan, strategy
-        runner = (AllGather if strategy == "allgather" else Ring)(self.attn, plan, Comm(self.group, rank, world))
-        out, lse = _ContextParallelFunction.apply(runner, q, k, v, seg_q, seg_k)
+        runner = (AllGather if strategy == "allgather" else Ring)(self.attn, plan, Comm(self.group, rank, world), q.device)
+        out, lse = _ContextParallelFunction.apply(runner, q, k, v, seg_q, seg_k, sink)
         return (out, lse) if return_lse else out
+
+    def _sink(self, inputs: dict, q) -> torch.Tensor | None:
+        """The sinks' logits (replicated on every rank), checked; None for a spec without."""
+        spec = self.attn.spec
+        extra = [d.name for d in spec.all_inputs if d.name != "sink"]
+        if extra or set(inputs) - {"sink"}:
+            names = ", ".join(sorted(set(extra) | set(inputs) - {"sink"}))
+            raise ShapeError(f"spec {spec.name!r}: context parallelism does not pass call-time inputs "
+                             f"other than the sink yet ({names}); run it on one device")
+        if not spec.sink:
+            return None
+        checked = call_inputs(spec, inputs, batch=q.shape[0], nq=q.shape[2], nk=q.shape[2], device=q.device)
+        return checked["sink"]
 
     def _sequence_length(self, q, rank: int, world: int) -> int:
         """The whole length: the sum of the ranks' shards (one small all-reduce: a shard's length

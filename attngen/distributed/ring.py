@@ -65,13 +65,14 @@ def like_rank(t: torch.Tensor, plan: RingPlan, rank: int, dtype=None) -> torch.T
 class Ring:
     """One call's ring on one rank: the plan, the kernels, the process group."""
 
-    def __init__(self, attn, plan: RingPlan, comm: Comm):
+    def __init__(self, attn, plan: RingPlan, comm: Comm, device=None):
         self.spec = attn.spec
         self.fwd = attn.kernels.launcher("fwd")
         self.bwd = attn.kernels.launcher("bwd")
         self.plan, self.comm = plan, comm
         self.rank = comm.rank
         self.runs = plan.runs[self.rank]
+        self.device, self._no_sink = device, None
 
     def pairs(self, step: int, seg_q, seg_k_src) -> tuple:
         """Non-empty (query run, key run) index pairs at `step` (segments: tested on the ids)."""
@@ -83,7 +84,31 @@ class Ring:
 
     def call(self, q_run: Run, k_run: Run, seg_q, seg_k) -> dict:
         segs = {} if seg_q is None else dict(seg_q=cut(seg_q, q_run), seg_k=cut(seg_k, k_run))
-        return dict(q_offset=q_run.start, k_offset=k_run.start, total_nk=self.plan.n, **segs)
+        return dict(q_offset=q_run.start, k_offset=k_run.start, total_nk=self.plan.n, **segs,
+                    **self.without_sink())
+
+    def without_sink(self) -> dict:
+        """A sink spec's chunk pairs run with sink = -inf (no share of the denominator): the sink
+        joins each row once, after the merge (`attngen.merge(..., sink=)`)."""
+        if not self.spec.sink:
+            return {}
+        if self._no_sink is None:
+            self._no_sink = torch.full((self.spec.query_heads,), float("-inf"), device=self.device)
+        return {"inputs": {"sink": self._no_sink}}
+
+    def sink_gradient(self, sink, out, lse, dout) -> torch.Tensor:
+        """d(loss)/d(sink[h]) = -sum over rows of exp(sink[h] - lse_i) * (dout_i . out_i): this
+        rank's rows, then every rank's share summed in rank order (the same bits every run)."""
+        delta = (dout.float() * out.float()).sum(-1)                       # (B, Hq, N_local)
+        local = -(torch.exp(sink.float()[None, :, None] - lse) * delta).sum(dim=(0, 2))
+        if self.comm.world == 1:
+            return local
+        shares = [torch.empty_like(local) for _ in range(self.comm.world)]
+        dist.all_gather(shares, local, group=self.comm.group)
+        total = shares[0].clone()
+        for share in shares[1:]:
+            total += share
+        return total
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, q, k, v, seg_q, seg_k):
@@ -144,7 +169,8 @@ class Ring:
             dv_step = torch.zeros(v_src.shape, dtype=torch.float32, device=v.device)
             for a, b in self.pairs(step, seg_q, seg_src):
                 q_run, k_run = self.runs[a], plan.runs[src][b]
-                dq_p, dk_p, dv_p = self.bwd.backward(
+                # (after dK/dV: a sink's share, 0 here as the sink ran as -inf: `sink_gradient`)
+                dq_p, dk_p, dv_p, *_ = self.bwd.backward(
                     cut(q, q_run), cut(k_src, k_run), cut(v_src, k_run), cut(out, q_run), cut(lse, q_run),
                     cut(dout, q_run), **self.call(q_run, k_run, seg_q, seg_src))
                 cut(dq, q_run).add_(dq_p.float())
@@ -197,7 +223,7 @@ class AllGather(Ring):
         dk_all = torch.zeros(k_all.shape, dtype=torch.float32, device=q.device)
         dv_all = torch.zeros(v_all.shape, dtype=torch.float32, device=q.device)
         for run in self.runs:
-            dq_p, dk_p, dv_p = self.bwd.backward(cut(q, run), k_all, v_all, cut(out, run), cut(lse, run),
+            dq_p, dk_p, dv_p, *_ = self.bwd.backward(cut(q, run), k_all, v_all, cut(out, run), cut(lse, run),
                                                  cut(dout, run), **self.call(run, everything, seg_q, seg_all))
             cut(dq, run).add_(dq_p.float())
             dk_all.add_(dk_p.float())

@@ -37,16 +37,23 @@ def check_case(case: dict, rank: int, world: int) -> dict:
     dout = torch.randn(1, spec.query_heads, n, spec.head_dim, generator=gen).to(dtype)
     seg = documents(n) if spec.uses_segments else None
     whole = {} if seg is None else dict(seg_q=seg, seg_k=seg)
+    # Sinks: replicated; large enough to matter, one head's far below its scores (a row's lse
+    # then comes from the keys alone) and one far above (the sink takes nearly all the weight).
+    sink = torch.tensor([0.5, -30.0, 4.0, 1.0][:spec.query_heads]) if spec.sink else None
+    sinks = [] if sink is None else [sink.clone().requires_grad_(True) for _ in range(2)]
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    out, lse = attn(*leaves, **whole, return_lse=True)
+    out, lse = attn(*leaves, **whole, return_lse=True, **({"sink": sinks[0]} if sinks else {}))
     out.backward(dout)
 
     layout = case["layout"]
     cp = context_parallel(attn, layout=layout, strategy=case.get("strategy", "auto"))
     local = [shard(t, dim=2, layout=layout).clone().requires_grad_(True) for t in (q, k, v)]
     segs = {} if seg is None else dict(seg_q=shard(seg, dim=0, layout=layout), seg_k=shard(seg, dim=0, layout=layout))
-    out_l, lse_l = cp(*local, **segs, return_lse=True)
+    out_l, lse_l = cp(*local, **segs, return_lse=True, **({"sink": sinks[1]} if sinks else {}))
     out_l.backward(shard(dout, dim=2, layout=layout))
+    if sinks:                       # every rank's d(sink) is the whole sequence's
+        check_close(f"{case['id']} rank {rank}/{world} dsink", sinks[1].grad, sinks[0].grad, dtype,
+                    table=GRAD_TOLERANCE)
     checks = [("out", out_l, shard(out, dim=2, layout=layout), None),
               ("lse", lse_l, shard(lse, dim=2, layout=layout), None)]
     checks += [(name, l.grad, shard(w.grad, dim=2, layout=layout), GRAD_TOLERANCE)
@@ -59,11 +66,14 @@ def check_case(case: dict, rank: int, world: int) -> dict:
     report = {"strategy": cp.last_strategy, "steps": cp.last_plan.steps, "skipped": cp.last_plan.skipped()}
     if case.get("repeat"):          # the backward is deterministic: the same bits twice
         again = [shard(t, dim=2, layout=layout).clone().requires_grad_(True) for t in (q, k, v)]
-        cp(*again, **segs).backward(shard(dout, dim=2, layout=layout))
+        sink_again = {"sink": sinks[0].detach().clone().requires_grad_(True)} if sinks else {}
+        cp(*again, **segs, **sink_again).backward(shard(dout, dim=2, layout=layout))
+        if sinks and not torch.equal(sink_again["sink"].grad, sinks[1].grad):
+            raise AssertionError(f"{case['id']}: dsink differs between two runs")
         for name, a, b in zip(("dq", "dk", "dv"), again, local):
             if not torch.equal(a.grad, b.grad):
                 raise AssertionError(f"{case['id']}: {name} differs between two runs")
-    if world == 1:                  # bitwise the plain call
+    if world == 1 and not sinks:    # bitwise the plain call (a sink joins after a host-side merge)
         for name, got, want in (("out", out_l, out), ("dq", local[0].grad, leaves[0].grad),
                                 ("dk", local[1].grad, leaves[1].grad), ("dv", local[2].grad, leaves[2].grad)):
             if not torch.equal(got, want):

@@ -71,6 +71,7 @@ BIGBIRD = small_spec("cp_bigbird", mask={"any": [{"band": 3}, {"global": {"first
                                                  {"random": {"per_row": 1, "block": 8, "seed": 7}}]})
 DOCUMENTS = small_spec("cp_documents", causal=True, mask={"segments": True})
 MQA = small_spec("cp_mqa", query_heads=4, kv_heads=1, causal=True)
+SINKS = small_spec("cp_sinks", causal=True, sink=True, mask={"band": {"left": 20}})   # gpt-oss-like
 
 
 def _case(case_id, fields, layout, n, **extra) -> dict:
@@ -88,7 +89,9 @@ def test_two_ranks_every_mask_both_layouts():
              _case("bigbird-zigzag", BIGBIRD, "zigzag", 64, strategy="ring"),
              _case("documents-contiguous", DOCUMENTS, "contiguous", 45, strategy="ring"),
              _case("documents-zigzag", DOCUMENTS, "zigzag", 45),
-             _case("mqa-allgather-zigzag", MQA, "zigzag", 45, strategy="allgather")]
+             _case("mqa-allgather-zigzag", MQA, "zigzag", 45, strategy="allgather"),
+             _case("sinks-ring-zigzag", SINKS, "zigzag", 45, strategy="ring", repeat=True),
+             _case("sinks-allgather-contiguous", SINKS, "contiguous", 45, strategy="allgather")]
     reports = by_case(spawn(2, cases))
     assert {r["strategy"] for r in reports["mqa-allgather-zigzag"]} == {"allgather"}
     assert {r["strategy"] for r in reports["causal-gqa-zigzag"]} == {"allgather"}   # auto: Hkv·W <= Hq
@@ -111,5 +114,6 @@ def test_four_ranks_skip_empty_steps():
 
 
 def test_one_rank_is_the_plain_call():
-    cases = [_case("causal-one-rank", CAUSAL, "zigzag", 37), _case("documents-one-rank", DOCUMENTS, "contiguous", 37)]
+    cases = [_case("causal-one-rank", CAUSAL, "zigzag", 37), _case("documents-one-rank", DOCUMENTS, "contiguous", 37),
+             _case("sinks-one-rank", SINKS, "zigzag", 37)]
     spawn(1, cases)

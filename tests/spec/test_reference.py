@@ -272,6 +272,26 @@ def test_lse_merges_disjoint_key_sets(torch_rng):
     torch.testing.assert_close(out, full_out, rtol=0, atol=1e-12)
 
 
+def test_merge_joins_sinks_once(torch_rng):
+    """Parts computed without sinks, merged with `sink=`: the sink spec's whole-row attention
+    (SPEC.md: the sink counted once); a row no part saw gives out 0 and lse = sink[h]."""
+    from attngen import merge
+    data = spec_dict(heads=(4, 4))
+    q, k, v = qkv(data, 1, 4, 10, torch_rng)
+    sink = torch.randn(4, dtype=torch.float64, generator=torch_rng)
+    full_out, full_lse = reference(load_spec({**data, "sink": True}), q, k, v, q_offset=9, sink=sink)
+    plain = load_spec(data)
+    parts = [reference(plain, q, k[:, :, s], v[:, :, s], q_offset=0) for s in (slice(0, 6), slice(6, 10))]
+    out, lse = merge([p[0] for p in parts], [p[1] for p in parts], sink=sink)
+    torch.testing.assert_close(lse, full_lse, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out, full_out, rtol=0, atol=1e-12)
+    nothing = torch.full_like(lse, float("-inf"))
+    out, lse = merge([torch.zeros_like(out)], [nothing], sink=sink)
+    assert (out == 0).all() and torch.equal(lse, sink[None, :, None].expand_as(lse))
+    with pytest.raises(ShapeError, match="sink has shape"):
+        merge([out], [lse], sink=sink[:3])
+
+
 # ---------------------------------------------------------------------------------------------
 # ALiBi slopes
 # ---------------------------------------------------------------------------------------------
