@@ -246,7 +246,7 @@ class SoftmaxLauncher(KernelLauncher):
         return self._alibi[device]
 
     def _lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k, keys):
-        if self.iteration != "lists":
+        if self.iteration != "lists" or self.selector is not None:     # select: each call's own
             return ()
         return block_map_lists(self.spec, nq, nk, q_offset, cfg, device, seg_q, seg_k, k_offset=keys[0],
                                total_nk=keys[1])

@@ -140,6 +140,8 @@ FORWARD_CASES = [
                  id="sliding-window-mqa"),
     pytest.param(dict(causal=True, mask=band(left=50), top=3, query_heads=2, kv_heads=2), 33, 120, 100,
                  torch.bfloat16, id="band-mha-q_offset100-bf16"),
+    pytest.param(dict(causal=True, head_dim={"qk": 24, "v": 16}, block=32), 40, 90, None, torch.float32,
+                 id="dv-ne-dqk"),
 ]
 
 
@@ -302,3 +304,9 @@ def test_shipped_select_specs_run(path, torch_rng):
                  causal=spec.causal, mask=spec.mask, select={"top": 2, "block": 16})
     q, k, v = qkv(small, 57, 75, torch_rng, batch=1)
     _check_forward(small, q, k, v)
+
+
+def test_context_parallel_refuses_select():
+    from attngen.distributed import context_parallel
+    with pytest.raises(ValueError, match="select"):
+        context_parallel(select_spec("sel_cp", causal=True))
