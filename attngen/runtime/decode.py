@@ -27,7 +27,7 @@ from ..errors import ShapeError, SpecError
 from ..spec import alibi_slopes, random_draw
 from .inputs import call_inputs, sink_arg
 from .launch import meta_inputs, out_shape, stride_args
-from .select import SelectLauncher, Selector, decode_selection
+from .select import Selector, decode_selection
 from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, dot_precision, meta_tensor, poison
 
 log = logging.getLogger("attngen")
@@ -50,15 +50,9 @@ class DecodeLauncher(KernelLauncher):
         self._interpreter_configs: dict = {}
         # select: key tiles inside one block of R (BLOCK_N <= R), blocks chosen per call
         block = self.spec.select.block if self.spec.select is not None else None
-        self.selector = Selector(self.spec, self._select_launcher) if block else None
+        self.selector = Selector(self.spec) if block else None
         self._fit = (lambda configs: configs) if block is None else (lambda configs: tuple(dict.fromkeys(
             TileConfig(c.block_m, min(c.block_n, block), c.num_warps, c.num_stages) for c in configs)))
-
-    def _select_launcher(self) -> SelectLauncher:
-        if getattr(self, "_selection_kernels", None) is None:
-            from . import cache
-            self._selection_kernels = SelectLauncher(cache.generated(self.spec, "select"))
-        return self._selection_kernels
 
     # -- per-call constants, computed once ---------------------------------------------------
     def span(self, nq: int, capacity: int) -> int:

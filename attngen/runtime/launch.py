@@ -33,7 +33,7 @@ from ..spec import Random, Spec, alibi_slopes, resolve_k_offset, resolve_q_offse
 from ..spec.inputs import DTYPES as DTYPES_OF_INPUTS
 from ..analysis.blockmap import block_map
 from .blockmap_cache import cached_block_map_lists
-from .select import SelectLauncher, Selector
+from .select import Selector
 from .inputs import call_inputs, sink_arg
 from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, cdiv, dot_precision, meta_tensor, poison
 
@@ -143,7 +143,7 @@ class SoftmaxLauncher(KernelLauncher):
         self.iteration = generated.graph.facts["iteration"]
         # select: {block: R}: tiles of at most R rows and keys (configs.fit_tiles), lists per call
         self.fit = self.spec.select.block if self.spec.select is not None else None
-        self.selector = Selector(self.spec, self._select_launcher) if self.fit else None
+        self.selector = Selector(self.spec) if self.fit else None
         self._shape_cache = ShapeTables()
         self._tuned: dict = {}
         self._alibi: dict = {}
@@ -223,13 +223,6 @@ class SoftmaxLauncher(KernelLauncher):
         return self._shape_cache.get_or_build(key, lambda: CallTables(
             lists=() if cfg is None else self._lists(nq, nk, q_offset, cfg, device, None, None, keys),
             random=self._random(nq, nk, q_offset, device, keys), alibi=self.alibi(device)))
-
-    def _select_launcher(self) -> SelectLauncher:
-        """The spec's selection kernels (`select:`), through the disk cache, made once."""
-        if getattr(self, "_selection_kernels", None) is None:
-            from . import cache
-            self._selection_kernels = SelectLauncher(cache.generated(self.spec, "select"))
-        return self._selection_kernels
 
     def select(self, q, k, q_offset, seg_q, seg_k, keys=(0, None)):
         """This call's content-based selection (runtime/select.py), or None without `select:`."""

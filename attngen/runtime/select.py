@@ -165,10 +165,17 @@ def own_blocks(nq: int, nk: int, q_offset: int, rows: int, block: int, device) -
 class Selector:
     """The selection of one spec's calls; tables that depend only on the shape are kept."""
 
-    def __init__(self, spec: Spec, launcher_of):
+    def __init__(self, spec: Spec):
         self.spec = spec
-        self._launcher_of = launcher_of          # () → SelectLauncher, made on first use
+        self._kernels: SelectLauncher | None = None
         self._tables: dict = {}
+
+    def kernels(self) -> SelectLauncher:
+        """The spec's selection kernels, through the disk cache, made on first use."""
+        if self._kernels is None:
+            from . import cache
+            self._kernels = SelectLauncher(cache.generated(self.spec, "select"))
+        return self._kernels
 
     def classes(self, nq, nk, q_offset, block_q, block_k, seg_q, seg_k, device, *, exact=False) -> torch.Tensor:
         """int8 (Bc, T, U): the mask's tile classes at these tiles; per batch row for 2-D segment
@@ -205,7 +212,7 @@ class Selector:
             return Selection(chosen, block, block, lambda bm, bn: torch.full(
                 (1, cdiv(nq, bm), cdiv(nk, bn)), 2, dtype=torch.int8), device=device)
         candidates = self.classes(nq, nk, q_offset, block, block, seg_q, seg_k, device, exact=True)
-        gate = self._launcher_of().gate(q, k, (candidates != 0).to(torch.int32), rows=block)
+        gate = self.kernels().gate(q, k, (candidates != 0).to(torch.int32), rows=block)
         chosen = top_k_blocks(gate, spec.select.top) | own_blocks(nq, nk, q_offset, block, block, device)
         return Selection(chosen, block, block, classes_of)
 
@@ -221,7 +228,7 @@ def decode_selection(selector: Selector, q, k_cache, seqlens, block_table, *, pa
     selected = torch.zeros((batch, spec.kv_heads, cdiv(capacity, block)), dtype=torch.int32, device=q.device)
     if q.device.type == "meta":
         return selected
-    launcher = selector._launcher_of()
+    launcher = selector.kernels()
     for b, seqlen in enumerate(seqlens.tolist()):
         n = min(seqlen, capacity)
         if n <= 0:
