@@ -8,7 +8,8 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_example_runs(path, capsys):
+def test_example_runs(path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", [str(path)])          # as `python examples/<file>` runs it
     runpy.run_path(str(path), run_name="__main__")
     assert capsys.readouterr().out.strip()
 

@@ -41,6 +41,7 @@ from ..errors import ShapeError
 from ..spec.spec import Spec
 from .classify import REFINE_BUDGET, candidates, classify, refine
 from .tiles_base import Geometry
+from .tiles_data import data_bounded_keys, reads_data
 from .tiles_interval import TileRanges, is_interval, ranges_to_csr, tile_ranges
 
 # Tile pairs classified at once on the general path (bounds the working memory).
@@ -148,6 +149,11 @@ def block_map(spec: Spec, nq: int, nk: int, block_q: int, block_k: int, *, q_off
         low = 1 if name.startswith("block") else 0
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ShapeError(f"{name}={value!r} must be an integer >= {low}")
+    if reads_data(spec.effective_mask):       # the batch, heads or inputs: from the input-free bounds
+        geom, partial, full, unresolved = data_bounded_keys(spec, lambda bound_spec: block_map(
+            bound_spec, nq, nk, block_q, block_k, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k,
+            refine_budget=refine_budget, k_offset=k_offset, total_nk=total_nk))
+        return BlockMap(geom, *_keys_to_csr(geom, [partial]), *_keys_to_csr(geom, [full]), unresolved=unresolved)
     device = seg_q.device if isinstance(seg_q, torch.Tensor) else torch.device("cpu")
     ctx = spec.eval_context(nq, nk, q_offset, seg_q, seg_k, device=device, k_offset=k_offset,
                             total_nk=total_nk)

@@ -13,6 +13,7 @@ from ..analysis.configs import padded_head_dim
 from ..version import __version__
 from ..ir.graph import Graph
 from ..spec import Random, Segments
+from .plan_formula import FormulaCode, formula_values
 from .plan_helpers import helper_flags
 from .printer import print_triton
 from .signature import Arg, KernelSignature, constexprs, sizes, strides, tensors
@@ -76,7 +77,7 @@ def forward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]
     """{role: signature} of the forward source: one kernel, role ``fwd``."""
     args = (tensors("q", "k", "v", "out") + tensors("lse", "alibi_slopes", dtype="fp32") + sink_args(g)
             + tensors("seg_q", "seg_k", dtype="i32") + block_list_args(g) + random_args(random_tables(g))
-            + tensors("tile_counts", dtype="i32")
+            + FormulaCode.of_graph(g, "fwd").signature_args() + tensors("tile_counts", dtype="i32")
             + strides("q") + strides("k") + strides("v") + strides("o")
             + strides("seg_q", "bn") + strides("seg_k", "bn")
             + sizes("nq", "nk", "q_offset", "k_offset", "num_query_heads")
@@ -84,15 +85,13 @@ def forward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]
     return {"fwd": KernelSignature(kernel_name, args)}
 
 
-def _bound_code(bound: sympy.Expr, position: str, *, clamp: str, limit: str, key_offset: str = "") -> str:
+def _bound_code(bound: sympy.Expr, position: str, *, clamp: str, limit: str, key_offset: str) -> str:
     """A key bound for the scalar `position`, as a key index (position - `key_offset`, the kernel's
-    name for it; none in decode, whose keys start at 0) clamped into [0, nk - 1]; ±oo become the
-    limit."""
+    name for the position of its first key) clamped at `limit`; ±oo become the limit."""
     if bound in (sympy.oo, -sympy.oo):
         return limit
     code = print_triton(bound, query=position)
-    shift = f" - {key_offset}" if key_offset else ""
-    return f"tl.{clamp}({code}{shift}, {limit})"
+    return f"tl.{clamp}({code} - {key_offset}, {limit})"
 
 
 def _score_note(g: Graph) -> tuple[float, str, str]:
@@ -106,6 +105,8 @@ def _score_note(g: Graph) -> tuple[float, str, str]:
         parts = [f"softcap {g.node('softcap').attrs['cap']} * tanh(scale * qk / cap)"]
     if "alibi" in g:
         parts.append("- slope[h] * (i - j) (ALiBi)")
+    if "score" in g:
+        parts.append(f"then the score formula {g.facts['spec']['score']}")
     return scale["value"], note, " ".join(parts)
 
 
@@ -115,9 +116,11 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
     tables = random_tables(g)
     random_map = {(t.per_row, t.block, t.seed): t.names for t in tables}
     has_mask = "mask" in g
+    formula = formula_values(g, g.facts["kernel"], random_map)
     if has_mask:
         mask = g.node("mask").attrs
-        mask_code = print_triton(mask["predicate"].expr(), query="q_pos", key="k_pos", random_args=random_map)
+        mask_code = formula.pop("formula_mask_code") if formula["formula_args"] else print_triton(
+            mask["predicate"].expr(), query="q_pos", key="k_pos", random_args=random_map)
         mask_formula = mask["formula"]
     else:
         mask_code, mask_formula = "(q_pos == q_pos) & (k_pos == k_pos)", "True (every pair allowed)"
@@ -139,6 +142,7 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
         random_args="".join(f", {a}, {b}, {c}" for a, b, c in (t.names for t in tables)),
         signatures=forward_signatures(g, kernel_name),
         **_step_scale_values(g, qk_scale),
+        **{k: v for k, v in formula.items() if k != "formula_mask_code"},
     )
     values.update(_iteration_values(g))
     values.update(helper_flags(values))
@@ -160,10 +164,11 @@ def _value_dims(g: Graph) -> dict:
 def _step_scale_values(g: Graph, qk_scale: float) -> dict:
     """Where the score is the scaled product alone (no softcap, no ALiBi), the online-softmax step
     applies the scale itself (after the row maximum, inside exp2's fused multiply-add)."""
-    in_step = "softcap" not in g and "alibi" not in g
+    in_step = "softcap" not in g and "alibi" not in g and "score" not in g
     return dict(scale_in_step=in_step, step_scale=repr(qk_scale) if in_step else "1.0",
                 step_scale_note=("softmax scale * log2(e), applied after the row maximum" if in_step else
-                                 "1.0: score_of applies the scale (softcap or ALiBi come after it)"))
+                                 "1.0: score_of applies the scale (a score formula comes after it)" if "score" in g
+                                 else "1.0: score_of applies the scale (softcap or ALiBi come after it)"))
 
 
 def spec_uses_segments(g: Graph) -> bool:

@@ -10,6 +10,7 @@ import sympy
 
 from ..ir.graph import Graph
 from .plan import block_list_args, forward_values, random_args, random_tables, sink_args
+from .plan_formula import FormulaCode, grad_signature_args, grad_values
 from .plan_helpers import helper_flags
 from .printer import print_triton
 from .signature import KernelSignature, constexprs, sizes, strides, tensors
@@ -30,7 +31,7 @@ def backward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature
     saved = tensors("q", "k", "v", "dout") + tensors("lse", "delta", dtype="fp32")
     inputs = strides("q") + strides("k") + strides("v") + strides("do")
     seg = strides("seg_q", "bn") + strides("seg_k", "bn")
-    randoms = random_args(random_tables(g))
+    randoms = random_args(random_tables(g)) + FormulaCode.of_graph(g, "bwd").signature_args()
     return {
         # With sinks the preprocess also writes each program's share of d(sink) (`sink_partials`).
         "preprocess": KernelSignature(names["preprocess"], (
@@ -45,6 +46,7 @@ def backward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature
             + constexprs("BLOCK_M", "BLOCK_N", "DOT_PRECISION", "UPCAST_DOT"))),
         "dq": KernelSignature(names["dq"], (
             saved + tensors("dq") + tile_walk + block_list_args(g) + randoms
+            + grad_signature_args(FormulaCode.of_graph(g, "bwd"))
             + inputs + strides("dq") + seg + sizes("nq", "nk", "q_offset", "k_offset", "num_query_heads")
             + constexprs("BLOCK_M", "BLOCK_N", "EVEN_K", "DOT_PRECISION", "UPCAST_DOT"))),
     }
@@ -90,5 +92,6 @@ def backward_values(g: Graph, *, kernel_name: str) -> dict:
         key_list_row="list_row" if values["has_select"] else "key_tile",
     )
     values.update(_key_major_values(g))
+    values.update(grad_values(FormulaCode.of_graph(g, "bwd")))
     values.update(helper_flags(values))
     return values

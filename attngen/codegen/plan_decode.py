@@ -11,6 +11,7 @@ import sympy
 from ..ir.graph import Graph
 from ..spec.predicates import i
 from .plan import _bound_code, forward_values, random_tables, sink_args
+from .plan_formula import FormulaCode
 from .plan_helpers import helper_flags
 from .printer import print_triton
 from .signature import Arg, KernelSignature, constexprs, sizes, strides, tensors
@@ -29,9 +30,10 @@ def decode_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]:
         randoms += [Arg(t.names[0], "tensor", "i32"), Arg(t.names[2], "size")]
     decode = (tensors("q", "k_cache", "v_cache", "out") + tensors("lse", "split_out", "split_lse", dtype="fp32")
               + tensors("cache_seqlens", "block_table", dtype="i32") + tensors("alibi_slopes", dtype="fp32")
-              + sink_args(g) + tuple(randoms) + tensors("tile_counts", dtype="i32")
+              + sink_args(g) + tuple(randoms) + FormulaCode.of_graph(g, "decode").signature_args()
+              + tensors("tile_counts", dtype="i32")
               + strides("q") + strides("k") + strides("v") + strides("o") + strides("table_", "b")
-              + sizes("nq", "nk_max", "num_kv_heads") + _select_args(g)
+              + sizes("nq", "nk_max", "k_offset", "max_total", "num_kv_heads") + _select_args(g)
               + constexprs("BLOCK_M", "BLOCK_N", "PAGED", "PAGE_SIZE", "KV_ALIGNED", "SPLIT", "COUNT_TILES",
                            "DOT_PRECISION", "UPCAST_DOT"))
     merge = (tensors("split_out", "split_lse", dtype="fp32") + tensors("out") + tensors("lse", dtype="fp32")
@@ -50,10 +52,11 @@ def _bounds_values(g: Graph) -> dict:
     lower, upper = g.facts["bounds"]
     return dict(
         lower_formula=str(lower), upper_formula=str(upper),
-        lo_key_code=_bound_code(lower, "first_pos", clamp="maximum", limit="0"),
-        hi_key_code=_bound_code(upper, "last_pos", clamp="minimum", limit="seqlen - 1"),
-        full_lo_key_code=_bound_code(lower, "last_pos", clamp="maximum", limit="0"),
-        full_hi_key_code=_bound_code(upper, "first_pos", clamp="minimum", limit="seqlen - 1"),
+        lo_key_code=_bound_code(lower, "first_pos", clamp="maximum", limit="0", key_offset="k_offset"),
+        hi_key_code=_bound_code(upper, "last_pos", clamp="minimum", limit="seqlen - 1", key_offset="k_offset"),
+        full_lo_key_code=_bound_code(lower, "last_pos", clamp="maximum", limit="0", key_offset="k_offset"),
+        full_hi_key_code=_bound_code(upper, "first_pos", clamp="minimum", limit="seqlen - 1",
+                                     key_offset="k_offset"),
     )
 
 

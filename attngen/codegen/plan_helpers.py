@@ -23,13 +23,15 @@ def printed_helpers(codes: Iterable[str]) -> dict[str, bool]:
 
 def helper_flags(values: dict, *, extra_code: Iterable[str] = ()) -> dict[str, bool]:
     """uses_<helper> for every optional helper, from the values a softmax template is rendered
-    with: the printed code is every value named `*_code`, plus `extra_code`."""
+    with: the printed code is every value named `*_code`, every line of those named `*_lines`, plus
+    `extra_code`."""
     kind = values["kernel_kind"]
     ranges = values["iteration"] == "ranges"
     codes = [value for name, value in values.items() if name.endswith("_code")]
+    codes += [line for name, lines in values.items() if name.endswith("_lines") for line in lines]
     return {
         **printed_helpers([*codes, *extra_code]),
-        "uses_tanh": values["has_softcap"],
+        "uses_tanh": values["has_softcap"] or re.search(r"(?<![.\w])tanh\(", "\n".join(codes)) is not None,
         # The backward scores with its own score_and_dcap (the softcap's derivative too) and
         # recomputes p from the forward's lse: no running maximum.
         "uses_score_of": kind != "bwd",

@@ -43,9 +43,11 @@ class TritonPrinter(PythonCodePrinter):
     """
 
     def __init__(self, *, query: str, key: str | None = None, random_args: dict | None = None,
-                 seg_rows: str = "seg_q_rows", seg_cols: str = "seg_k_cols", symbols: dict | None = None):
+                 seg_rows: str = "seg_q_rows", seg_cols: str = "seg_k_cols", symbols: dict | None = None,
+                 scalars: frozenset = frozenset()):
         super().__init__({"strict": True, "fully_qualified_modules": False})
         self._names = {i: query, **({j: key} if key else {}), **(symbols or {})}
+        self._scalars = scalars        # symbols that print as one value per program, not a tile
         self._random_args = random_args or {}
         self._seg = {"seg_q": seg_rows, "seg_k": seg_cols}
 
@@ -169,10 +171,21 @@ class TritonPrinter(PythonCodePrinter):
 
     # -- booleans ------------------------------------------------------------------------------
     def _print_And(self, expr):
-        return "(" + " & ".join(self._print(a) for a in expr.args) + ")"
+        return self._boolean(expr.args, "&", "tl.where({}, {}, False)")
 
     def _print_Or(self, expr):
-        return "(" + " | ".join(self._print(a) for a in expr.args) + ")"
+        return self._boolean(expr.args, "|", "tl.where({}, True, {})")
+
+    def _boolean(self, args, op, mixed):
+        """Operands over per-program scalars (the batch, a head, their input reads) join the tile
+        operands through tl.where: Triton's interpreter gives ``scalar & tile`` an int32 mask."""
+        scalar = [a for a in args if a.free_symbols and a.free_symbols <= self._scalars]
+        tile = [a for a in args if a not in scalar]
+        if not scalar or not tile:
+            return "(" + f" {op} ".join(self._print(a) for a in args) + ")"
+        scalars = "(" + f" {op} ".join(self._print(a) for a in scalar) + ")"
+        tiles = "(" + f" {op} ".join(self._print(a) for a in tile) + ")"
+        return mixed.format(scalars, tiles)
 
     def _print_Not(self, expr):
         return f"({self._print(expr.args[0])} == 0)"

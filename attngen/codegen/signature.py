@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ROLES = ("tensor", "stride", "size", "constexpr")
-TENSOR_DTYPES = ("input", "fp32", "i32")
+TENSOR_DTYPES = ("input", "fp32", "i32", "i64", "i1")     # i64, i1: formulas' int64 and bool inputs
 LINE = 104         # the width the definition's argument lines wrap at (the templates' longest)
 
 

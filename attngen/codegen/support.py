@@ -1,18 +1,17 @@
 """What the generated kernels cannot run yet, said before anything is generated.
 
-Formulas, inputs, score formulas, sinks and Dv != Dqk are in the spec language and the float64
-reference; the kernels support only mask formulas that read nothing but the positions ``i`` and
-``j`` and that the strict printer can write (integer arithmetic, ``//``/``%`` by constants,
-``min``/``max``, comparisons, and/or/not). Those run as any other non-interval mask: per-tile
-lists from the block map (`analysis.classify` settles their tiles by evaluating the same sympy
-form) and the printed predicate on partial tiles. Everything else is refused here, so that no call
-silently runs a different attention than its spec.
+Mask and score formulas over positions, the batch, the heads and call-time inputs run in the
+kernels (codegen/plan_formula.py) wherever the strict printer can write them and, for a score, its
+derivatives (integer arithmetic, ``//``/``%`` by constants, ``min``/``max``, comparisons,
+and/or/not, float arithmetic and the score functions). Whatever it cannot print is refused here,
+naming the formula and the piece, so that no call silently runs a different attention than its
+spec.
 """
 from __future__ import annotations
 
 from ..errors import CompileError
 from ..spec import Formula, Spec
-from .printer import print_triton
+from .plan_formula import FormulaCode
 
 
 def unsupported(spec: Spec) -> list[str]:
@@ -20,23 +19,27 @@ def unsupported(spec: Spec) -> list[str]:
     if spec.kind != "softmax":
         return []
     reasons = []
-    if spec.inputs:
-        reasons.append(f"call-time inputs ({', '.join(d.name for d in spec.inputs)})")
+    facts = spec.canonical()
     if spec.score is not None:
-        reasons.append(f"a score formula ({spec.score.text})")
+        reasons += _printable(facts, None, spec.score.sympy_form, f"the score formula {spec.score.text}")
     for pred in spec.effective_mask.walk():
         if isinstance(pred, Formula):
-            reasons += _mask_formula(pred)
+            reasons += _printable(facts, pred.expr(), None, f"the mask formula {pred.text}")
     return reasons
 
 
-def _mask_formula(formula: Formula) -> list[str]:
-    if formula.needs_heads:
-        return [f"a mask formula that reads the batch, the head or an input ({formula.text})"]
+def _printable(facts: dict, mask, score, what: str) -> list[str]:
+    """Whether the strict printer can write a formula (its input reads as masked loads), and for a
+    score its derivatives."""
     try:
-        print_triton(formula.expr(), query="q_pos", key="k_pos")
+        code = FormulaCode(facts, mask, score, "fwd")
+        code.print(code.score if code.score is not None else code.mask)
+        if code.score is not None:
+            code.dscore_code()
+            for _, _, derivative in code.grad_reads():
+                code.print(derivative)
     except CompileError as err:
-        return [f"the mask formula {formula.text} ({err})"]
+        return [f"{what} ({err})"]
     return []
 
 

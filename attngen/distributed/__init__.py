@@ -6,6 +6,9 @@
     out_l = cp(q_l, k_l, v_l)                                     # this rank's rows, with a backward
     out = unshard(out_l, dim=2, layout="zigzag")
 
+`cp.decode(q, k_cache_l, v_cache_l, cache_seqlens=lengths)` decodes against a KV cache sharded
+along the sequence (`decode.py`).
+
 `out_l` equals the same rows of `attn(q, k, v)` on the whole sequence, with every mask (positions
 stay absolute), and its gradients the same rows of the whole-sequence gradients. Segment ids are
 sharded like q/k/v (`shard(seg, dim=0)` for (N,), `dim=1` for (B, N)) and passed as usual.
@@ -17,8 +20,10 @@ from __future__ import annotations
 import torch
 
 from ..errors import ShapeError
-from ..runtime.inputs import call_inputs
+from ..runtime.inputs import call_inputs, grad_inputs
 from ..runtime.merge import merge
+from .decode import sharded_decode
+from .inputs import local_gradient, whole_inputs
 from .layout import LAYOUTS, chunk_bounds, check_layout, group_rank_world, local_length, rank_runs, shard, unshard
 from .plan import STRATEGIES, RingPlan, bytes_per_step, choose_strategy, ring_plan
 from .ring import AllGather, Comm, Ring
@@ -30,10 +35,11 @@ __all__ = ["ContextParallel", "LAYOUTS", "STRATEGIES", "RingPlan", "bytes_per_st
 class _ContextParallelFunction(torch.autograd.Function):
     """out_l, lse_l of the ring (or all-gather) with its backward; lse is not differentiable.
     Sinks: the chunk pairs run without them and the sink joins each row once, here; the backward
-    reads the rows' final out and lse, and d(sink) comes from those rows alone."""
+    reads the rows' final out and lse, and d(sink) comes from those rows alone. `grad_locals`:
+    this rank's tensors of the `grad: true` formula inputs (their gradients: `inputs.py`)."""
 
     @staticmethod
-    def forward(ctx, runner, q, k, v, seg_q, seg_k, sink):
+    def forward(ctx, runner, q, k, v, seg_q, seg_k, sink, *grad_locals):
         gathered = ()
         if isinstance(runner, AllGather):
             gathered = runner.gather(k, v, seg_k)
@@ -58,7 +64,11 @@ class _ContextParallelFunction(torch.autograd.Function):
             dq, dk, dv = runner.backward_gathered(q, k_all, v_all, out, lse, dout, seg_q, seg_all, k, v)
         else:
             dq, dk, dv = runner.backward(q, k, v, out, lse, dout, seg_q, seg_k)
-        return None, dq, dk, dv, None, None, dsink
+        comm, layout = runner.comm, runner.plan.layout
+        whole = runner.whole_input_gradients()
+        dinputs = [local_gradient(d, whole[d.name], world=comm.world, group=comm.group, layout=layout)
+                   for d in grad_inputs(runner.spec) if d.name != "sink"]
+        return (None, dq, dk, dv, None, None, dsink, *dinputs)
 
 
 class ContextParallel:
@@ -87,7 +97,6 @@ class ContextParallel:
 
     def __call__(self, q, k, v, *, seg_q=None, seg_k=None, return_lse: bool = False, **inputs):
         rank, world = group_rank_world(self.group)
-        sink = self._sink(inputs, q)
         n = self._sequence_length(q, rank, world)
         for name, t in (("k", k), ("v", v)):
             if t.shape[2] != q.shape[2]:
@@ -96,22 +105,31 @@ class ContextParallel:
         plan = ring_plan(self.attn.spec, n, world, self.layout)
         strategy = choose_strategy(self.attn.spec, plan, self.strategy)
         self.last_plan, self.last_strategy = plan, strategy
-        runner = (AllGather if strategy == "allgather" else Ring)(self.attn, plan, Comm(self.group, rank, world), q.device)
-        out, lse = _ContextParallelFunction.apply(runner, q, k, v, seg_q, seg_k, sink)
+        sink, whole, grad_locals = self._inputs(inputs, q, n)
+        runner = (AllGather if strategy == "allgather" else Ring)(self.attn, plan, Comm(self.group, rank, world),
+                                                                   q.device, whole)
+        out, lse = _ContextParallelFunction.apply(runner, q, k, v, seg_q, seg_k, sink, *grad_locals)
         return (out, lse) if return_lse else out
 
-    def _sink(self, inputs: dict, q) -> torch.Tensor | None:
-        """The sinks' logits (replicated on every rank), checked; None for a spec without."""
+    def decode(self, q, k_cache, v_cache, *, cache_seqlens, block_table=None, return_lse: bool = False,
+               **inputs):
+        """`attn.decode` against a KV cache sharded along the sequence: this rank's cache (contiguous
+        (B, Hkv, C_r, D) or paged with its block_table) holds positions offset_r .. offset_r + C_r - 1,
+        offset_r the capacities of the ranks before it; q, cache_seqlens (whole lengths) and inputs
+        are the same on every rank, and every rank gets the whole result (`decode.py`)."""
+        out, lse = sharded_decode(self.attn, q, k_cache, v_cache, cache_seqlens=cache_seqlens,
+                                  block_table=block_table, group=self.group, inputs=inputs)
+        return (out, lse) if return_lse else out
+
+    def _inputs(self, given: dict, q, n: int) -> tuple:
+        """(sink or None, whole formula inputs, this rank's grad: true input tensors)."""
         spec = self.attn.spec
-        extra = [d.name for d in spec.all_inputs if d.name != "sink"]
-        if extra or set(inputs) - {"sink"}:
-            names = ", ".join(sorted(set(extra) | set(inputs) - {"sink"}))
-            raise ShapeError(f"spec {spec.name!r}: context parallelism does not pass call-time inputs "
-                             f"other than the sink yet ({names}); run it on one device")
-        if not spec.sink:
-            return None
-        checked = call_inputs(spec, inputs, batch=q.shape[0], nq=q.shape[2], nk=q.shape[2], device=q.device)
-        return checked["sink"]
+        whole = whole_inputs(spec, given, n=n, batch=q.shape[0], group=self.group, layout=self.layout,
+                             device=q.device)
+        sink = call_inputs(spec, {"sink": given.get("sink")}, batch=q.shape[0], nq=n, nk=n,
+                           device=q.device)["sink"] if spec.sink else None
+        grad_locals = [given[d.name] for d in grad_inputs(spec) if d.name != "sink"]
+        return sink, whole, grad_locals
 
     def _sequence_length(self, q, rank: int, world: int) -> int:
         """The whole length: the sum of the ranks' shards (one small all-reduce: a shard's length

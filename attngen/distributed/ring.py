@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ..runtime.inputs import grad_inputs
 from ..runtime.merge import merge
 from .layout import Run, local_length, unshard
 from .plan import RingPlan, pair_is_empty
@@ -65,7 +66,7 @@ def like_rank(t: torch.Tensor, plan: RingPlan, rank: int, dtype=None) -> torch.T
 class Ring:
     """One call's ring on one rank: the plan, the kernels, the process group."""
 
-    def __init__(self, attn, plan: RingPlan, comm: Comm, device=None):
+    def __init__(self, attn, plan: RingPlan, comm: Comm, device=None, inputs: dict | None = None):
         self.spec = attn.spec
         self.fwd = attn.kernels.launcher("fwd")
         self.bwd = attn.kernels.launcher("bwd")
@@ -73,6 +74,8 @@ class Ring:
         self.rank = comm.rank
         self.runs = plan.runs[self.rank]
         self.device, self._no_sink = device, None
+        self.inputs = inputs or {}                 # whole formula inputs (`inputs.whole_inputs`)
+        self.input_grads: dict = {}
 
     def pairs(self, step: int, seg_q, seg_k_src) -> tuple:
         """Non-empty (query run, key run) index pairs at `step` (segments: tested on the ids)."""
@@ -84,17 +87,32 @@ class Ring:
 
     def call(self, q_run: Run, k_run: Run, seg_q, seg_k) -> dict:
         segs = {} if seg_q is None else dict(seg_q=cut(seg_q, q_run), seg_k=cut(seg_k, k_run))
-        return dict(q_offset=q_run.start, k_offset=k_run.start, total_nk=self.plan.n, **segs,
-                    **self.without_sink())
+        return dict(q_offset=q_run.start, k_offset=k_run.start, total_nk=self.plan.n, total_nq=self.plan.n,
+                    **segs, **self.chunk_inputs())
 
-    def without_sink(self) -> dict:
-        """A sink spec's chunk pairs run with sink = -inf (no share of the denominator): the sink
-        joins each row once, after the merge (`attngen.merge(..., sink=)`)."""
-        if not self.spec.sink:
+    def chunk_inputs(self) -> dict:
+        """The chunk pairs' inputs: the whole formula inputs (`inputs.whole_inputs`), and a sink
+        spec's sink at -inf (no share of the denominator): the sink joins each row once, after
+        the merge (`attngen.merge(..., sink=)`)."""
+        if not self.spec.all_inputs:
             return {}
-        if self._no_sink is None:
+        if self.spec.sink and self._no_sink is None:
             self._no_sink = torch.full((self.spec.query_heads,), float("-inf"), device=self.device)
-        return {"inputs": {"sink": self._no_sink}}
+        return {"inputs": {**self.inputs, **({"sink": self._no_sink} if self.spec.sink else {})}}
+
+    def add_input_gradients(self, grads) -> None:
+        """A chunk pair's shares of the formula inputs' gradients (after dQ, dK, dV), added in call
+        order; the sink's share is 0 (it ran as -inf) and left out."""
+        for decl, g in zip(grad_inputs(self.spec), grads):
+            if decl.name == "sink":
+                continue
+            acc = self.input_grads.get(decl.name)
+            self.input_grads[decl.name] = g.float().clone() if acc is None else acc.add_(g.float())
+
+    def whole_input_gradients(self) -> dict:
+        """name → this rank's sum of its chunk pairs' shares (zeros where it ran none)."""
+        return {d.name: self.input_grads.get(d.name, torch.zeros_like(self.inputs[d.name], dtype=torch.float32))
+                for d in grad_inputs(self.spec) if d.name != "sink"}
 
     def sink_gradient(self, sink, out, lse, dout) -> torch.Tensor:
         """d(loss)/d(sink[h]) = -sum over rows of exp(sink[h] - lse_i) * (dout_i . out_i): this
@@ -169,10 +187,10 @@ class Ring:
             dv_step = torch.zeros(v_src.shape, dtype=torch.float32, device=v.device)
             for a, b in self.pairs(step, seg_q, seg_src):
                 q_run, k_run = self.runs[a], plan.runs[src][b]
-                # (after dK/dV: a sink's share, 0 here as the sink ran as -inf: `sink_gradient`)
-                dq_p, dk_p, dv_p, *_ = self.bwd.backward(
+                dq_p, dk_p, dv_p, *grads = self.bwd.backward(
                     cut(q, q_run), cut(k_src, k_run), cut(v_src, k_run), cut(out, q_run), cut(lse, q_run),
                     cut(dout, q_run), **self.call(q_run, k_run, seg_q, seg_src))
+                self.add_input_gradients(grads)
                 cut(dq, q_run).add_(dq_p.float())
                 cut(dk_step, k_run).add_(dk_p.float())
                 cut(dv_step, k_run).add_(dv_p.float())
@@ -223,8 +241,9 @@ class AllGather(Ring):
         dk_all = torch.zeros(k_all.shape, dtype=torch.float32, device=q.device)
         dv_all = torch.zeros(v_all.shape, dtype=torch.float32, device=q.device)
         for run in self.runs:
-            dq_p, dk_p, dv_p, *_ = self.bwd.backward(cut(q, run), k_all, v_all, cut(out, run), cut(lse, run),
-                                                 cut(dout, run), **self.call(run, everything, seg_q, seg_all))
+            dq_p, dk_p, dv_p, *grads = self.bwd.backward(cut(q, run), k_all, v_all, cut(out, run), cut(lse, run),
+                                                     cut(dout, run), **self.call(run, everything, seg_q, seg_all))
+            self.add_input_gradients(grads)
             cut(dq, run).add_(dq_p.float())
             dk_all.add_(dk_p.float())
             dv_all.add_(dv_p.float())

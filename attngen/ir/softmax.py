@@ -1,7 +1,7 @@
 """The softmax-attention IR: built from a spec, then rewritten by IR-only passes.
 
     load_q ─┐
-    load_k ─┴ scores → scale → [softcap] → [alibi] → [mask] → online_softmax ─┬ store_lse
+    load_k ─┴ scores → scale → [softcap] → [alibi] → [score] → [mask] → online_softmax ─┬ store_lse
     load_v ──────────────────────────────────────────────────── weighted ←──┘→ store_out
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ register_op("dot", 2, ("contract",))
 register_op("scale", 1, ("value",))
 register_op("softcap", 1, ("cap",))
 register_op("alibi", 1, ("num_heads",))
+register_op("score", 1, ("formula",))
 register_op("mask", 1, ("predicate", "formula"))
 register_op("online_softmax", 1, ("base",))
 register_op("store", 1, ("tensor",))
@@ -38,6 +39,8 @@ def build_forward(spec: Spec) -> Graph:
         last = g.add("softcap", "softcap", (last,), cap=spec.softcap)
     if spec.alibi:
         last = g.add("alibi", "alibi", (last,), num_heads=spec.query_heads)
+    if spec.score is not None:     # the spec's score formula, on the natural-units score
+        last = g.add("score", "score", (last,), formula=spec.score.sympy_form)
     mask = spec.effective_mask
     predicate = None if isinstance(mask, Everything) else mask
     last = g.add("mask", "mask", (last,), predicate=predicate, formula=str(mask.expr()))

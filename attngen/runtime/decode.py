@@ -25,7 +25,7 @@ from ..codegen.emit import GeneratedKernel
 from ..codegen.plan import random_tables
 from ..errors import ShapeError, SpecError
 from ..spec import alibi_slopes, random_draw
-from .inputs import call_inputs, sink_arg
+from .inputs import call_inputs, formula_args, sink_arg
 from .launch import meta_inputs, out_shape, stride_args
 from .select import Selector, decode_selection
 from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, dot_precision, meta_tensor, poison
@@ -165,7 +165,8 @@ class DecodeLauncher(KernelLauncher):
                              **({"sink": args["sink"]} if "sink" in args else {})), 1, 1
 
     # -- inputs -------------------------------------------------------------------------------
-    def check(self, q, k_cache, v_cache, cache_seqlens, block_table):
+    def check(self, q, k_cache, v_cache, cache_seqlens, block_table, k_offset: int = 0,
+              max_total: int | None = None):
         """(batch, nq, capacity, paged, page_size, seqlens int32) after checking every input."""
         spec = self.spec
         for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
@@ -204,7 +205,7 @@ class DecodeLauncher(KernelLauncher):
             if tuple(t.shape) != (*want, dim):
                 raise ShapeError(f"{name} has shape {tuple(t.shape)}, expected {(*want, dim)} "
                                  f"{layout if name == 'k_cache' else layout.replace('D)', 'Dv)')} for spec {spec.name!r}")
-        seqlens = self._seqlens(cache_seqlens, batch, capacity, q.device)
+        seqlens = self._seqlens(cache_seqlens, batch, capacity, q.device, k_offset, max_total)
         if paged and q.device.type == "cpu":
             used = -(-seqlens.to(torch.int64) // page_size)                 # pages each sequence uses
             cols = torch.arange(block_table.shape[1])
@@ -215,9 +216,12 @@ class DecodeLauncher(KernelLauncher):
         return batch, nq, capacity, paged, page_size, seqlens
 
     @staticmethod
-    def _seqlens(cache_seqlens, batch, capacity, device):
+    def _seqlens(cache_seqlens, batch, capacity, device, k_offset: int = 0, max_total: int | None = None):
+        if isinstance(k_offset, bool) or not isinstance(k_offset, int) or k_offset < 0:
+            raise ShapeError(f"k_offset must be an int >= 0, got {k_offset!r}")
+        top = capacity + k_offset if max_total is None else max_total
         if cache_seqlens is None:
-            return torch.full((batch,), capacity, dtype=torch.int32, device=device)
+            return torch.full((batch,), min(top, capacity + k_offset), dtype=torch.int32, device=device)
         if (not isinstance(cache_seqlens, torch.Tensor) or tuple(cache_seqlens.shape) != (batch,)
                 or cache_seqlens.dtype.is_floating_point or cache_seqlens.dtype == torch.bool):
             raise ShapeError(f"cache_seqlens must be an integer (B,) tensor with B = {batch}, got "
@@ -229,8 +233,9 @@ class DecodeLauncher(KernelLauncher):
         # each length to the capacity.
         if device.type == "cpu":
             lengths = cache_seqlens.tolist()     # one host copy: cheaper than two reductions
-            if lengths and (min(lengths) < 0 or max(lengths) > capacity):
-                raise ShapeError(f"cache_seqlens {lengths} must lie in 0..{capacity} (the cache's capacity)")
+            if lengths and (min(lengths) < 0 or max(lengths) > top):
+                where = "the cache's capacity" if top == capacity else f"the sequence's capacity, {capacity} here from {k_offset}"
+                raise ShapeError(f"cache_seqlens {lengths} must lie in 0..{top} ({where})")
         return cache_seqlens.to(torch.int32).contiguous()
 
     def _random(self, seqlens: torch.Tensor, nq: int, device) -> dict:
@@ -259,23 +264,26 @@ class DecodeLauncher(KernelLauncher):
     # -- the call -----------------------------------------------------------------------------
     def decode(self, q, k_cache, v_cache, *, cache_seqlens=None, block_table=None, inputs: dict | None = None,
                num_splits: int | None = None, config: TileConfig | None = None,
-               count_tiles: bool = False):
+               count_tiles: bool = False, k_offset: int = 0, max_total: int | None = None):
         """(out, lse[, tile_counts]): out (B, Hq, Nq, D) in q's dtype, lse (B, Hq, Nq) float32.
 
         tile_counts (with `count_tiles`): int32 (B * Hkv, splits, row tiles, 2) holding, per
         program, the key tiles it loaded and the keys (cache rows) in them. `inputs`: the spec's
         call-time inputs by name, sized with Nq the new tokens and Nk the cache's capacity.
+        k_offset / max_total: this cache holds positions k_offset .. of each sequence, whose length
+        cache_seqlens[b] may reach max_total (a shard of a sequence's cache: attngen.distributed).
         """
         spec = self.spec
-        batch, nq, capacity, paged, page_size, seqlens = self.check(q, k_cache, v_cache,
-                                                                    cache_seqlens, block_table)
+        batch, nq, capacity, paged, page_size, seqlens = self.check(q, k_cache, v_cache, cache_seqlens,
+                                                                    block_table, k_offset, max_total)
         if isinstance(num_splits, bool) or not (num_splits is None or isinstance(num_splits, int) and num_splits >= 1):
             raise ShapeError(f"num_splits={num_splits!r} must be an integer >= 1")
         interpret = architecture(q.device) is None
         inputs = call_inputs(spec, inputs, batch=batch, nq=nq, nk=capacity, device=q.device)
         arguments = self._arguments_at(q, k_cache, v_cache, seqlens, block_table, paged=paged, page_size=page_size,
                                        capacity=capacity, num_splits=num_splits, interpret=interpret,
-                                       count_tiles=count_tiles, inputs=inputs)
+                                       count_tiles=count_tiles, inputs=inputs,
+                                       keys=(k_offset, capacity + k_offset if max_total is None else max_total))
         cfg = config or self.launch_config(nq, q.dtype, q.device, arguments)
         grid, args, num_warps, num_stages = arguments(cfg)
         out, lse, counts, splits = args["out"], args["lse"], args["tile_counts"], grid[1]
@@ -289,12 +297,13 @@ class DecodeLauncher(KernelLauncher):
 
     def _arguments_at(self, q, k_cache, v_cache, seqlens, block_table, *, paged: bool, page_size: int,
                       capacity: int, num_splits: int | None, interpret: bool, count_tiles: bool,
-                      inputs: dict):
+                      inputs: dict, keys: tuple | None = None):
         """cfg → (grid, keyword arguments, num_warps, num_stages) of this call's decode launch at
         `cfg`; the configuration search compiles exactly these launches."""
         spec = self.spec
         batch, _, nq, _ = q.shape
         random_tables = self._random(seqlens, nq, q.device)
+        k_offset, max_total = keys or (0, capacity)       # (first key's position, longest sequence)
         selected = {} if self.selector is None else dict(
             selected=decode_selection(self.selector, q, k_cache, seqlens, block_table if paged else None,
                                       page_size=page_size, capacity=capacity))
@@ -325,11 +334,12 @@ class DecodeLauncher(KernelLauncher):
                 q=q, k_cache=k_cache, v_cache=v_cache, out=out, lse=lse, split_out=split_out, split_lse=split_lse,
                 cache_seqlens=seqlens, block_table=block_table if paged else seqlens,
                 alibi_slopes=lse if slopes is None else slopes, **sink_arg(spec, inputs), tile_counts=counts,
-                **random_tables,
+                **random_tables, **formula_args(self.signatures["decode"], inputs),
                 **stride_args("q", q), **stride_args("o", out),
                 stride_kb=kb, stride_kh=kh, stride_kn=kn, stride_kd=kd,
                 stride_vb=vb, stride_vh=vh, stride_vn=vn, stride_vd=vd,
                 stride_table_b=block_table.stride(0) if paged else 0, nq=nq, nk_max=capacity,
+                k_offset=k_offset, max_total=max_total,
                 num_kv_heads=spec.kv_heads, **selected,
                 **self.constexprs(cfg, q.dtype, paged=paged, page_size=page_size, split=splits > 1,
                                   interpreted=interpret, count_tiles=count_tiles,

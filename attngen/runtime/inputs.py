@@ -57,3 +57,18 @@ def ordered(spec: Spec, given: dict) -> list[torch.Tensor]:
 def by_name(spec: Spec, tensors) -> dict:
     """The operator's `Tensor[] inputs` back to name → tensor."""
     return {d.name: t for d, t in zip(spec.all_inputs, tensors)}
+
+
+def formula_args(signature, checked: dict) -> dict:
+    """The kernel arguments of the inputs a kernel's formulas read (`codegen.plan_formula`):
+    ``in_<name>``, its sizes ``in_<name>_size<k>`` and strides ``stride_in_<name>_<k>``, for each
+    input whose ``in_<name>`` the kernel's signature declares."""
+    out = {}
+    for name, t in checked.items():
+        if f"in_{name}" not in signature.names:
+            continue
+        out[f"in_{name}"] = t.detach()
+        for k, (size, stride) in enumerate(zip(t.shape, t.stride())):
+            out[f"in_{name}_size{k}"] = size
+            out[f"stride_in_{name}_{k}"] = stride
+    return out

@@ -33,8 +33,8 @@ from ..spec import Random, Spec, alibi_slopes, resolve_k_offset, resolve_q_offse
 from ..spec.inputs import DTYPES as DTYPES_OF_INPUTS
 from ..analysis.blockmap import block_map
 from .blockmap_cache import cached_block_map_lists
+from .inputs import call_inputs, formula_args, sink_arg
 from .select import Selector
-from .inputs import call_inputs, sink_arg
 from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, cdiv, dot_precision, meta_tensor, poison
 
 log = logging.getLogger("attngen")
@@ -270,18 +270,21 @@ class SoftmaxLauncher(KernelLauncher):
 
     def forward(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, inputs: dict | None = None,
                 config: TileConfig | None = None, count_tiles: bool = False, k_offset: int = 0,
-                total_nk: int | None = None):
+                total_nk: int | None = None, total_nq: int | None = None):
         """(out, lse[, tile_counts]): out like q's layout (B, Hq, Nq, Dv), lse float32 (B, Hq, Nq).
         `inputs`: the spec's call-time inputs by name (`sink`, ...). k_offset / total_nk: the keys
         are positions k_offset .. k_offset + Nk - 1 of a sequence of total_nk keys (a chunk pair of
-        context parallelism; random draws are the whole sequence's)."""
+        context parallelism; random draws are the whole sequence's). An input's Nk axis then holds
+        total_nk positions and its Nq axis total_nq (default Nq): formulas read it at absolute
+        positions."""
         spec = self.spec
         check_inputs(spec, q, k, v)
         batch, _, nq, _ = q.shape
         nk = k.shape[2]
         keys = resolve_k_offset(nk, k_offset, total_nk)
         q_offset = resolve_q_offset(nq, nk, q_offset, keys[0])
-        inputs = call_inputs(spec, inputs, batch=batch, nq=nq, nk=nk, device=q.device)
+        inputs = call_inputs(spec, inputs, batch=batch, nq=nq if total_nq is None else total_nq,
+                             nk=nk if total_nk is None else total_nk, device=q.device)
         interpret = architecture(q.device) is None
         if nq == 0 or nk == 0:           # no pair at all: nothing to launch
             out = q.new_zeros(out_shape(spec, q))
@@ -321,7 +324,7 @@ class SoftmaxLauncher(KernelLauncher):
                         tile_counts=counts, nq=nq, nk=nk, q_offset=q_offset, k_offset=keys[0],
                         num_query_heads=spec.query_heads,
                         **block_list_args(lists), **random_table_args(self.tables, tables.random),
-                        **segment_args(tables.segments, out), **stride_args("q", q), **stride_args("k", k),
+                        **formula_args(self.signatures["fwd"], inputs), **segment_args(tables.segments, out), **stride_args("q", q), **stride_args("k", k),
                         **stride_args("v", v), **stride_args("o", out),
                         **self.constexprs(cfg, q.dtype, even_k=nk % cfg.block_n == 0, interpreted=interpret,
                                           count_tiles=count_tiles))

@@ -26,7 +26,7 @@ from ..reference import _softmax_reference, reference
 from ..spec import Spec, resolve_k_offset, resolve_q_offset
 from .launch import (ShapeTables, SoftmaxLauncher, block_list_args, block_map_lists, check_inputs,
                      meta_inputs, out_shape, random_table_args, segment_args, stride_args)
-from .inputs import call_inputs, grad_inputs, sink_arg
+from .inputs import call_inputs, formula_args, grad_inputs, sink_arg
 from .launcher import AOT_LENGTH, architecture, cdiv, dot_precision, meta_tensor, poison
 
 
@@ -148,7 +148,7 @@ class BackwardLauncher(SoftmaxLauncher):
 
     def backward(self, q, k, v, out, lse, dout, *, q_offset=None, seg_q=None, seg_k=None,
                  inputs: dict | None = None, config: BackwardConfig | None = None, k_offset: int = 0,
-                 total_nk: int | None = None):
+                 total_nk: int | None = None, total_nq: int | None = None):
         """(dq, dk, dv, *d(each grad input)): dq, dk, dv like their inputs (shape, dtype,
         strides); then the gradient of each input with `grad` (the sink's too), float32, in
         declared order (`inputs.grad_inputs`). k_offset / total_nk: a chunk pair
@@ -161,7 +161,8 @@ class BackwardLauncher(SoftmaxLauncher):
         nk = k.shape[2]
         keys = resolve_k_offset(nk, k_offset, total_nk)
         q_offset = resolve_q_offset(nq, nk, q_offset, keys[0])
-        inputs = call_inputs(spec, inputs, batch=batch, nq=nq, nk=nk, device=q.device)
+        inputs = call_inputs(spec, inputs, batch=batch, nq=nq if total_nq is None else total_nq,
+                             nk=nk if total_nk is None else total_nk, device=q.device)
         interpret = architecture(q.device) is None
         if nq == 0 or nk == 0:     # no pair at all: every gradient is 0
             return tuple(torch.zeros_like(t) for t in (q, k, v, *(inputs[d.name] for d in grad_inputs(spec))))
@@ -177,11 +178,18 @@ class BackwardLauncher(SoftmaxLauncher):
 
     def input_gradients(self, partials) -> tuple:
         """Each grad input's gradient from its per-program partial sums, summed in a fixed order
-        (torch's reduction of a fixed shape: deterministic, no atomics)."""
-        if not self.spec.sink:
-            return ()
-        (sink_partials,) = partials                                  # (B, Hq, preprocess programs)
-        return (sink_partials.sum(dim=(0, 2)),)
+        (torch's reduction of a fixed shape: deterministic, no atomics); in declared order. A grad
+        input the score does not read (or reads only through the mask) gets zeros."""
+        *sink_partials, (buffers, given) = partials
+        out = []
+        for decl in grad_inputs(self.spec):
+            if decl.name == "sink" and self.spec.sink:
+                out.append(sink_partials[0].sum(dim=(0, 2)))         # (B, Hq, preprocess programs)
+            elif decl.name in buffers:                               # (dQ programs, elements)
+                out.append(buffers[decl.name].sum(dim=0).view(given[decl.name].shape))
+            else:
+                out.append(torch.zeros(given[decl.name].shape, dtype=torch.float32, device=given[decl.name].device))
+        return tuple(out)
 
     def _arguments_at(self, q, k, v, out, lse, dout, q_offset, seg_q, seg_k, *, interpret: bool, inputs: dict,
                       keys: tuple = (0, None)):
@@ -194,6 +202,8 @@ class BackwardLauncher(SoftmaxLauncher):
         dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))         # each in its input's layout
         selection = self.select(q, k, q_offset, seg_q, seg_k, keys)   # the forward's (same q, k)
         delta = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
+        # The dQ kernel's per-program gradient buffers of the grad inputs its score reads.
+        buffers = {name[len("d_in_"):]: None for name in self.signatures["dq"].names if name.startswith("d_in_")}
         sink = {}
         if spec.sink:      # one share of d(sink) per preprocess program, every one written
             programs = cdiv(nq, self.preprocess_tiles().block_m)
@@ -216,6 +226,7 @@ class BackwardLauncher(SoftmaxLauncher):
                               k_offset=keys[0],
                               alibi_slopes=lse if tables.alibi is None else tables.alibi,
                               **random_table_args(self.tables, tables.random), **segment_args(tables.segments, q),
+                              **formula_args(self.signatures["dq"], inputs),
                               **stride_args("q", q), **stride_args("k", k), **stride_args("v", v),
                               **stride_args("do", dout), **constexprs)
                 if role == "dkdv":
@@ -224,12 +235,17 @@ class BackwardLauncher(SoftmaxLauncher):
                     return ((cdiv(nk, tiles.block_n), batch * spec.kv_heads), dict(
                         common, dk=dk, dv=dv, num_kv_heads=spec.kv_heads, **block_list_args(by_key, "by_key_"),
                         **stride_args("dk", dk), **stride_args("dv", dv)), tiles.num_warps, tiles.num_stages)
-                return ((cdiv(nq, tiles.block_m), batch * spec.query_heads), dict(
-                    common, dq=dq, num_query_heads=spec.query_heads,
-                    **block_list_args(tables.lists if selection is None else selection.lists(tiles.block_m, tiles.block_n)),
-                    **stride_args("dq", dq)), tiles.num_warps, tiles.num_stages)
+                grid = (cdiv(nq, tiles.block_m), batch * spec.query_heads)
+                for name in buffers:     # zeroed: each dQ program adds its share to its own row
+                    buffers[name] = torch.zeros((grid[0] * grid[1], inputs[name].numel()), dtype=torch.float32,
+                                                device=q.device)
+                lists = tables.lists if selection is None else selection.lists(tiles.block_m, tiles.block_n)
+                return (grid, dict(
+                    common, dq=dq, num_query_heads=spec.query_heads, **block_list_args(lists),
+                    **stride_args("dq", dq), **{f"d_in_{name}": t for name, t in buffers.items()}),
+                    tiles.num_warps, tiles.num_stages)
             return at
-        return arguments, (dq, dk, dv, *([sink["sink_partials"]] if sink else []))
+        return arguments, (dq, dk, dv, *([sink["sink_partials"]] if sink else []), (buffers, inputs))
 
 
 def _check_saved(spec: Spec, q, out, lse, dout) -> None:

@@ -201,6 +201,9 @@ class Selector:
         if k_offset:
             raise ShapeError(f"spec {spec.name!r} selects key blocks by content (select:); a chunk of "
                              f"a longer sequence (k_offset={k_offset}) is not supported")
+        if spec.mask_needs_heads:            # its block map is a bound there: candidates must be exact
+            raise ShapeError(f"spec {spec.name!r}: select: with a mask that reads the batch, the head or "
+                             "an input is not supported by the kernels yet (the reference runs it)")
         nq, nk, device = q.shape[2], k.shape[2], q.device
 
         def classes_of(block_m, block_n):

@@ -50,9 +50,9 @@ def test_block_map_of_a_formula_equals_brute_force(spec):
 
 
 REFUSED = [
-    (small("with_inputs", inputs={"p": {"shape": ["B"], "dtype": "int32"}}, mask="j < p[b]"), "inputs"),
-    (small("with_score", score="s * 2"), "score formula"),
-    (small("with_heads", mask="h % 2 == 0 or j <= i"), "reads the batch, the head"),
+    (small("mod_by_input", inputs={"p": {"shape": ["B"], "dtype": "int32"}}, mask="(i - j) % p[b] == 0"),
+     "modulus must be a positive constant"),
+    (small("div_by_head", mask="i // (h + 1) == j // (h + 1)"), "not an integer division by a positive constant"),
 ]
 
 

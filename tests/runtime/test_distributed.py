@@ -72,6 +72,16 @@ BIGBIRD = small_spec("cp_bigbird", mask={"any": [{"band": 3}, {"global": {"first
 DOCUMENTS = small_spec("cp_documents", causal=True, mask={"segments": True})
 MQA = small_spec("cp_mqa", query_heads=4, kv_heads=1, causal=True)
 SINKS = small_spec("cp_sinks", causal=True, sink=True, mask={"band": {"left": 20}})   # gpt-oss-like
+# Formula inputs: a replicated per-sequence prefix and a learned per-head bias table (T5-like),
+# and inputs along the sequence, sharded like q/k/v: document ids and a learned per-key bias.
+PREFIX_T5 = small_spec("cp_prefix_t5", mask="j <= i or j < prefix[b]",
+                       inputs={"prefix": {"shape": ["B"], "dtype": "int32"},
+                               "rel": {"shape": ["Hq", 17], "dtype": "float32", "grad": True}},
+                       score="s + rel[h, min(max(i - j, -8), 8) + 8]")
+DOC_IDS = small_spec("cp_doc_ids", causal=True, mask="doc[b, i] == doc[b, j]",
+                     inputs={"doc": {"shape": ["B", "Nk"], "dtype": "int32"},
+                             "kbias": {"shape": ["Nk"], "dtype": "float32", "grad": True}},
+                     score="s + kbias[j]")
 
 
 def _case(case_id, fields, layout, n, **extra) -> dict:
@@ -91,7 +101,11 @@ def test_two_ranks_every_mask_both_layouts():
              _case("documents-zigzag", DOCUMENTS, "zigzag", 45),
              _case("mqa-allgather-zigzag", MQA, "zigzag", 45, strategy="allgather"),
              _case("sinks-ring-zigzag", SINKS, "zigzag", 45, strategy="ring", repeat=True),
-             _case("sinks-allgather-contiguous", SINKS, "contiguous", 45, strategy="allgather")]
+             _case("sinks-allgather-contiguous", SINKS, "contiguous", 45, strategy="allgather"),
+             _case("inputs-ring-zigzag", PREFIX_T5, "zigzag", 45, strategy="ring", repeat=True),
+             _case("sequence-inputs-ring-contiguous", DOC_IDS, "contiguous", 45, strategy="ring", repeat=True),
+             _case("sequence-inputs-allgather-zigzag", DOC_IDS, "zigzag", 45, strategy="allgather"),
+             _case("decode-inputs", PREFIX_T5, "contiguous", 50, decode=True)]
     reports = by_case(spawn(2, cases))
     assert {r["strategy"] for r in reports["mqa-allgather-zigzag"]} == {"allgather"}
     assert {r["strategy"] for r in reports["causal-gqa-zigzag"]} == {"allgather"}   # auto: Hkv·W <= Hq
@@ -104,7 +118,9 @@ def test_four_ranks_skip_empty_steps():
              _case("window-contiguous", WINDOW, "contiguous", 128, strategy="ring"),
              _case("bigbird-contiguous", BIGBIRD, "contiguous", 77, strategy="ring"),
              _case("documents-zigzag", DOCUMENTS, "zigzag", 77, strategy="ring"),
-             _case("mqa-auto-zigzag", MQA, "zigzag", 77)]
+             _case("mqa-auto-zigzag", MQA, "zigzag", 77),
+             _case("decode-sinks", SINKS, "contiguous", 96, decode=True),
+             _case("decode-bigbird-paged", BIGBIRD, "contiguous", 128, decode=True, paged=True)]
     reports = by_case(spawn(4, cases))
     window = reports["window-contiguous"][0]
     # 16 positions a rank, a window of 7: only the previous rank's keys are ever needed.
@@ -115,5 +131,5 @@ def test_four_ranks_skip_empty_steps():
 
 def test_one_rank_is_the_plain_call():
     cases = [_case("causal-one-rank", CAUSAL, "zigzag", 37), _case("documents-one-rank", DOCUMENTS, "contiguous", 37),
-             _case("sinks-one-rank", SINKS, "zigzag", 37)]
+             _case("sinks-one-rank", SINKS, "zigzag", 37), _case("inputs-one-rank", DOC_IDS, "zigzag", 37)]
     spawn(1, cases)
