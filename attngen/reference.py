@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ShapeError
+from .reference_select import selected_pairs
 from .spec import Spec, alibi_slopes, load_spec
 
 
@@ -31,11 +32,12 @@ def check_qkv(spec: Spec, q, k, v) -> None:
                              f"(B, Hkv, Nk, {'Dv' if name == 'v' else 'D'}) for spec {spec.name!r}")
 
 
-def reference(spec, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, **inputs):
+def reference(spec, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, decode=False, **inputs):
     """(out, lse) in float64. ``lse`` is (B, Hq, Nq) for the softmax kind and None for linear.
 
     ``inputs`` are the spec's call-time inputs by name (``prefix=t``, ``sink=t``); a missing,
-    unknown, wrongly shaped, typed or placed one is a `ShapeError` naming it."""
+    unknown, wrongly shaped, typed or placed one is a `ShapeError` naming it. ``decode``: q is
+    the new tokens of a decode step, one query block for `select:` (SPEC.md)."""
     spec = load_spec(spec)
     check_qkv(spec, q, k, v)
     for name, seg in (("seg_q", seg_q), ("seg_k", seg_k)):
@@ -53,10 +55,10 @@ def reference(spec, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, **inputs)
         from .reference_linear import linear_reference
         return linear_reference(spec, q64, k64, v64, q_offset=q_offset), None
     inputs = {name: t.detach() if isinstance(t, torch.Tensor) else t for name, t in inputs.items()}
-    return _softmax_reference(spec, q64, k64, v64, q_offset, seg_q, seg_k, inputs)
+    return _softmax_reference(spec, q64, k64, v64, q_offset, seg_q, seg_k, inputs, decode=decode)
 
 
-def _softmax_reference(spec, q, k, v, q_offset, seg_q, seg_k, inputs=None):
+def _softmax_reference(spec, q, k, v, q_offset, seg_q, seg_k, inputs=None, *, decode=False):
     """Differentiable in q, k, v (K, V already repeated per query head) and in float inputs.
 
     SPEC.md's order: s = scale * q.k, softcap, alibi, the score formula, the mask (a score of
@@ -68,6 +70,8 @@ def _softmax_reference(spec, q, k, v, q_offset, seg_q, seg_k, inputs=None):
                            batch=q.shape[0])
     if mask.dim() == 3:                       # batched segments: (B, nq, nk) → (B, 1, nq, nk)
         mask = mask.unsqueeze(1)
+    if spec.select is not None:               # content-based selection (SPEC.md), k not repeated
+        mask = selected_pairs(spec, q, k[:, ::spec.group], mask, ctx.q_offset, decode=decode)
     ii = (torch.arange(nq, device=q.device) + ctx.q_offset)[:, None]
     jj = torch.arange(nk, device=q.device)[None]
     scores = (q @ k.transpose(-1, -2)) * spec.softmax_scale

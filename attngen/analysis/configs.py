@@ -70,18 +70,33 @@ def arch_family(arch: str) -> str:
     return "sm_90" if int(match.group(1)) >= 9 else "sm_80"
 
 
-def candidate_configs(head_dim: int, dtype: torch.dtype, arch: str | None) -> tuple[TileConfig, ...]:
+def fit_tiles(configs, fit: int | None) -> tuple[TileConfig, ...]:
+    """`configs` with tiles of at most `fit` rows and keys (None: as they are), in order, without
+    repeats. Content-based selection (`select: {block: R}`, R a power of two) needs every tile
+    inside one block of R: then a tile's rows share one query block and its keys one key block."""
+    if fit is None:
+        return tuple(configs)
+    out = []
+    for c in configs:
+        fitted = TileConfig(min(c.block_m, fit), min(c.block_n, fit), c.num_warps, c.num_stages)
+        if fitted not in out:
+            out.append(fitted)
+    return tuple(out)
+
+
+def candidate_configs(head_dim: int, dtype: torch.dtype, arch: str | None, *,
+                      fit: int | None = None) -> tuple[TileConfig, ...]:
     """Tile configurations to try for this shape class, preferred first; `arch` None is the CPU
     interpreter. (Both GPU families share the lists today; the family is part of the key so that a
-    measured table for one does not move the other.)"""
+    measured table for one does not move the other.) `fit`: tiles no larger (`fit_tiles`)."""
     if arch is None:
-        return (INTERPRETER_CONFIG,)
+        return fit_tiles((INTERPRETER_CONFIG,), fit)
     arch_family(arch)                       # refuses a malformed target early
     padded = padded_head_dim(head_dim)
     by_dim = _FP32 if dtype == torch.float32 else _16BIT
     for bound in sorted(by_dim):
         if padded <= bound:
-            return by_dim[bound]
+            return fit_tiles(by_dim[bound], fit)
     raise ValueError(f"head_dim {head_dim} is above the largest supported (256)")
 
 

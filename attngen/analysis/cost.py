@@ -13,6 +13,7 @@ import torch
 from ..spec.predicates import All_, Any_, Band, GlobalTokens
 from ..spec.spec import Spec, resolve_q_offset
 from .pairs import allowed_pairs, counted_mask, counted_symbolically, pairs_formula
+from .selection import selected_pairs_bound
 from .reach import Reach, reach
 
 BACKWARD_FACTOR = 2.5          # dq, dk, dv and the recomputed scores: 2.5x the forward FLOPs
@@ -135,10 +136,13 @@ class Cost:
     layers_to_full_reach: int | None
     formula: str | None
     notes: tuple[str, ...] = ()
+    selected_pairs_bound: int | None = None       # `select:` only: the data-dependent pairs' bound
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["notes"] = list(self.notes)
+        if self.selected_pairs_bound is None:      # every other spec's JSON stays as it was
+            del out["selected_pairs_bound"]
         return out
 
     def to_json(self) -> str:
@@ -170,7 +174,13 @@ def cost(spec: Spec, *, n: int, nk: int | None = None, batch: int = 1, layers: i
                      "comparisons, and/or/not; no random or segments leaf), so every pair was "
                      "evaluated (exact, n x nk work)")
     heads, d, size = spec.query_heads, spec.head_dim, dtype_bytes(dtype)
-    flops = flops_forward(spec, pairs=pairs, n=n, nk=nk, batch=batch, layers=layers)
+    bound = None
+    if spec.kind == "softmax" and spec.select is not None:
+        bound = min(pairs, selected_pairs_bound(spec, n, nk, q_offset, seg_q=seg_q, seg_k=seg_k))
+        notes.append(f"select: top {spec.select.top} blocks of {spec.select.block} keys (+ own blocks) per "
+                     "query block, chosen from the data: allowed pairs are the mask's; FLOPs are for at "
+                     "most the selected pairs' bound")
+    flops = flops_forward(spec, pairs=pairs if bound is None else bound, n=n, nk=nk, batch=batch, layers=layers)
     if spec.kind == "linear":
         notes.append("linear: FLOPs are 2 * d_phi * D per key and kv head (state update) plus "
                      "2 * d_phi * D per query and query head (readout)")
@@ -203,4 +213,5 @@ def cost(spec: Spec, *, n: int, nk: int | None = None, batch: int = 1, layers: i
                 arithmetic_intensity=flops / bytes_min, kv_cache_bytes_per_token=per_token,
                 kv_cache_bytes=kv_bytes, receptive_field=reached.receptive_field,
                 layers_to_full_reach=reached.layers_to_full_reach,
-                formula=None if formula is None else str(formula), notes=tuple(notes))
+                formula=None if formula is None else str(formula), notes=tuple(notes),
+                selected_pairs_bound=bound)

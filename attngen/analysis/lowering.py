@@ -15,7 +15,10 @@ from .intervals import key_interval
 
 
 def choose_iteration(g: Graph) -> Graph:
-    """Interval masks get key-tile ranges from formulas; the rest walk per-tile index lists."""
+    """Interval masks get key-tile ranges from formulas; the rest walk per-tile index lists, as does
+    content-based selection (`select:`), whose lists come from the data at call time."""
+    if g.facts["spec"].get("select"):
+        return g.with_facts(iteration="lists", bounds=None)
     if "mask" not in g:
         return g.with_facts(iteration="ranges", bounds=(-sympy.oo, sympy.oo))
     bounds = key_interval(g.node("mask").attrs["predicate"])

@@ -20,7 +20,7 @@ from ..ir.passes import run_passes
 from ..ir.softmax import IR_PASSES
 from ..ir.softmax_backward import build_backward
 from ..spec import Spec
-from .configs import ARCHS, TileConfig, padded_head_dim
+from .configs import ARCHS, TileConfig, fit_tiles, padded_head_dim
 from .intervals import query_interval
 from .lowering import choose_iteration
 
@@ -80,20 +80,21 @@ ROLES = ("dkdv", "dq")
 
 
 def candidate_backward_configs(head_dim: int, dtype: torch.dtype, arch: str | None,
-                               role: str) -> tuple[TileConfig, ...]:
+                               role: str, *, fit: int | None = None) -> tuple[TileConfig, ...]:
     """Tile configurations to try for one tile-walking kernel (`role` dkdv or dq) of this shape
-    class, preferred first; `arch` None is the CPU interpreter."""
+    class, preferred first; `arch` None is the CPU interpreter. `fit`: tiles no larger
+    (`configs.fit_tiles`, for content-based selection)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     if arch is None:
         cfg = INTERPRETER_BACKWARD_CONFIG
-        return (cfg.key_major if role == "dkdv" else cfg.query_major,)
+        return fit_tiles((cfg.key_major if role == "dkdv" else cfg.query_major,), fit)
     table = _KEY_MAJOR if role == "dkdv" else _QUERY_MAJOR
     by_dim = table["float32" if dtype == torch.float32 else "16-bit"]
     padded = padded_head_dim(head_dim)
     for bound in sorted(by_dim):
         if padded <= bound:
-            return by_dim[bound]
+            return fit_tiles(by_dim[bound], fit)
     raise ValueError(f"head_dim {head_dim} is above the largest supported (256)")
 
 
@@ -103,9 +104,10 @@ def preprocess_rows(head_dim: int) -> int:
     return max(16, 2048 // padded_head_dim(head_dim))
 
 
-def default_backward_config(head_dim: int, dtype: torch.dtype, arch: str | None) -> BackwardConfig:
+def default_backward_config(head_dim: int, dtype: torch.dtype, arch: str | None, *,
+                            fit: int | None = None) -> BackwardConfig:
     """The preferred configuration of the shape class (before the spill check)."""
-    return BackwardConfig(*(candidate_backward_configs(head_dim, dtype, arch, role)[0] for role in ROLES))
+    return BackwardConfig(*(candidate_backward_configs(head_dim, dtype, arch, role, fit=fit)[0] for role in ROLES))
 
 
 def backward_config_table(head_dim: int) -> dict:

@@ -116,7 +116,8 @@ def choose_decode_iteration(g: Graph) -> Graph:
     g = choose_iteration(g)
     if g.facts["iteration"] != "lists":
         return g
-    return g.with_facts(iteration="scan", bounds=outer_interval(g.node("mask").attrs["predicate"]))
+    bounds = outer_interval(g.node("mask").attrs["predicate"]) if "mask" in g else (-sympy.oo, sympy.oo)
+    return g.with_facts(iteration="scan", bounds=bounds)          # (no mask: `select:` alone)
 
 
 def outer_interval(pred) -> tuple[sympy.Expr, sympy.Expr]:

@@ -60,6 +60,8 @@ def summary(spec: Spec, path: Path | None = None) -> str:
     rows = [("kind", spec.kind), ("heads", heads_line(spec)), ("head_dim", str(spec.head_dim)),
             ("scale", _scale(spec)), ("modifiers", _modifiers(spec)), ("kv cache", _kv_cache(spec)),
             ("mask", readable_mask(spec.effective_mask)),
+            *([("select", f"top {spec.select.top} key blocks of {spec.select.block} per query block and kv "
+                          "head, by mean(q) . mean(k), plus its own blocks")] if spec.select is not None else []),
             ("content hash", spec.content_hash()[:16])]
     head = f"{spec.name}" + (f"  ({path})" if path is not None else "") + ": ok"
     return "\n".join([head] + [f"  {key:<13} {value}" for key, value in rows])

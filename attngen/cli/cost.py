@@ -106,6 +106,8 @@ def table(c: Cost, heads: str) -> str:
         ("allowed pairs", f"{c.allowed_pairs:,} of {total:,} ({100 * c.allowed_pairs / total:.3g}%) "
                           "per head and sequence"),
         ("formula", c.formula or "none (counted row by row)"),
+        *([("selected pairs", f"at most {c.selected_pairs_bound:,} ({100 * c.selected_pairs_bound / total:.3g}%) "
+                              "per head and sequence, whatever the data")] if c.selected_pairs_bound is not None else []),
         ("FLOPs forward", f"{c.flops_fwd:,} ({human_count(c.flops_fwd, 'FLOP')})"),
         ("FLOPs backward", f"{c.flops_bwd:,} ({human_count(c.flops_bwd, 'FLOP')})"),
         ("bytes at least", f"{c.bytes_min:,} ({human_bytes(c.bytes_min)}): q, k, v, out"

@@ -13,6 +13,7 @@ EXAMPLES = """
   attngen show specs/bigbird.yaml --n 2048 --block 128
   attngen show specs/sparse_strided.yaml --n 1024 --png strided.png   # needs attngen[plot]
   attngen show specs/packed_documents.yaml --n 357 --block 16 --docs 100,200,57
+  attngen show specs/select/moba.yaml --n 2048 --seed 3     # a selection drawn for random q, k
 """
 
 EMPTY, PARTIAL, FULL = 0, 1, 2    # the codes of BlockMap.dense_classes()
@@ -38,6 +39,9 @@ def add_parser(subparsers):
                         help="tile size for queries and keys (default 64)")
     parser.add_argument("--width", type=positive_int, default=64,
                         help="characters per row at most; larger maps are drawn coarser (default 64)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="select: specs: draw q, k from torch.randn with this seed and show the "
+                             "tiles of the key blocks selected for kv head 0 (SPEC.md's rule)")
     parser.add_argument("--png", metavar="FILE", help="also draw the token mask and the tile classes "
                                                       "side by side into a PNG (needs matplotlib)")
     return parser
@@ -48,6 +52,9 @@ def run(args) -> int:
     nk = args.n if args.nk is None else args.nk
     segments = doc_segments(spec, args.docs, args.n, nk, args.q_offset)
     classes = tile_classes(spec, args.n, nk, args.block, args.q_offset, segments)
+    if args.seed is not None:
+        classes = drawn_selection(spec, classes, args.n, nk, args.block, args.q_offset, segments, args.seed)
+        print(f"selection drawn for q, k ~ torch.randn (seed {args.seed}), batch 0, kv head 0")
     print(render(spec, classes, n=args.n, nk=nk, block=args.block, width=args.width))
     if args.png:
         draw_png(spec, classes, args.png, n=args.n, nk=nk, q_offset=args.q_offset, segments=segments)
@@ -65,6 +72,33 @@ def tile_classes(spec: Spec, nq: int, nk: int, block: int, q_offset: int | None 
                          "or a smaller --n")
     segments = segments or (_one_segment(nq, nk) if spec.uses_segments else {})
     return block_map(spec, nq, nk, block, block, q_offset=q_offset, **segments).dense_classes()
+
+
+def drawn_selection(spec: Spec, classes: torch.Tensor, nq: int, nk: int, block: int, q_offset, segments,
+                    seed: int) -> torch.Tensor:
+    """`classes` with the tiles of unselected key blocks emptied: the selection (SPEC.md, applied as
+    the float64 reference applies it) of kv head 0 for q, k drawn from torch.randn(seed)."""
+    from ..reference_select import selected_blocks
+    from ..spec import resolve_q_offset
+    if spec.select is None:
+        raise CommandError(f"--seed draws a content-based selection; spec {spec.name!r} has no select:")
+    size = spec.select.block
+    if size % block:
+        raise CommandError(f"--block {block} must divide the spec's select block ({size}): a tile "
+                           "must lie inside one key block")
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, spec.group, nq, spec.head_dim, generator=gen)     # kv head 0's query heads
+    k = torch.randn(1, 1, nk, spec.head_dim, generator=gen)
+    q_offset = resolve_q_offset(nq, nk, q_offset)
+    segments = segments or (_one_segment(nq, nk) if spec.uses_segments else {})
+    candidates = block_map(spec, nq, nk, size, size, q_offset=q_offset, refine_budget=1 << 62,
+                           **segments).dense_classes() != 0
+    one_head = Spec(**{**{f: getattr(spec, f) for f in ("name", "head_dim", "causal", "mask", "select")},
+                       "query_heads": spec.group, "kv_heads": 1})
+    chosen = selected_blocks(one_head, q, k, candidates, q_offset, rows=size)[0, 0]       # (QB, KB)
+    per = size // block
+    keep = chosen.repeat_interleave(per, 0).repeat_interleave(per, 1)[:classes.shape[0], :classes.shape[1]]
+    return torch.where(keep, classes, torch.zeros_like(classes))
 
 
 def _one_segment(nq: int, nk: int) -> dict:

@@ -16,6 +16,7 @@ from .plan_decode import decode_signatures, decode_values
 from .plan_linear import kernel_names, linear_signatures, linear_values
 from .plan_varlen import (refuse_varlen, varlen_backward_signatures, varlen_backward_values,
                           varlen_forward_signatures, varlen_forward_values)
+from .plan_select import select_signatures, select_values
 from .render import render
 from .support import refuse_unsupported
 from .signature import KernelSignature
@@ -24,6 +25,7 @@ from .signature import KernelSignature
 # rendered, recomputed from the IR (a cache hit has the IR, not the template values).
 SIGNATURES = {
     "fwd": forward_signatures, "bwd": backward_signatures, "decode": decode_signatures,
+    "select": select_signatures,
     "linear_fwd": lambda graph, name: linear_signatures(graph),
     "linear_bwd": lambda graph, name: linear_signatures(graph),
     "varlen_fwd": varlen_forward_signatures, "varlen_bwd": varlen_backward_signatures,
@@ -95,7 +97,18 @@ def varlen_backward_kernel(spec: Spec, *, check: bool | None = None) -> Generate
     return GeneratedKernel(spec, "varlen_bwd", source, graph, name)
 
 
-GENERATORS = {"fwd": forward_kernel, "bwd": backward_kernel,
+def select_kernel(spec: Spec, *, check: bool | None = None) -> GeneratedKernel:
+    """One source holding the selection kernels of `select:` (`attngen_select_<spec>_{pool,gate}`),
+    rendered from the forward's lowered IR (the spec's heads, head dim and select)."""
+    if spec.select is None:
+        raise ValueError(f"spec {spec.name!r} has no select: it has no selection kernels")
+    graph = lower_forward(spec, check=check)
+    name = f"attngen_select_{spec.name}"
+    source = render("select.py.jinja", **select_values(graph, kernel_name=name))
+    return GeneratedKernel(spec, "select", source, graph, name)
+
+
+GENERATORS = {"fwd": forward_kernel, "select": select_kernel, "bwd": backward_kernel,
               "linear_fwd": lambda spec, *, check=None: linear_kernel(spec, "fwd", check=check),
               "linear_bwd": lambda spec, *, check=None: linear_kernel(spec, "bwd", check=check),
               "decode": decode_kernel, "varlen_fwd": varlen_forward_kernel, "varlen_bwd": varlen_backward_kernel}

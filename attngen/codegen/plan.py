@@ -55,11 +55,17 @@ def random_args(tables: list[RandomTableArgs]) -> tuple[Arg, ...]:
 
 
 def block_list_args(g: Graph, prefix: str = "") -> tuple[Arg, ...]:
-    """The block map's CSR lists (non-interval masks): partial and full key (or query) tiles."""
+    """The block map's CSR lists (non-interval masks): partial and full key (or query) tiles. With
+    `select:` one set of rows per (batch, kv head), `list_rows` rows each (runtime/select.py)."""
     if g.facts["iteration"] != "lists":
         return ()
-    return tensors(*(f"{prefix}{n}" for n in ("partial_ptr", "partial_idx", "full_ptr", "full_idx")),
-                   dtype="i32")
+    lists = tensors(*(f"{prefix}{n}" for n in ("partial_ptr", "partial_idx", "full_ptr", "full_idx")), dtype="i32")
+    return lists + (sizes("list_rows") if has_select(g) else ())
+
+
+def has_select(g: Graph) -> bool:
+    """Content-based selection (`select:`): the lists are chosen per call and per (batch, kv head)."""
+    return bool(g.facts["spec"].get("select"))
 
 
 def sink_args(g: Graph) -> tuple[Arg, ...]:
@@ -132,6 +138,7 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
         tile_configs=sorted(g.facts["tile_configs"].items()), ir_hash=g.content_hash(),
         tile_key_width=max(map(len, g.facts["tile_configs"])) + 2,     # the header's column
         iteration=g.facts["iteration"],
+        has_select=has_select(g), list_row="list_row" if has_select(g) else "query_tile",
         random_args="".join(f", {a}, {b}, {c}" for a, b, c in (t.names for t in tables)),
         signatures=forward_signatures(g, kernel_name),
         **_step_scale_values(g, qk_scale),

@@ -33,12 +33,19 @@ def decode_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]:
               + sink_args(g) + tuple(randoms) + FormulaCode.of_graph(g, "decode").signature_args()
               + tensors("tile_counts", dtype="i32")
               + strides("q") + strides("k") + strides("v") + strides("o") + strides("table_", "b")
-              + sizes("nq", "nk_max", "k_offset", "max_total", "num_kv_heads")
+              + sizes("nq", "nk_max", "k_offset", "max_total", "num_kv_heads") + _select_args(g)
               + constexprs("BLOCK_M", "BLOCK_N", "PAGED", "PAGE_SIZE", "KV_ALIGNED", "SPLIT", "COUNT_TILES",
                            "DOT_PRECISION", "UPCAST_DOT"))
     merge = (tensors("split_out", "split_lse", dtype="fp32") + tensors("out") + tensors("lse", dtype="fp32")
              + sink_args(g) + strides("o") + sizes("nq", "num_query_heads", "num_splits"))
     return {"decode": KernelSignature(names["decode"], decode), "merge": KernelSignature(names["merge"], merge)}
+
+
+def _select_args(g: Graph) -> tuple:
+    """`select:`: the key blocks chosen per (sequence, kv head), int32 (B, Hkv, num_key_blocks)."""
+    if not g.facts["spec"].get("select"):
+        return ()
+    return tensors("selected", dtype="i32") + sizes("num_key_blocks")
 
 
 def _bounds_values(g: Graph) -> dict:
@@ -73,6 +80,7 @@ def decode_values(g: Graph, *, kernel_name: str) -> dict:
         # Each sequence has its own random table (the draw depends on its length): the kernel gets
         # one table of `rows` rows per sequence and computes the first query block itself.
         signatures=decode_signatures(g, kernel_name),
+        select_block=(g.facts["spec"].get("select") or {}).get("block", 0),
         random_call_args="".join(f", {t.names[0]}_seq, {t.names[1]}, {t.names[2]}" for t in tables),
         # The first query block of the draw: the block of token 0's position q_start, which is
         # negative where the sequence is shorter than the tokens.

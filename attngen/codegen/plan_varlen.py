@@ -75,6 +75,8 @@ def varlen_unsupported(spec: Spec) -> list[str]:
     if spec.kind != "softmax":
         return [f"kind: {spec.kind} (varlen is for softmax attention)"]
     reasons = []
+    if spec.select is not None:
+        reasons.append("select: (the selection's query blocks are the batched call's rows)")
     if spec.uses_segments:
         reasons.append("a segments mask (a varlen batch is already split into its documents: pass "
                        "each document as a sequence)")

@@ -85,6 +85,10 @@ class ContextParallel:
         if attn.spec.kind != "softmax":
             raise ValueError(f"spec {attn.spec.name!r} is {attn.spec.kind} attention: context "
                              "parallelism merges softmax partials through lse")
+        if attn.spec.select is not None:          # a chunk alone cannot choose the whole row's blocks
+            raise ValueError(f"spec {attn.spec.name!r} selects key blocks by content (select:): its "
+                             "selection needs every key of the sequence at once; context parallelism "
+                             "does not support it yet")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy={strategy!r}: expected one of {STRATEGIES}")
         self.attn, self.group, self.layout, self.strategy = attn, group, check_layout(layout), strategy

@@ -27,6 +27,7 @@ from ..errors import ShapeError, SpecError
 from ..spec import alibi_slopes, random_draw
 from .inputs import call_inputs, formula_args, sink_arg
 from .launch import meta_inputs, out_shape, stride_args
+from .select import Selector, decode_selection
 from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, dot_precision, meta_tensor, poison
 
 log = logging.getLogger("attngen")
@@ -47,6 +48,11 @@ class DecodeLauncher(KernelLauncher):
         self._sms: dict = {}
         self._device_tensors: dict = {}
         self._interpreter_configs: dict = {}
+        # select: key tiles inside one block of R (BLOCK_N <= R), blocks chosen per call
+        block = self.spec.select.block if self.spec.select is not None else None
+        self.selector = Selector(self.spec) if block else None
+        self._fit = (lambda configs: configs) if block is None else (lambda configs: tuple(dict.fromkeys(
+            TileConfig(c.block_m, min(c.block_n, block), c.num_warps, c.num_stages) for c in configs)))
 
     # -- per-call constants, computed once ---------------------------------------------------
     def span(self, nq: int, capacity: int) -> int:
@@ -80,7 +86,7 @@ class DecodeLauncher(KernelLauncher):
             key = (nq, dtype)
             if key not in self._interpreter_configs:
                 block_m = row_block(self.spec.group, nq, self.spec.head_dim)
-                self._interpreter_configs[key] = candidate_decode_configs(self.spec.head_dim, dtype, None, block_m)[0]
+                self._interpreter_configs[key] = self._fit(candidate_decode_configs(self.spec.head_dim, dtype, None, block_m))[0]
             return self._interpreter_configs[key]
         return self.spill_free_config(arch, dtype, nq=nq)
 
@@ -92,7 +98,7 @@ class DecodeLauncher(KernelLauncher):
         block_m = row_block(self.spec.group, nq, self.spec.head_dim)
         arguments = self.aot_arguments(dtype, nq=nq, **shape)
         return self.choose((target, dtype, block_m, nq, tuple(sorted(shape.items()))),
-                           candidate_decode_configs(self.spec.head_dim, dtype, target, block_m),
+                           self._fit(candidate_decode_configs(self.spec.head_dim, dtype, target, block_m)),
                            lambda cfg: resource_usage(self.compile_launch("decode", target, arguments, cfg)),
                            f"{self.generated.kernel_name} on {target}/{dtype} at {block_m} rows")
 
@@ -298,6 +304,11 @@ class DecodeLauncher(KernelLauncher):
         batch, _, nq, _ = q.shape
         random_tables = self._random(seqlens, nq, q.device)
         k_offset, max_total = keys or (0, capacity)       # (first key's position, longest sequence)
+        selected = {} if self.selector is None else dict(
+            selected=decode_selection(self.selector, q, k_cache, seqlens, block_table if paged else None,
+                                      page_size=page_size, capacity=capacity))
+        if selected:
+            selected["num_key_blocks"] = selected["selected"].shape[-1]
 
         def arguments(cfg: TileConfig):
             row_tiles = -(-spec.group * nq // cfg.block_m)
@@ -329,7 +340,7 @@ class DecodeLauncher(KernelLauncher):
                 stride_vb=vb, stride_vh=vh, stride_vn=vn, stride_vd=vd,
                 stride_table_b=block_table.stride(0) if paged else 0, nq=nq, nk_max=capacity,
                 k_offset=k_offset, max_total=max_total,
-                num_kv_heads=spec.kv_heads,
+                num_kv_heads=spec.kv_heads, **selected,
                 **self.constexprs(cfg, q.dtype, paged=paged, page_size=page_size, split=splits > 1,
                                   interpreted=interpret, count_tiles=count_tiles,
                                   kv_aligned=all(s % 8 == 0 for s in (kb, kh, kn, vb, vh, vn))))
@@ -344,7 +355,7 @@ class DecodeLauncher(KernelLauncher):
             return self.config(nq, dtype, device)
         block_m = row_block(self.spec.group, nq, self.spec.head_dim)
         return self.launch_choice((arch, dtype, block_m), "decode",
-                                  candidate_decode_configs(self.spec.head_dim, dtype, arch, block_m), arguments,
+                                  self._fit(candidate_decode_configs(self.spec.head_dim, dtype, arch, block_m)), arguments,
                                   f"{self.generated.kernel_name} on {arch}/{dtype} at {block_m} rows")
 
 

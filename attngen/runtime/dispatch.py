@@ -20,9 +20,10 @@ from .decode import DecodeLauncher
 from .launch import SoftmaxLauncher
 from .launch_backward import BackwardLauncher, reference_forward, reference_gradients
 from .linear import LinearLauncher
+from .select import SelectLauncher
 from .varlen import VarlenBackwardLauncher, VarlenLauncher
 
-LAUNCHERS = {"fwd": SoftmaxLauncher, "bwd": BackwardLauncher, "decode": DecodeLauncher,
+LAUNCHERS = {"fwd": SoftmaxLauncher, "bwd": BackwardLauncher, "decode": DecodeLauncher, "select": SelectLauncher,
              "linear_fwd": LinearLauncher, "linear_bwd": LinearLauncher,
              "varlen_fwd": VarlenLauncher, "varlen_bwd": VarlenBackwardLauncher}
 

@@ -34,6 +34,7 @@ from ..spec.inputs import DTYPES as DTYPES_OF_INPUTS
 from ..analysis.blockmap import block_map
 from .blockmap_cache import cached_block_map_lists
 from .inputs import call_inputs, formula_args, sink_arg
+from .select import Selector
 from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, cdiv, dot_precision, meta_tensor, poison
 
 log = logging.getLogger("attngen")
@@ -140,6 +141,9 @@ class SoftmaxLauncher(KernelLauncher):
         super().__init__(generated)
         self.tables = random_tables(generated.graph)
         self.iteration = generated.graph.facts["iteration"]
+        # select: {block: R}: tiles of at most R rows and keys (configs.fit_tiles), lists per call
+        self.fit = self.spec.select.block if self.spec.select is not None else None
+        self.selector = Selector(self.spec) if self.fit else None
         self._shape_cache = ShapeTables()
         self._tuned: dict = {}
         self._alibi: dict = {}
@@ -147,7 +151,7 @@ class SoftmaxLauncher(KernelLauncher):
     def config(self, head_dim: int, dtype: torch.dtype, device: torch.device) -> TileConfig:
         arch = architecture(device)
         if arch is None:
-            return candidate_configs(head_dim, dtype, None)[0]
+            return candidate_configs(head_dim, dtype, None, fit=self.fit)[0]
         return self.spill_free_config(arch, dtype)
 
     def spill_free_config(self, target: str, dtype: torch.dtype, *, n: int = AOT_LENGTH,
@@ -157,7 +161,7 @@ class SoftmaxLauncher(KernelLauncher):
         (target, dtype, n, nk). Register allocation depends on the whole kernel and on the launch's
         specialisation, so no fixed table can promise this for every spec."""
         arguments = self.aot_arguments(dtype, n, nk or n)
-        return self.choose((target, dtype, n, nk or n), candidate_configs(self.spec.head_dim, dtype, target),
+        return self.choose((target, dtype, n, nk or n), candidate_configs(self.spec.head_dim, dtype, target, fit=self.fit),
                            lambda cfg: resource_usage(self.compile_launch("fwd", target, arguments, cfg)),
                            f"{self.generated.kernel_name} on {target}/{dtype}")
 
@@ -181,8 +185,8 @@ class SoftmaxLauncher(KernelLauncher):
         for the class. `arguments(cfg)` builds the launch at `cfg` (`forward` passes its own)."""
         head_dim, arch = q.shape[-1], architecture(q.device)
         if arch is None:
-            return candidate_configs(head_dim, q.dtype, None)[0]
-        candidates = candidate_configs(head_dim, q.dtype, arch)
+            return candidate_configs(head_dim, q.dtype, None, fit=self.fit)[0]
+        candidates = candidate_configs(head_dim, q.dtype, arch, fit=self.fit)
         if arguments is None:
             q_offset = resolve_q_offset(q.shape[2], k.shape[2], q_offset)
             arguments = self._arguments_at(q, k, v, q_offset, seg_q, seg_k, interpret=False, count_tiles=False,
@@ -220,6 +224,12 @@ class SoftmaxLauncher(KernelLauncher):
             lists=() if cfg is None else self._lists(nq, nk, q_offset, cfg, device, None, None, keys),
             random=self._random(nq, nk, q_offset, device, keys), alibi=self.alibi(device)))
 
+    def select(self, q, k, q_offset, seg_q, seg_k, keys=(0, None)):
+        """This call's content-based selection (runtime/select.py), or None without `select:`."""
+        if self.selector is None:
+            return None
+        return self.selector.choose(q, k, q_offset, seg_q, seg_k, k_offset=keys[0])
+
     def alibi(self, device) -> torch.Tensor | None:
         """ALiBi's slopes on `device` (float32), made once per device."""
         if not self.spec.alibi:
@@ -229,7 +239,7 @@ class SoftmaxLauncher(KernelLauncher):
         return self._alibi[device]
 
     def _lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k, keys):
-        if self.iteration != "lists":
+        if self.iteration != "lists" or self.selector is not None:     # select: each call's own
             return ()
         return block_map_lists(self.spec, nq, nk, q_offset, cfg, device, seg_q, seg_k, k_offset=keys[0],
                                total_nk=keys[1])
@@ -300,9 +310,11 @@ class SoftmaxLauncher(KernelLauncher):
         spec = self.spec
         batch, _, nq, _ = q.shape
         nk = k.shape[2]
+        selection = self.select(q, k, q_offset, seg_q, seg_k, keys)
 
         def arguments(cfg: TileConfig):
             tables = self.call_tables(nq, nk, q_offset, cfg, q.device, seg_q, seg_k, batch=batch, keys=keys)
+            lists = tables.lists if selection is None else selection.lists(cfg.block_m, cfg.block_n)
             out = torch.empty(out_shape(spec, q), dtype=q.dtype, device=q.device)
             lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
             grid = (batch * spec.query_heads, cdiv(nq, cfg.block_m))     # heads fastest; see the kernel
@@ -311,7 +323,7 @@ class SoftmaxLauncher(KernelLauncher):
                         alibi_slopes=out if tables.alibi is None else tables.alibi, **sink_arg(spec, inputs),
                         tile_counts=counts, nq=nq, nk=nk, q_offset=q_offset, k_offset=keys[0],
                         num_query_heads=spec.query_heads,
-                        **block_list_args(tables.lists), **random_table_args(self.tables, tables.random),
+                        **block_list_args(lists), **random_table_args(self.tables, tables.random),
                         **formula_args(self.signatures["fwd"], inputs), **segment_args(tables.segments, out), **stride_args("q", q), **stride_args("k", k),
                         **stride_args("v", v), **stride_args("o", out),
                         **self.constexprs(cfg, q.dtype, even_k=nk % cfg.block_n == 0, interpreted=interpret,
@@ -338,11 +350,12 @@ def stride_args(prefix: str, t: torch.Tensor) -> dict:
 
 
 def block_list_args(lists: tuple, prefix: str = "") -> dict:
-    """The block map's CSR lists by argument name (none for interval masks)."""
+    """The block map's CSR lists by argument name (none for interval masks); a selection's lists
+    (`select:`) carry a fifth value, the rows of each (batch, kv head)'s set, `list_rows`."""
     if not lists:
         return {}
-    return dict(zip((f"{prefix}partial_ptr", f"{prefix}partial_idx", f"{prefix}full_ptr", f"{prefix}full_idx"),
-                    lists))
+    return dict(zip((f"{prefix}partial_ptr", f"{prefix}partial_idx", f"{prefix}full_ptr", f"{prefix}full_idx",
+                     "list_rows"), lists))
 
 
 def random_table_args(tables, values: tuple) -> dict:

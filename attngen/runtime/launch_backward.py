@@ -63,7 +63,7 @@ class BackwardLauncher(SoftmaxLauncher):
     def config(self, head_dim: int, dtype: torch.dtype, device: torch.device) -> BackwardConfig:
         arch = architecture(device)
         if arch is None:
-            return default_backward_config(head_dim, dtype, None)
+            return default_backward_config(head_dim, dtype, None, fit=self.fit)
         return self.spill_free_config(arch, dtype)
 
     def spill_free_config(self, target: str, dtype: torch.dtype, *, n: int = AOT_LENGTH,
@@ -74,7 +74,7 @@ class BackwardLauncher(SoftmaxLauncher):
         dtype, n, nk), as the forward's (`SoftmaxLauncher.spill_free_config`)."""
         arguments, _ = self.aot_arguments(dtype, n, nk or n)
         return BackwardConfig(*(self.choose(
-            (role, target, dtype, n, nk or n), candidate_backward_configs(self.spec.head_dim, dtype, target, role),
+            (role, target, dtype, n, nk or n), candidate_backward_configs(self.spec.head_dim, dtype, target, role, fit=self.fit),
             lambda cfg, role=role: resource_usage(self.compile_launch(role, target, arguments(role), cfg)),
             f"{self.signatures[role].name} on {target}/{dtype}") for role in ROLES))
 
@@ -141,7 +141,8 @@ class BackwardLauncher(SoftmaxLauncher):
         if arch is None:
             return self.config(head_dim, dtype, device)
         chosen = {role: self.launch_choice(
-            (role, arch, dtype), role, candidate_backward_configs(head_dim, dtype, arch, role), arguments(role),
+            (role, arch, dtype), role, candidate_backward_configs(head_dim, dtype, arch, role, fit=self.fit),
+            arguments(role),
             f"{self.signatures[role].name} on {arch}/{dtype}") for role in ROLES}
         return BackwardConfig(chosen["dkdv"], chosen["dq"])
 
@@ -199,6 +200,7 @@ class BackwardLauncher(SoftmaxLauncher):
         batch, _, nq, _ = q.shape
         nk = k.shape[2]
         dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))         # each in its input's layout
+        selection = self.select(q, k, q_offset, seg_q, seg_k, keys)   # the forward's (same q, k)
         delta = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
         # The dQ kernel's per-program gradient buffers of the grad inputs its score reads.
         buffers = {name[len("d_in_"):]: None for name in self.signatures["dq"].names if name.startswith("d_in_")}
@@ -228,7 +230,8 @@ class BackwardLauncher(SoftmaxLauncher):
                               **stride_args("q", q), **stride_args("k", k), **stride_args("v", v),
                               **stride_args("do", dout), **constexprs)
                 if role == "dkdv":
-                    by_key = self.by_key_lists(nq, nk, q_offset, tiles, q.device, seg_q, seg_k, keys)
+                    by_key = (self.by_key_lists(nq, nk, q_offset, tiles, q.device, seg_q, seg_k, keys) if selection is None
+                              else selection.lists(tiles.block_m, tiles.block_n, by_key=True))
                     return ((cdiv(nk, tiles.block_n), batch * spec.kv_heads), dict(
                         common, dk=dk, dv=dv, num_kv_heads=spec.kv_heads, **block_list_args(by_key, "by_key_"),
                         **stride_args("dk", dk), **stride_args("dv", dv)), tiles.num_warps, tiles.num_stages)
@@ -236,8 +239,9 @@ class BackwardLauncher(SoftmaxLauncher):
                 for name in buffers:     # zeroed: each dQ program adds its share to its own row
                     buffers[name] = torch.zeros((grid[0] * grid[1], inputs[name].numel()), dtype=torch.float32,
                                                 device=q.device)
+                lists = tables.lists if selection is None else selection.lists(tiles.block_m, tiles.block_n)
                 return (grid, dict(
-                    common, dq=dq, num_query_heads=spec.query_heads, **block_list_args(tables.lists),
+                    common, dq=dq, num_query_heads=spec.query_heads, **block_list_args(lists),
                     **stride_args("dq", dq), **{f"d_in_{name}": t for name, t in buffers.items()}),
                     tiles.num_warps, tiles.num_stages)
             return at

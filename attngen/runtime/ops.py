@@ -73,10 +73,12 @@ _TAKEN: set[str] = set()                                 # operator names used i
 def kernel_kinds(spec: Spec) -> tuple[str, ...]:
     """The kernel kinds `prepare` generates ahead of the first call: every kind codegen has for the
     spec, so that a module calling `attngen.load` finds all of them in the cache. Segment ids do
-    not exist in a KV cache, so segments specs have no decode kernel (codegen refuses it)."""
+    not exist in a KV cache, so segments specs have no decode kernel (codegen refuses it); `select:`
+    specs also have their selection kernels."""
     if spec.kind == "linear":
         return ("linear_fwd", "linear_bwd")
-    return ("fwd", "bwd") if spec.uses_segments else ("fwd", "bwd", "decode")
+    kinds = ("fwd", "bwd") if spec.uses_segments else ("fwd", "bwd", "decode")
+    return kinds + (("select",) if spec.select is not None else ())   # the selection kernels
 
 
 class _ReferencePrecision(torch.autograd.Function):

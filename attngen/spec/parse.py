@@ -15,7 +15,7 @@ from .formula import Formula, ScoreFormula
 from .spec import FeatureMap, Spec
 
 TOP_KEYS = ("name", "heads", "head_dim", "kind", "causal", "mask", "scale", "softcap", "alibi",
-            "feature_map", "eps", "inputs", "score", "sink")
+            "feature_map", "eps", "inputs", "score", "sink", "select")
 MASK_KEYS = ("causal", "band", "stride", "columns", "global", "blocks", "random", "segments",
              "any", "all", "not")
 
@@ -164,7 +164,8 @@ def spec_from_dict(data: dict) -> Spec:
                 causal=data.get("causal", False), mask=mask, scale=data.get("scale"),
                 softcap=data.get("softcap"), alibi=data.get("alibi", False),
                 feature_map=_feature_map(data.get("feature_map")), eps=data.get("eps"),
-                inputs=data.get("inputs") or (), score=score, sink=data.get("sink", False))
+                inputs=data.get("inputs") or (), score=score, sink=data.get("sink", False),
+                select=data.get("select"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -79,6 +79,42 @@ class FeatureMap:
             raise SpecError("feature_map.seed", self.seed, "must be an integer >= 0")
 
 
+@dataclass(frozen=True)
+class Select:
+    """`select: {top: k, block: R}` (SPEC.md, "Content-based sparsity"): per query block of R rows
+    and kv head, the k key blocks of R keys with the largest gate score, plus the query block's own
+    key blocks. R is a power of two >= 16 so that every kernel tile (16..R rows or keys, powers of
+    two) lies inside one block and the selection is exact at tile level."""
+
+    top: int
+    block: int
+
+    def __post_init__(self):
+        _positive_int("select.top", self.top, high=1 << 20)
+        _positive_int("select.block", self.block, low=16, high=1 << 16)
+        if self.block & (self.block - 1):
+            raise SpecError("select.block", self.block, "must be a power of two (16, 32, 64, ...): "
+                            "kernel tiles must divide it")
+
+    @classmethod
+    def of(cls, value) -> "Select":
+        """From a mapping {top, block} (YAML, or `Spec(select={...})`)."""
+        if isinstance(value, Select):
+            return value
+        if not isinstance(value, dict):
+            raise SpecError("select", value, "must be a mapping with top: k, block: R")
+        for key in value:
+            if key not in ("top", "block"):
+                raise SpecError(f"select.{key}", value[key], f"unknown key {key!r} (allowed: top, block)")
+        for key in ("top", "block"):
+            if key not in value:
+                raise SpecError(f"select.{key}", None, "is required")
+        return cls(value["top"], value["block"])
+
+    def to_dict(self) -> dict:
+        return {"top": self.top, "block": self.block}
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Spec:
     """An attention variant. See SPEC.md for every field's meaning."""
@@ -99,6 +135,7 @@ class Spec:
     score: ScoreFormula | None = None
     sink: bool = False
     value_head_dim: int | None = None
+    select: "Select | None" = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name or not set(self.name) <= NAME_CHARS \
@@ -165,6 +202,8 @@ class Spec:
 
     def _check_softmax(self):
         self._bind_formulas()
+        if self.select is not None and not isinstance(self.select, Select):
+            object.__setattr__(self, "select", Select.of(self.select))
         if self.feature_map is not None:
             raise SpecError("feature_map", self.feature_map.name, "applies to kind: linear only")
         if self.eps is not None:
@@ -184,7 +223,8 @@ class Spec:
             raise SpecError("feature_map", None, f"is required for kind: linear ({', '.join(FEATURE_MAPS)})")
         if self.eps is None:
             object.__setattr__(self, "eps", 1e-6)
-        for name, default in (("inputs", ()), ("score", None), ("sink", False), ("value_head_dim", None)):
+        for name, default in (("inputs", ()), ("score", None), ("sink", False), ("value_head_dim", None),
+                              ("select", None)):
             if getattr(self, name) not in (default, None, {}):
                 raise SpecError("head_dim.v" if name == "value_head_dim" else name, getattr(self, name),
                                 "applies to kind: softmax only")
@@ -281,6 +321,8 @@ class Spec:
             out["sink"] = True
         if self.value_head_dim is not None:
             out["value_head_dim"] = self.value_head_dim
+        if self.select is not None:
+            out["select"] = self.select.to_dict()
         return out
 
     def content_hash(self) -> str:

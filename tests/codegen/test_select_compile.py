@@ -1,0 +1,41 @@
+"""Content-based selection (`select:`) kernels compile for sm_80 and sm_90 without spills, as
+launched: the selection kernels (pool, gate) and the attention kernels that walk per-(batch, kv
+head) lists (forward, backward, decode), for the shipped specs/select files."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import attngen as A
+from attngen.codegen.aot import resource_usage
+
+SPECS = A.load_specs(Path(__file__).resolve().parents[2] / "specs" / "select")
+
+
+def _no_spills(compiled, what):
+    for role, kernel in (getattr(compiled, "kernels", None) or {"": compiled}).items():
+        usage = resource_usage(kernel)
+        assert usage.local == 0 and usage.stack == 0 and usage.registers <= 255, f"{what} {role}: {usage}"
+
+
+# bfloat16 of the first spec in the default run; the other specs and float32 with ATTNGEN_SLOW=1
+CASES = [pytest.param(spec, dtype, id=f"{spec.name}-{str(dtype)[6:]}",
+                      marks=() if (n, dtype) == (0, torch.bfloat16) else pytest.mark.slow)
+         for n, spec in enumerate(SPECS) for dtype in (torch.bfloat16, torch.float32)]
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("target", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("kernel", ["select", "fwd", "bwd"])
+@pytest.mark.parametrize("spec, dtype", CASES)
+def test_select_kernels_compile_without_spills(spec, dtype, kernel, target):
+    _no_spills(A.compile(spec).compile_for(target, dtype, kernel=kernel), f"{spec.name} {kernel} {target} {dtype}")
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("target", ["sm_80", "sm_90"])
+def test_select_decode_compiles_without_spills(target):
+    launcher = A.compile(SPECS[0]).kernels.launcher("decode")
+    for paged in (False, True):
+        _no_spills(launcher.compile_launches(target, torch.bfloat16, nq=4, paged=paged),
+                   f"{SPECS[0].name} decode paged={paged} {target}")
