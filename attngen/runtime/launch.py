@@ -35,20 +35,15 @@ from ..analysis.blockmap import block_map
 from .blockmap_cache import cached_block_map_lists
 from .inputs import call_inputs, formula_args, sink_arg
 from .select import Selector
-from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, cdiv, dot_precision, meta_tensor, poison
+from .launcher import (AOT_LENGTH, KernelLauncher, architecture, cdiv, check_kernel_dtypes, dot_precision, meta_tensor,
+                       poison)
 
 log = logging.getLogger("attngen")
 
 
 def check_inputs(spec: Spec, q, k, v) -> None:
     check_qkv(spec, q, k, v)
-    if q.dtype not in DTYPES:
-        raise ShapeError(f"q has dtype {q.dtype}; attngen kernels take float16, bfloat16 or float32")
-    for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise ShapeError(f"{name} has dtype {t.dtype}, expected q's dtype {q.dtype}")
-        if t.device != q.device:
-            raise ShapeError(f"{name} is on {t.device}, expected q's device {q.device}")
+    check_kernel_dtypes(q, k, v)
 
 
 def length_bucket(n: int) -> int:

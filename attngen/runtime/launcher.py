@@ -21,12 +21,24 @@ import logging
 import torch
 
 from .. import env, progress
+from ..errors import ShapeError
 from ..codegen.aot import compile_as_launched, first_without_spills, resource_usage
 from ..codegen.emit import GeneratedKernel
 from .loader import interpreted, load_source
 
 log = logging.getLogger("attngen")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_kernel_dtypes(q, k, v) -> None:
+    """q in a dtype the kernels take; k and v in q's dtype, on q's device (ShapeError naming them)."""
+    if q.dtype not in DTYPES:
+        raise ShapeError(f"q has dtype {q.dtype}; attngen kernels take float16, bfloat16 or float32")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise ShapeError(f"{name} has dtype {t.dtype}, expected q's dtype {q.dtype}")
+        if t.device != q.device:
+            raise ShapeError(f"{name} is on {t.device}, expected q's device {q.device}")
 # The sequence length kernels are judged at ahead of time unless told (`attngen emit --n`): long
 # enough for every tile size, divisible by 16 as most real lengths are.
 AOT_LENGTH = 4096

@@ -16,7 +16,7 @@ import torch
 from ..errors import ShapeError
 from ..spec import Random, Spec
 from .blockmap_cache import cached_block_map_lists
-from .launcher import DTYPES, cdiv
+from .launcher import cdiv, check_kernel_dtypes
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,7 @@ def check_varlen(spec: Spec, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=N
                  max_seqlen_k=None) -> VarlenLayout:
     """Refuse a varlen call that does not fit the spec, naming the tensor; the layout otherwise."""
     check_varlen_shapes(spec, q, k, v)
-    if q.dtype not in DTYPES:
-        raise ShapeError(f"q has dtype {q.dtype}; attngen kernels take float16, bfloat16 or float32")
-    for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise ShapeError(f"{name} has dtype {t.dtype}, expected q's dtype {q.dtype}")
-        if t.device != q.device:
-            raise ShapeError(f"{name} is on {t.device}, expected q's device {q.device}")
+    check_kernel_dtypes(q, k, v)
     cu_q = check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
     cu_k = check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
     if len(cu_q) != len(cu_k):
