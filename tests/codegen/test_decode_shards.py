@@ -40,7 +40,7 @@ def inputs_for(spec, batch, gen):
     return given
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "paged"])
+@pytest.mark.parametrize("layout", ["contiguous", pytest.param("paged", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_shards_merge_to_the_whole_cache(spec, layout):
     cuts = CUTS[layout]

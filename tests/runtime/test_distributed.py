@@ -99,13 +99,7 @@ def test_two_ranks_every_mask_both_layouts():
              _case("bigbird-zigzag", BIGBIRD, "zigzag", 64, strategy="ring"),
              _case("documents-contiguous", DOCUMENTS, "contiguous", 45, strategy="ring"),
              _case("documents-zigzag", DOCUMENTS, "zigzag", 45),
-             _case("mqa-allgather-zigzag", MQA, "zigzag", 45, strategy="allgather"),
-             _case("sinks-ring-zigzag", SINKS, "zigzag", 45, strategy="ring", repeat=True),
-             _case("sinks-allgather-contiguous", SINKS, "contiguous", 45, strategy="allgather"),
-             _case("inputs-ring-zigzag", PREFIX_T5, "zigzag", 45, strategy="ring", repeat=True),
-             _case("sequence-inputs-ring-contiguous", DOC_IDS, "contiguous", 45, strategy="ring", repeat=True),
-             _case("sequence-inputs-allgather-zigzag", DOC_IDS, "zigzag", 45, strategy="allgather"),
-             _case("decode-inputs", PREFIX_T5, "contiguous", 50, decode=True)]
+             _case("mqa-allgather-zigzag", MQA, "zigzag", 45, strategy="allgather")]
     reports = by_case(spawn(2, cases))
     assert {r["strategy"] for r in reports["mqa-allgather-zigzag"]} == {"allgather"}
     assert {r["strategy"] for r in reports["causal-gqa-zigzag"]} == {"allgather"}   # auto: Hkv·W <= Hq
@@ -113,14 +107,36 @@ def test_two_ranks_every_mask_both_layouts():
     assert {r["strategy"] for r in reports["documents-zigzag"]} == {"allgather"}
 
 
+def test_two_ranks_sinks_and_formula_inputs():
+    """Sinks counted once; replicated inputs (with a learned table) through the ring; a sharded
+    decode reading inputs."""
+    spawn(2, [_case("sinks-ring-zigzag", SINKS, "zigzag", 45, strategy="ring", repeat=True),
+              _case("inputs-ring-zigzag", PREFIX_T5, "zigzag", 45, strategy="ring", repeat=True),
+              _case("decode-inputs", PREFIX_T5, "contiguous", 50, decode=True)])
+
+
+@pytest.mark.slow
+def test_two_ranks_sequence_inputs_and_allgather_sinks():
+    """Inputs along the sequence (sharded, gathered whole) with a learned per-key bias, ring and
+    all-gather; sinks through the all-gather variant."""
+    spawn(2, [_case("sinks-allgather-contiguous", SINKS, "contiguous", 45, strategy="allgather"),
+              _case("sequence-inputs-ring-contiguous", DOC_IDS, "contiguous", 45, strategy="ring", repeat=True),
+              _case("sequence-inputs-allgather-zigzag", DOC_IDS, "zigzag", 45, strategy="allgather")])
+
+
+def test_four_ranks_sharded_decode():
+    """Decoding against a cache cut into 4 shards: sinks on a contiguous cache, BigBird (random
+    blocks drawn for the whole length) on a paged one."""
+    spawn(4, [_case("decode-sinks", SINKS, "contiguous", 96, decode=True),
+              _case("decode-bigbird-paged", BIGBIRD, "contiguous", 128, decode=True, paged=True)])
+
+
 def test_four_ranks_skip_empty_steps():
     cases = [_case("causal-zigzag", CAUSAL, "zigzag", 77, strategy="ring", repeat=True),
              _case("window-contiguous", WINDOW, "contiguous", 128, strategy="ring"),
              _case("bigbird-contiguous", BIGBIRD, "contiguous", 77, strategy="ring"),
              _case("documents-zigzag", DOCUMENTS, "zigzag", 77, strategy="ring"),
-             _case("mqa-auto-zigzag", MQA, "zigzag", 77),
-             _case("decode-sinks", SINKS, "contiguous", 96, decode=True),
-             _case("decode-bigbird-paged", BIGBIRD, "contiguous", 128, decode=True, paged=True)]
+             _case("mqa-auto-zigzag", MQA, "zigzag", 77)]
     reports = by_case(spawn(4, cases))
     window = reports["window-contiguous"][0]
     # 16 positions a rank, a window of 7: only the previous rank's keys are ever needed.
