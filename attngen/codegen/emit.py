@@ -78,23 +78,15 @@ def decode_kernel(spec: Spec, *, check: bool | None = None) -> GeneratedKernel:
     return GeneratedKernel(spec, "decode", source, graph, name)
 
 
-def varlen_forward_kernel(spec: Spec, *, check: bool | None = None) -> GeneratedKernel:
-    """The forward for a packed batch of sequences (`attn.varlen`): one launch, fwd.py.jinja with
-    `varlen` (plan_varlen.py)."""
+def varlen_kernel(spec: Spec, kind: str, *, check: bool | None = None) -> GeneratedKernel:
+    """`varlen_fwd` / `varlen_bwd`: the forward or the three backward kernels for a packed batch
+    of sequences (`attn.varlen`), one launch each: fwd/bwd.py.jinja with `varlen` (plan_varlen.py)."""
     refuse_varlen(spec)
-    graph = lower_forward(spec, check=check)
-    name = f"attngen_varlen_fwd_{spec.name}"
-    source = render("fwd.py.jinja", **varlen_forward_values(graph, kernel_name=name))
-    return GeneratedKernel(spec, "varlen_fwd", source, graph, name)
-
-
-def varlen_backward_kernel(spec: Spec, *, check: bool | None = None) -> GeneratedKernel:
-    """The three backward kernels of `varlen_forward_kernel`, from bwd.py.jinja with `varlen`."""
-    refuse_varlen(spec)
-    graph = lower_backward(spec, check=check)
-    name = f"attngen_varlen_bwd_{spec.name}"
-    source = render("bwd.py.jinja", **varlen_backward_values(graph, kernel_name=name))
-    return GeneratedKernel(spec, "varlen_bwd", source, graph, name)
+    lower, template, values = {"varlen_fwd": (lower_forward, "fwd.py.jinja", varlen_forward_values),
+                               "varlen_bwd": (lower_backward, "bwd.py.jinja", varlen_backward_values)}[kind]
+    graph = lower(spec, check=check)
+    name = f"attngen_{kind}_{spec.name}"
+    return GeneratedKernel(spec, kind, render(template, **values(graph, kernel_name=name)), graph, name)
 
 
 def select_kernel(spec: Spec, *, check: bool | None = None) -> GeneratedKernel:
@@ -111,7 +103,9 @@ def select_kernel(spec: Spec, *, check: bool | None = None) -> GeneratedKernel:
 GENERATORS = {"fwd": forward_kernel, "select": select_kernel, "bwd": backward_kernel,
               "linear_fwd": lambda spec, *, check=None: linear_kernel(spec, "fwd", check=check),
               "linear_bwd": lambda spec, *, check=None: linear_kernel(spec, "bwd", check=check),
-              "decode": decode_kernel, "varlen_fwd": varlen_forward_kernel, "varlen_bwd": varlen_backward_kernel}
+              "decode": decode_kernel,
+              "varlen_fwd": lambda spec, *, check=None: varlen_kernel(spec, "varlen_fwd", check=check),
+              "varlen_bwd": lambda spec, *, check=None: varlen_kernel(spec, "varlen_bwd", check=check)}
 
 
 def generate(spec, kind: str = "fwd", *, check: bool | None = None) -> GeneratedKernel:

@@ -55,17 +55,19 @@ def varlen_backward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSi
 
 
 def varlen_forward_values(g: Graph, *, kernel_name: str) -> dict:
-    values = forward_values(g, kernel_name=kernel_name)
-    values.update(varlen=True, kernel_title="varlen forward kernel", kernel_kind="varlen_fwd", varlen_random=varlen_random_names(g),
-                  signatures=varlen_forward_signatures(g, kernel_name))
-    values.update(helper_flags(values))
-    return values
+    return _as_varlen(forward_values(g, kernel_name=kernel_name), g, "varlen forward kernel", "varlen_fwd",
+                      varlen_forward_signatures(g, kernel_name))
 
 
 def varlen_backward_values(g: Graph, *, kernel_name: str) -> dict:
-    values = backward_values(g, kernel_name=kernel_name)
-    values.update(varlen=True, kernel_title="varlen backward kernels", kernel_kind="varlen_bwd", varlen_random=varlen_random_names(g),
-                  signatures=varlen_backward_signatures(g, kernel_name))
+    return _as_varlen(backward_values(g, kernel_name=kernel_name), g, "varlen backward kernels", "varlen_bwd",
+                      varlen_backward_signatures(g, kernel_name))
+
+
+def _as_varlen(values: dict, g: Graph, title: str, kind: str, signatures: dict) -> dict:
+    """A batched kind's template values, rendered as its varlen flavour."""
+    values.update(varlen=True, kernel_title=title, kernel_kind=kind, varlen_random=varlen_random_names(g),
+                  signatures=signatures)
     values.update(helper_flags(values))
     return values
 

@@ -21,15 +21,6 @@ causal: true
 """
 
 
-@pytest.fixture
-def spec_file(tmp_path):
-    def write(text: str, name: str = "spec.yaml"):
-        path = tmp_path / name
-        path.write_text(text)
-        return str(path)
-    return write
-
-
 def test_help_as_a_program_lists_every_command_with_examples():
     done = subprocess.run([sys.executable, "-m", "attngen.cli.main", "--help"], capture_output=True,
                           text=True, timeout=60)

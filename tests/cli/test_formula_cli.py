@@ -71,12 +71,3 @@ def test_cost_table_says_how_a_formula_was_counted(spec_file, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["allowed_pairs"] == int(load(path).dense_mask(300, 300).sum())
     assert any("every pair was evaluated" in note for note in data["notes"])
-
-
-@pytest.fixture
-def spec_file(tmp_path):
-    def write(text: str, name: str = "spec.yaml"):
-        path = tmp_path / name
-        path.write_text(text)
-        return str(path)
-    return write

@@ -16,17 +16,23 @@ DECODABLE = [s for s in A.load_specs("specs") if s.kind == "softmax" and not s.u
 TARGETS = ["sm_80", "sm_90"]
 
 
-@pytest.mark.compile
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("spec", DECODABLE, ids=lambda s: s.name)
-def test_decode_compiles_without_spills_fp16(spec, target):
+def assert_decode_compiles_clean(spec, target) -> DecodeLauncher:
+    """The decode kernel of `spec` compiled for `target` in fp16 as launched, with no spills, at one
+    token and five speculative ones where that packs more rows (GQA/MQA); its launcher."""
     launcher = DecodeLauncher(generate(spec, "decode"))
-    # One token, and five speculative ones where that packs more rows (GQA/MQA).
     for nq in sorted({1, 5 if spec.group > 1 else 1}):
         cfg = launcher.spill_free_config(target, torch.float16, nq=nq)
         usage = resource_usage(launcher.compile_for(target, torch.float16, cfg, nq=nq))
         assert usage.local == 0 and usage.stack == 0, f"{spec.name} {target} nq={nq} {cfg}: {usage}"
         assert usage.registers <= 255
+    return launcher
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("spec", DECODABLE, ids=lambda s: s.name)
+def test_decode_compiles_without_spills_fp16(spec, target):
+    launcher = assert_decode_compiles_clean(spec, target)
     merge = resource_usage(launcher.compile_for(target, torch.float16, kernel="merge"))
     assert merge.local == 0 and merge.stack == 0, merge
 

@@ -7,12 +7,10 @@ import pytest
 import torch
 
 import attngen as A
-from attngen.codegen.aot import resource_usage
-from attngen.codegen.emit import generate
-from attngen.runtime.decode import DecodeLauncher
 
 from test_backward_compile import compile_backward
 from test_compile import assert_no_spills
+from test_decode_compile import assert_decode_compiles_clean
 
 # Specs with inputs or a score formula always; the input-free ones (a head-free mask formula, sinks,
 # Dv != Dqk: kernels the shipped specs' compile tests already cover) with ATTNGEN_SLOW=1.
@@ -39,9 +37,4 @@ def test_forward_and_backward(spec, target, dtype):
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("spec", FORMULAS)
 def test_decode_fp16(spec, target):
-    launcher = DecodeLauncher(generate(spec, "decode"))
-    for nq in sorted({1, 5 if spec.group > 1 else 1}):
-        cfg = launcher.spill_free_config(target, torch.float16, nq=nq)
-        usage = resource_usage(launcher.compile_for(target, torch.float16, cfg, nq=nq))
-        assert usage.local == 0 and usage.stack == 0, f"{spec.name} {target} nq={nq} {cfg}: {usage}"
-        assert usage.registers <= 255
+    assert_decode_compiles_clean(spec, target)

@@ -16,7 +16,6 @@ import attngen as A
 from attngen.analysis.configs import TileConfig
 from attngen.analysis.lowering_backward import BackwardConfig
 from attngen.checking import GRAD_TOLERANCE, TOLERANCE, check_close
-from attngen.codegen.support import unsupported
 from attngen.errors import CompileError, ShapeError
 from attngen.reference import _softmax_reference
 from attngen.runtime import varlen_tables
@@ -177,15 +176,9 @@ def test_rows_without_keys_give_zero_and_minus_inf():
 
 
 def test_formula_reading_the_batch():
-    """`b` is the sequence's index; where the kernels cannot yet run such a formula, varlen refuses
-    it clearly (the batched call does too)."""
+    """`b` is the sequence's index."""
     spec = spec_of("formula_b", causal=True, mask=A.expr("i - j <= 3 * b + 2"))
-    if unsupported(spec):
-        q, k, v, _, _ = make(spec, [3, 4], [3, 4], torch.float32)
-        with pytest.raises(CompileError, match="formula"):
-            A.compile(spec).varlen(q, k, v, packed([3, 4]), packed([3, 4]))
-    else:
-        check_against_reference(spec, torch.float32, [9, 20, 1], [9, 25, 4])
+    check_against_reference(spec, torch.float32, [9, 20, 1], [9, 25, 4])
 
 
 def test_formula_inputs_per_sequence():
