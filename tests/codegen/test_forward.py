@@ -358,3 +358,41 @@ def test_gpu_backward_and_decode_launch_what_their_search_compiled(kind, monkeyp
         plain = [n for n in names[role].names if not isinstance(args[n], torch.Tensor)]
         assert {n: args[n] for n in plain} == {n: chosen[2][n] for n in plain}
         assert set(args) == set(names[role].names)
+
+
+@pytest.mark.parametrize("spec, shape", [(SPECS[0], (50, 33, None)), (SPECS[2], (77, 190, None)),
+                                         (SPECS[6], (64, 96, 5))], ids=lambda x: getattr(x, "name", str(x)))
+def test_tma_path_matches_the_reference(spec, shape):
+    """The opt-in TMA path (tensor descriptors; rows past nk and padded head-dim columns read 0)
+    at odd sizes, interval and block-map iteration, under the interpreter."""
+    nq, nk, q_offset = shape
+    check_forward(spec, nq, nk, torch.float16, q_offset, config=TileConfig(32, 32, 4, 1, tma=True))
+
+
+def test_tma_refusal_names_the_reason(caplog):
+    from attngen.runtime.tma import tma_refusal
+
+    k = torch.zeros(2, 2, 40, 32, dtype=torch.float16)
+    assert tma_refusal("sm_90", ("k", k)) is None and tma_refusal(None, ("k", k)) is None
+    assert "sm_90 and later" in tma_refusal("sm_80", ("k", k))
+    assert "head-dim stride 2" in tma_refusal("sm_90", ("k", k[..., ::2]))
+    odd = torch.zeros(2, 2, 40, 20, dtype=torch.float16)                  # rows of 40 bytes
+    assert "v's sequence stride is 40 bytes" in tma_refusal("sm_90", ("k", k), ("v", odd))
+    # Asked for anyway, the forward takes the pointer path, says why, and is right.
+    spec = small("dense_d20", d=20)
+    with caplog.at_level("WARNING", logger="attngen"):
+        check_forward(spec, 50, 33, torch.float16, config=TileConfig(32, 32, 4, 1, tma=True))
+    assert "on the pointer path: k's head stride is 1320 bytes" in caplog.text
+
+
+def test_tma_configurations_are_opt_in_and_timed_when_autotuning(monkeypatch):
+    from attngen.runtime.tma import with_tma
+
+    pointer = [TileConfig(128, 64, 8, 3), TileConfig(64, 64, 4, 2)]
+    monkeypatch.delenv("ATTNGEN_TMA", raising=False)
+    assert with_tma(pointer, None, autotune=False) == pointer                # default: pointers
+    timed = with_tma(pointer, None, autotune=True)                            # timing decides
+    assert timed[:2] == pointer and [c.tma for c in timed[2:]] == [True, True]
+    monkeypatch.setenv("ATTNGEN_TMA", "1")
+    assert [c.tma for c in with_tma(pointer, None, autotune=False)] == [True, True, False, False]
+    assert with_tma(pointer, "k has head-dim stride 2", autotune=True) == pointer
