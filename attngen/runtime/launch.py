@@ -206,9 +206,11 @@ class SoftmaxLauncher(KernelLauncher):
 
     def candidates(self, head_dim: int, dtype: torch.dtype, arch: str, arguments, *, autotune: bool) -> list:
         """The forward's tile configurations on `arch`, with the TMA variants where the launch
-        `arguments` builds may take them (runtime/tma.py). (The varlen launcher chooses its own,
-        pointers only.)"""
+        `arguments` builds may take them (runtime/tma.py). Varlen kernels (packed (N, H, D)
+        tensors) take pointers only."""
         candidates = candidate_configs(head_dim, dtype, arch, fit=self.fit)
+        if self.generated.kind.startswith("varlen"):
+            return candidates
         args = arguments(candidates[0])[1]
         return with_tma(candidates, tma_refusal(arch, ("k", args["k"]), ("v", args["v"])), autotune=autotune)
 
