@@ -42,7 +42,8 @@ def rows(target: str, n: int, backward: bool):
             for role, body in bodies.items():
                 if role == "preprocess":
                     continue
-                loops = [n for n in sass_loops(body) if n > 1]       # the exit trap spins on itself
+                # the exit trap spins on itself; a TMA wait retries in two instructions (try-wait, branch)
+                loops = [n for n in sass_loops(body) if n > 2]
                 yield name, role, config_of[role], registers_of[role], loops
 
 
