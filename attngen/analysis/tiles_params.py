@@ -37,7 +37,8 @@ import sympy
 import torch
 
 from ..spec.formula_types import SYMBOLS
-from ..spec.predicates import EvalContext
+from ..spec.formula import Formula
+from ..spec.predicates import EvalContext, Predicate
 from .formula_program import Program, compile_expr
 from .tiles_base import Geometry
 from .tiles_data import reads_data
@@ -83,18 +84,23 @@ class ScalarReads:
                             for f in self.evaluators], 1)
 
 
-@lru_cache(maxsize=256)
-def scalar_reads(spec) -> ScalarReads | None:
-    """The scalar reads of `spec`'s mask, or None where its map stays the static bound
-    (`tiles_data`): no data read, or a read outside this module's family. Symbolic; once per spec."""
-    pred = spec.effective_mask
+def scalar_reads(pred: Predicate) -> ScalarReads | None:
+    """The scalar reads of a mask (its formulas bound to their declarations), or None where its
+    map stays the static bound (`tiles_data`): no data read, or a read outside this module's
+    family. Symbolic: once per spec (lowering, a launcher's construction), never per call."""
     if not reads_data(pred):
         return None
+    dtypes = {d.name: d.dtype for p in pred.walk() if isinstance(p, Formula) for d in p.decls}
+    return _scalar_reads(pred, tuple(sorted(dtypes.items())))
+
+
+@lru_cache(maxsize=256)
+def _scalar_reads(pred: Predicate, dtypes: tuple) -> ScalarReads | None:
     try:
         expr = pred.expr()
     except NotImplementedError:                  # random or segments leaves
         return None
-    dtypes = {d.name: d.dtype for d in spec.all_inputs}
+    dtypes = dict(dtypes)
     reads: list = []
     if not _collect(expr, dtypes, reads):
         return None
