@@ -11,6 +11,8 @@ import torch
 
 import attngen as A
 
+from test_backward_compile import compile_backward
+from test_compile import assert_no_spills
 from test_formula_inputs import check_case, qkv
 
 SPECS = Path(__file__).resolve().parents[2] / "specs" / "formulas"
@@ -59,3 +61,15 @@ def test_head_window_against_the_reference(dtype, shape):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_prefix_lm_with_explicit_offset(dtype):
     check_case(PREFIX_LM, 33, 20, 6, dtype, seed=2, batch=3)
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float16, id="float16"),
+                                   pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.slow),
+                                   pytest.param(torch.float32, id="float32", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("target", ["sm_80", "sm_90"])
+def test_head_window_kernels_compile_without_spills(target, dtype):
+    """The per-(b, h) list rows (shipped prefix-LM: tests/codegen/test_formula_compile.py)."""
+    assert_no_spills(HEAD_WINDOW, target, dtype)
+    for role, (usage, _) in compile_backward(HEAD_WINDOW, target, dtype).items():
+        assert usage.stack == 0, f"{HEAD_WINDOW.name} bwd {role} {target}: {usage}"
