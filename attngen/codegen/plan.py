@@ -61,7 +61,7 @@ def block_list_args(g: Graph, prefix: str = "") -> tuple[Arg, ...]:
     if g.facts["iteration"] != "lists":
         return ()
     lists = tensors(*(f"{prefix}{n}" for n in ("partial_ptr", "partial_idx", "full_ptr", "full_idx")), dtype="i32")
-    return lists + (sizes("list_rows") if g.facts["list_sets"] else ())
+    return lists + (sizes("list_rows") if g.facts.get("list_sets", ()) else ())
 
 
 def has_select(g: Graph) -> bool:
@@ -77,7 +77,7 @@ def list_set_values(g: Graph) -> dict:
     """How a kernel finds its row of the lists: `list_set`, the index of its set (empty: one set
     shared by every program; the row is the tile) per kernel — the forward and dQ programs own a
     (batch, query head), the dK/dV program a (batch, kv head) and loops over its query heads."""
-    axes = g.facts["list_sets"] if g.facts["iteration"] == "lists" else ()
+    axes = g.facts.get("list_sets", ()) if g.facts["iteration"] == "lists" else ()
     if not axes:
         return dict(list_set="", key_list_set="", list_set_note="")
     head_counts = {"fwd": {"h": "num_query_heads", "hk": "(num_query_heads // GROUP)"},
@@ -168,7 +168,7 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
         tile_key_width=max(map(len, g.facts["tile_configs"])) + 2,     # the header's column
         iteration=g.facts["iteration"],
         has_select=has_select(g),
-        list_row="list_row" if g.facts["list_sets"] and g.facts["iteration"] == "lists" else "query_tile",
+        list_row="list_row" if g.facts.get("list_sets", ()) and g.facts["iteration"] == "lists" else "query_tile",
         **list_set_values(g),
         random_args="".join(f", {a}, {b}, {c}" for a, b, c in (t.names for t in tables)),
         signatures=forward_signatures(g, kernel_name),

@@ -248,7 +248,7 @@ class SoftmaxLauncher(KernelLauncher):
         no values) get the static map's lists, which have the same types."""
         if self.reads is None:
             return None
-        spec, axes = self.spec, self.graph.facts["list_sets"]
+        spec, axes = self.spec, self.graph.facts.get("list_sets", ())
         if any(t.device.type == "meta" for t in inputs.values()):
             lists = block_map_lists(spec, nq, nk, q_offset, cfg, device, transposed=transposed, k_offset=keys[0],
                                     total_nk=keys[1])
