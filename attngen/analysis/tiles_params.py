@@ -256,16 +256,19 @@ def set_lists(reads: ScalarReads, values: torch.Tensor, nq: int, nk: int, q_offs
     line, col = (owner * rows + kt, qt) if transposed else (row, kt)
     out = []
     for keep in (verdict.nonempty & ~verdict.full, verdict.full):
-        ptr, idx = _csr(line[keep], col[keep], len(distinct) * rows)
+        ptr, idx = _csr(line[keep], col[keep], len(distinct) * rows, ordered=not transposed)
         out += _expand(ptr, idx, inverse, rows)
     return (*out, rows)
 
 
-def _csr(rows: torch.Tensor, cols: torch.Tensor, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    order = torch.argsort(rows * (int(cols.max()) + 1 if len(cols) else 1) + cols)
+def _csr(rows: torch.Tensor, cols: torch.Tensor, num_rows: int, *, ordered: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR of (row, col) pairs, cols ascending within a row; `ordered`: already sorted so (the
+    candidates' keys are sorted by query tile, then key tile)."""
+    if not ordered:
+        cols = cols[torch.argsort(rows * (int(cols.max()) + 1 if len(cols) else 1) + cols)]
     ptr = torch.zeros(num_rows + 1, dtype=torch.int64, device=rows.device)
     ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=num_rows), 0)
-    return ptr, cols[order]
+    return ptr, cols
 
 
 def _expand(ptr: torch.Tensor, idx: torch.Tensor, inverse: torch.Tensor, rows: int) -> list:
