@@ -73,3 +73,11 @@ def test_head_window_kernels_compile_without_spills(target, dtype):
     assert_no_spills(HEAD_WINDOW, target, dtype)
     for role, (usage, _) in compile_backward(HEAD_WINDOW, target, dtype).items():
         assert usage.stack == 0, f"{HEAD_WINDOW.name} bwd {role} {target}: {usage}"
+
+
+@pytest.mark.slow
+def test_a_read_at_constant_indices_builds_one_shared_set():
+    """`lim[0]` reads no axis: one set of lists (no list rows), still built from the call's values."""
+    spec = A.load_spec(dict(name="const_read", heads={"query": 4, "kv": 2}, head_dim=16,
+                            inputs={"lim": {"shape": [2], "dtype": "int32"}}, mask="j <= i or j < lim[0]"))
+    check_case(spec, 27, 19, 4, torch.float32)
