@@ -110,7 +110,8 @@ def forward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]
             + strides("q") + strides("k") + strides("v") + strides("o")
             + strides("seg_q", "bn") + strides("seg_k", "bn")
             + sizes("nq", "nk", "q_offset", "k_offset", "num_query_heads")
-            + constexprs("BLOCK_M", "BLOCK_N", "EVEN_K", "COUNT_TILES", "DOT_PRECISION", "UPCAST_DOT"))
+            + constexprs("BLOCK_M", "BLOCK_N", "EVEN_K", "COUNT_TILES", "DOT_PRECISION", "UPCAST_DOT",
+                         "USE_TMA"))
     return {"fwd": KernelSignature(kernel_name, args)}
 
 

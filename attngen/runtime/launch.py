@@ -16,6 +16,7 @@ candidates are judged on Triton's ahead-of-time compilation.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from ..analysis.tiles_params import scalar_reads, set_lists as build_set_lists
 from .blockmap_cache import cached_block_map_lists
 from .inputs import call_inputs, formula_args, sink_arg
 from .select import Selector
+from .tma import ensure_allocator, tma_refusal, with_tma
 from .launcher import (AOT_LENGTH, KernelLauncher, architecture, cdiv, check_kernel_dtypes, dot_precision, meta_tensor,
                        poison)
 
@@ -162,7 +164,8 @@ class SoftmaxLauncher(KernelLauncher):
         (target, dtype, n, nk). Register allocation depends on the whole kernel and on the launch's
         specialisation, so no fixed table can promise this for every spec."""
         arguments = self.aot_arguments(dtype, n, nk or n)
-        return self.choose((target, dtype, n, nk or n), candidate_configs(self.spec.head_dim, dtype, target, fit=self.fit),
+        candidates = self.candidates(self.spec.head_dim, dtype, target, arguments, autotune=False)
+        return self.choose((target, dtype, n, nk or n, env.tma()), candidates,
                            lambda cfg: resource_usage(self.compile_launch("fwd", target, arguments, cfg)),
                            f"{self.generated.kernel_name} on {target}/{dtype}")
 
@@ -187,14 +190,15 @@ class SoftmaxLauncher(KernelLauncher):
         head_dim, arch = q.shape[-1], architecture(q.device)
         if arch is None:
             return candidate_configs(head_dim, q.dtype, None, fit=self.fit)[0]
-        candidates = candidate_configs(head_dim, q.dtype, arch, fit=self.fit)
         if arguments is None:
             q_offset = resolve_q_offset(q.shape[2], k.shape[2], q_offset)
             arguments = self._arguments_at(q, k, v, q_offset, seg_q, seg_k, interpret=False, count_tiles=False,
                                            inputs=call_inputs(self.spec, inputs, batch=q.shape[0], nq=q.shape[2],
                                                               nk=k.shape[2], device=q.device))
+        candidates = self.candidates(head_dim, q.dtype, arch, arguments, autotune=env.autotune())
         if not env.autotune():
-            return self.launch_choice((arch, q.dtype), "fwd", candidates, arguments,
+            return self.launch_choice((arch, q.dtype, env.tma(), any(c.tma for c in candidates)), "fwd", candidates,
+                                      arguments,
                                       f"{self.generated.kernel_name} on {arch}/{q.dtype}")
         key = (head_dim, q.dtype, arch, length_bucket(q.shape[2]), length_bucket(k.shape[2]))
         if key not in self._tuned:
@@ -205,6 +209,16 @@ class SoftmaxLauncher(KernelLauncher):
                 candidates, lambda cfg: self.launch_usage("fwd", arguments, cfg), time_of)
             log.info("%s: autotuned %s for %s", self.generated.kernel_name, self._tuned[key], key)
         return self._tuned[key]
+
+    def candidates(self, head_dim: int, dtype: torch.dtype, arch: str, arguments, *, autotune: bool) -> list:
+        """The forward's tile configurations on `arch`, with the TMA variants where the launch
+        `arguments` builds may take them (runtime/tma.py). Varlen kernels (packed (N, H, D)
+        tensors) take pointers only."""
+        candidates = candidate_configs(head_dim, dtype, arch, fit=self.fit)
+        if self.generated.kind.startswith("varlen"):
+            return candidates
+        args = arguments(candidates[0])[1]
+        return with_tma(candidates, tma_refusal(arch, ("k", args["k"]), ("v", args["v"])), autotune=autotune)
 
     def call_tables(self, nq, nk, q_offset, cfg: TileConfig | None, device, seg_q, seg_k, *,
                     batch: int, keys: tuple = (0, None)) -> CallTables:
@@ -283,7 +297,7 @@ class SoftmaxLauncher(KernelLauncher):
     def constexprs(cfg: TileConfig, dtype: torch.dtype, *, even_k: bool, interpreted: bool,
                    count_tiles: bool = False) -> dict:
         return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, EVEN_K=even_k, COUNT_TILES=count_tiles,
-                    DOT_PRECISION=dot_precision(dtype),
+                    DOT_PRECISION=dot_precision(dtype), USE_TMA=cfg.tma,
                     UPCAST_DOT=interpreted and dtype == torch.bfloat16)
 
     def compile_for(self, target: str, dtype: torch.dtype, config: TileConfig | None = None, *,
@@ -321,6 +335,14 @@ class SoftmaxLauncher(KernelLauncher):
         arguments = self._arguments_at(q, k, v, q_offset, seg_q, seg_k, interpret=interpret,
                                        count_tiles=count_tiles, inputs=inputs, keys=keys)
         cfg = config or self.tuned_config(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k, arguments=arguments)
+        if cfg.tma:
+            refusal = tma_refusal(architecture(q.device), ("k", k), ("v", v))
+            if refusal is not None:
+                log.warning("%s: TMA configuration %s on the pointer path: %s", self.generated.kernel_name, cfg,
+                            refusal)
+                cfg = dataclasses.replace(cfg, tma=False)
+            elif not interpret:
+                ensure_allocator()
         grid, args, num_warps, num_stages = arguments(cfg)
         poison(args["out"], args["lse"], interpreted=interpret)
         self.launch("fwd", grid, args, num_warps=num_warps, num_stages=num_stages, interpret=interpret)
