@@ -16,8 +16,8 @@ from .intervals import key_interval
 
 def choose_iteration(g: Graph) -> Graph:
     """Interval masks get key-tile ranges from formulas; the rest walk per-tile index lists, as does
-    content-based selection (`select:`), whose lists come from the data at call time."""
-    if g.facts["spec"].get("select"):
+    content-based sparsity (`select:`, `lsh:`), whose lists come from the data at call time."""
+    if g.facts["spec"].get("select") or g.facts["spec"].get("lsh"):
         return g.with_facts(iteration="lists", bounds=None)
     if "mask" not in g:
         return g.with_facts(iteration="ranges", bounds=(-sympy.oo, sympy.oo))

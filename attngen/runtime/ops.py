@@ -77,6 +77,8 @@ def kernel_kinds(spec: Spec) -> tuple[str, ...]:
     specs also have their selection kernels."""
     if spec.kind == "linear":
         return ("linear_fwd", "linear_bwd")
+    if spec.lsh is not None:             # sorted by bucket per call: no decode kernel yet (codegen says why)
+        return ("fwd", "bwd")
     kinds = ("fwd", "bwd") if spec.uses_segments else ("fwd", "bwd", "decode")
     return kinds + (("select",) if spec.select is not None else ())   # the selection kernels
 

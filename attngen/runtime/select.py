@@ -130,6 +130,13 @@ def tile_lists(chosen, classes, rows: int, block: int, block_m: int, block_n: in
     exists = (t < tiles_q) & (u < tiles_k)
     t, u, bh = t[exists], u[exists], bh[exists]
     cls = classes[(bh // heads) if shared > 1 else torch.zeros_like(bh), t, u]
+    return tile_csr(bh, t, u, cls, batch * heads, tiles_q, tiles_k, by_key=by_key)
+
+
+def tile_csr(bh, t, u, cls, num_sets: int, tiles_q: int, tiles_k: int, *, by_key: bool) -> tuple:
+    """(partial_ptr, partial_idx, full_ptr, full_idx, list_rows) of tiles (set bh, query tile t, key
+    tile u, class cls: 1 partial, 2 full), listed in ascending order of (bh, t, u): CSR over rows
+    bh * list_rows + tile (query tiles, key tiles where `by_key`), entries ascending in each row."""
     num_rows = tiles_k if by_key else tiles_q
     row = bh * num_rows + (u if by_key else t)
     col = t if by_key else u
@@ -138,8 +145,8 @@ def tile_lists(chosen, classes, rows: int, block: int, block_m: int, block_n: in
         keep = cls == value
         r, c = row[keep], col[keep]
         order = torch.sort(r, stable=True).indices         # entries stay ascending within a row
-        counts = torch.bincount(r, minlength=batch * heads * num_rows)
-        ptr = torch.zeros(len(counts) + 1, dtype=torch.int64, device=device)
+        counts = torch.bincount(r, minlength=num_sets * num_rows)
+        ptr = torch.zeros(len(counts) + 1, dtype=torch.int64, device=bh.device)
         ptr[1:] = torch.cumsum(counts, 0)
         out += [ptr.to(torch.int32), c[order].to(torch.int32)]
     return (*out, num_rows)

@@ -384,7 +384,7 @@ class Spec:
         q_offset = resolve_q_offset(nq, nk, q_offset, k_offset)
         rows = cols = None
         if self.uses_segments:
-            rows, cols = _segment_grids(seg_q, seg_k, nq, nk, device, batch)
+            rows, cols = segment_grids(seg_q, seg_k, nq, nk, device, batch)
         elif seg_q is not None or seg_k is not None:
             raise ShapeError(f"spec {self.name!r} has no segments mask, but seg_q/seg_k were given")
         extra = self.formula_context(nq, nk, inputs, batch, device)
@@ -494,7 +494,7 @@ def resolve_k_offset(nk: int, k_offset: int, total_nk: int | None) -> tuple[int,
     return k_offset, total_nk
 
 
-def _segment_grids(seg_q, seg_k, nq, nk, device, batch=None):
+def segment_grids(seg_q, seg_k, nq, nk, device, batch=None):
     if seg_q is None or seg_k is None:
         raise ShapeError("this spec has a segments mask: pass seg_q (Nq,) or (B, Nq) and seg_k "
                          "(Nk,) or (B, Nk) integer tensors")
