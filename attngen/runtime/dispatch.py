@@ -102,6 +102,9 @@ class AttentionKernels:
                                                     inputs=inputs, config=config)
 
     def decode_impl(self, q, k_cache, v_cache, cache_seqlens=None, block_table=None, inputs=None):
+        if self.spec.lsh is not None:
+            _no_segments_or_inputs(self.spec, None, None, inputs)
+            return self.lsh().decode(q, k_cache, v_cache, cache_seqlens, block_table)
         return self.launcher("decode").decode(q, k_cache, v_cache, cache_seqlens=cache_seqlens,
                                               block_table=block_table, inputs=inputs)
 

@@ -32,7 +32,7 @@ from ..spec import Spec, kernel_spec
 from ..spec.lsh import KEY_POS, QUERY_POS, buckets_of
 from .launcher import cdiv
 from .merge import merge
-from .select import tile_csr
+from .select import sequence_rows, tile_csr
 
 # Pair evaluations per chunk when the candidate tiles are settled (bounds the working memory).
 SETTLE_CHUNK_PAIRS = 1 << 22
@@ -227,6 +227,25 @@ class LshAttention:
         fold = (batch, heads // group, group)
         return (dq.to(q.dtype), dk.view(*fold, nk, d).sum(2).to(k.dtype),
                 dvs.view(*fold, nk, dv).sum(2).to(v.dtype))
+
+    def decode(self, q, k_cache, v_cache, cache_seqlens=None, block_table=None):
+        """(out, lse) of Nq new tokens per sequence against a KV cache (contiguous or paged): per
+        sequence, its new tokens' buckets against its cache keys' buckets (rows 0..len-1; token t
+        at len - Nq + t), through `forward`. The cache's buckets are recomputed each step (no
+        bucket cache yet) and the lengths are read on the host."""
+        from .decode import check_decode_call
+        spec = self.spec
+        batch, nq, capacity, _, page_size, seqlens = check_decode_call(spec, q, k_cache, v_cache, cache_seqlens,
+                                                                        block_table)
+        out = q.new_zeros((batch, spec.query_heads, nq, spec.v_head_dim))
+        lse = torch.full((batch, spec.query_heads, nq), float("-inf"), device=q.device)
+        for b, n in enumerate(seqlens.tolist()):
+            n = min(n, capacity)
+            if n <= 0:
+                continue
+            keys, values = (sequence_rows(t, b, n, block_table, page_size) for t in (k_cache, v_cache))
+            out[b:b + 1], lse[b:b + 1] = self.forward(q[b:b + 1], keys, values, n - nq)
+        return out, lse
 
     def permuted(self, rnd: Round, q, k, v):
         """q, k, v in the round's order, flattened to (B·Hq, 1, N, D) rows (k, v per query head)."""

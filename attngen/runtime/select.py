@@ -243,13 +243,18 @@ def decode_selection(selector: Selector, q, k_cache, seqlens, block_table, *, pa
         n = min(seqlen, capacity)
         if n <= 0:
             continue
-        if block_table is None:
-            k_seq = k_cache[b:b + 1, :, :n]                                   # (1, Hkv, n, D), a view
-        else:
-            pages = k_cache[block_table[b, :cdiv(n, page_size)].long()]      # (pages, page, Hkv, D)
-            k_seq = pages.reshape(1, -1, *pages.shape[2:]).transpose(1, 2)[:, :, :n]
+        k_seq = sequence_rows(k_cache, b, n, block_table, page_size)
         candidates = selector.classes(nq, n, n - nq, nq, block, None, None, q.device, exact=True)
         gate = launcher.gate(q[b:b + 1], k_seq, (candidates != 0).to(torch.int32), rows=nq)
         chosen = top_k_blocks(gate, spec.select.top) | own_blocks(nq, n, n - nq, nq, block, q.device)
         selected[b, :, :chosen.shape[-1]] = chosen[0, :, 0].to(torch.int32)
     return selected
+
+
+def sequence_rows(cache: torch.Tensor, b: int, n: int, block_table, page_size: int) -> torch.Tensor:
+    """Sequence b's cache rows 0..n-1 as (1, Hkv, n, D): a view of a contiguous cache, a paged
+    cache's pages gathered."""
+    if block_table is None:
+        return cache[b:b + 1, :, :n]
+    pages = cache[block_table[b, :cdiv(n, page_size)].long()]                 # (pages, page, Hkv, D)
+    return pages.reshape(1, -1, *pages.shape[2:]).transpose(1, 2)[:, :, :n]

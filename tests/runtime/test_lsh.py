@@ -4,7 +4,8 @@ Unit tier: the spec field, its refusals, and the float64 reference's rule on han
 Interpreter tier: the kernel spec's generated kernels over bucket-sorted rows (forward, lse,
 gradients) against the float64 reference that applies the rule itself, at odd sizes, Nq != Nk,
 explicit q_offset, GQA/MQA, float32 and bfloat16, rounds 1 and 2, causal and band masks; the
-tiles the kernels visit; torch.compile; the refusals of decode, varlen and context parallelism.
+tiles the kernels visit; torch.compile; decode (contiguous and paged); the refusals of varlen and
+context parallelism.
 """
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ import torch
 import attngen
 from attngen import Spec
 from attngen.checking import GRAD_TOLERANCE, check_close
-from attngen.errors import CompileError, SpecError
+from attngen.errors import SpecError
 from attngen.reference import reference
 from attngen.reference_lsh import lsh_buckets, lsh_pairs
 from attngen.runtime.launch_backward import reference_gradients
 from attngen.spec import band, load_spec, segments
 from attngen.spec.lsh import buckets_of
+from test_select import _pages
 
 LSH_SPEC = Path(__file__).resolve().parents[2] / "specs" / "select" / "reformer_lsh.yaml"
 
@@ -240,14 +242,37 @@ def test_float64_runs_the_reference(torch_rng):
     torch.testing.assert_close(out, reference(spec, q, k, v)[0], rtol=0, atol=0)
 
 
+# -- decode ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("nq, paged, dtype", [
+    pytest.param(1, False, torch.float32, id="nq1-contiguous-fp32"),
+    pytest.param(3, True, torch.bfloat16, id="nq3-paged-bf16"),
+    pytest.param(5, False, torch.bfloat16, id="nq5-contiguous-bf16", marks=pytest.mark.slow),
+])
+def test_decode_per_sequence(nq, paged, dtype, torch_rng):
+    """Each sequence's new tokens' buckets against its cache keys' buckets; lengths 1 (or Nq),
+    odd and full, against the reference on that sequence's keys."""
+    spec = lsh_spec(f"lsh_decode_{nq}_{int(paged)}_{str(dtype)[6:]}", causal=True, rounds=2)
+    capacity = 48
+    q = torch.randn(3, spec.query_heads, nq, spec.head_dim, generator=torch_rng).to(dtype)
+    k, v = (torch.randn(3, spec.kv_heads, capacity, spec.head_dim, generator=torch_rng).to(dtype) for _ in range(2))
+    seqlens = torch.tensor([nq, 29, capacity], dtype=torch.int32)
+    attn = attngen.compile(spec)
+    if paged:
+        order = torch.randperm(3 * capacity // 16, generator=torch_rng)
+        (k_pages, table), (v_pages, _) = _pages(k, 16, order), _pages(v, 16, order)
+        out, lse = attn.decode(q, k_pages, v_pages, cache_seqlens=seqlens, block_table=table, return_lse=True)
+    else:
+        out, lse = attn.decode(q, k, v, cache_seqlens=seqlens, return_lse=True)
+    for b, n in enumerate(seqlens.tolist()):
+        want_out, want_lse = reference(spec, q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], decode=True)
+        check_close(f"out[{b}] (n={n})", out[b:b + 1], want_out, dtype)
+        check_close(f"lse[{b}] (n={n})", lse[b:b + 1], want_lse, torch.float32 if dtype == torch.float32 else dtype)
+
+
 # -- what is refused at call time ---------------------------------------------------------------
-def test_decode_varlen_and_context_parallel_are_refused_with_the_reason(torch_rng):
+def test_varlen_and_context_parallel_are_refused_with_the_reason(torch_rng):
     spec = lsh_spec("lsh_refusals", causal=True)
     attn = attngen.compile(spec)
-    q = torch.randn(1, 4, 1, 16)
-    cache = torch.randn(1, 2, 20, 16)
-    with pytest.raises(CompileError, match="lsh.*no decode kernel"):
-        attn.decode(q, cache, cache, cache_seqlens=torch.tensor([20], dtype=torch.int32))
     with pytest.raises(Exception, match="lsh"):
         attn.varlen(torch.randn(5, 4, 16), torch.randn(5, 2, 16), torch.randn(5, 2, 16),
                     torch.tensor([0, 5], dtype=torch.int32), torch.tensor([0, 5], dtype=torch.int32))
