@@ -291,3 +291,13 @@ def test_shipped_lsh_spec_runs(torch_rng):
                  mask=spec.mask, lsh=spec.lsh)
     q, k, v = qkv(small, 45, 45, torch_rng, batch=1)
     _check_forward(small, q, k, v)
+
+
+def test_show_draws_each_rounds_sorted_tiles_and_cost_notes_the_data(capsys):
+    from attngen.analysis.cost import cost
+    from attngen.cli.main import main
+    assert main(["show", str(LSH_SPEC), "--n", "512", "--block", "32", "--seed", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "seed 1" in text and "round 0:" in text and "round 1:" in text and "visited" in text
+    notes = " ".join(cost(load_spec(LSH_SPEC), n=1024).notes)
+    assert "lsh: 8 buckets, 2 rounds" in notes and "23.4%" in notes
