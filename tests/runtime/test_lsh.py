@@ -16,14 +16,12 @@ import torch
 
 import attngen
 from attngen import Spec
-from attngen.checking import GRAD_TOLERANCE, check_close
 from attngen.errors import SpecError
 from attngen.reference import reference
 from attngen.reference_lsh import lsh_buckets, lsh_pairs
-from attngen.runtime.launch_backward import reference_gradients
 from attngen.spec import band, load_spec, segments
 from attngen.spec.lsh import buckets_of
-from test_select import _pages
+from test_select import _check_forward, check_compiled, check_decode, check_gradients, qkv
 
 LSH_SPEC = Path(__file__).resolve().parents[2] / "specs" / "select" / "reformer_lsh.yaml"
 
@@ -31,13 +29,6 @@ LSH_SPEC = Path(__file__).resolve().parents[2] / "specs" / "select" / "reformer_
 def lsh_spec(name, *, buckets=4, rounds=2, seed=0, query_heads=4, kv_heads=2, head_dim=16, **fields) -> Spec:
     return Spec(name=name, query_heads=query_heads, kv_heads=kv_heads, head_dim=head_dim,
                 lsh={"buckets": buckets, "seed": seed, "rounds": rounds}, **fields)
-
-
-def qkv(spec: Spec, nq: int, nk: int, gen, *, dtype=torch.float32, batch=2):
-    def make(heads, n, d):
-        return torch.randn(batch, heads, n, d, generator=gen).to(dtype)
-    return (make(spec.query_heads, nq, spec.head_dim), make(spec.kv_heads, nk, spec.head_dim),
-            make(spec.kv_heads, nk, spec.v_head_dim))
 
 
 # -- the spec field -------------------------------------------------------------------------------
@@ -128,13 +119,6 @@ def test_kernel_buckets_equal_the_reference_bit_for_bit(torch_rng):
 
 
 # -- kernels under the interpreter --------------------------------------------------------------------
-def _check_forward(spec, q, k, v, **call):
-    out, lse = attngen.compile(spec)(q, k, v, return_lse=True, **call)
-    want_out, want_lse = reference(spec, q, k, v, **call)
-    check_close("out", out, want_out, q.dtype)
-    check_close("lse", lse, want_lse, torch.float32 if q.dtype == torch.float32 else q.dtype)
-
-
 FORWARD_CASES = [
     pytest.param(dict(causal=True), 37, 53, None, torch.float32, id="causal-gqa-rounds2-nq37-nk53"),
     pytest.param(dict(rounds=1, mask=band(5), query_heads=2, kv_heads=2), 41, 70, 12, torch.bfloat16,
@@ -162,14 +146,7 @@ def test_forward_matches_reference(fields, nq, nk, q_offset, dtype, torch_rng, r
 ])
 def test_gradients_match_reference(dtype, fields, torch_rng, request):
     spec = lsh_spec("lsh_bwd_" + request.node.callspec.id.replace("-", "_"), **fields)
-    q, k, v = qkv(spec, 35, 47, torch_rng, dtype=dtype, batch=1)
-    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    out = attngen.compile(spec)(*leaves, q_offset=15)
-    dout = torch.randn(out.shape, generator=torch_rng).to(dtype)
-    got = torch.autograd.grad(out, leaves, dout)
-    want = reference_gradients(spec, q, k, v, dout, q_offset=15)
-    for name, g, w in zip(("dq", "dk", "dv"), got, want):
-        check_close(name, g, w, dtype, table=GRAD_TOLERANCE)
+    check_gradients(spec, *qkv(spec, 35, 47, torch_rng, dtype=dtype, batch=1), torch_rng, q_offset=15)
 
 
 def _round_allowed(spec, q, k, q_offset):
@@ -223,16 +200,7 @@ def test_tiles_visited_are_the_tiles_holding_an_allowed_pair(torch_rng):
 
 def test_torch_compile_fullgraph_forward_and_backward(torch_rng):
     spec = lsh_spec("lsh_compiled", causal=True, rounds=2, query_heads=2, kv_heads=1)
-    attn = attngen.compile(spec)
-    model = torch.compile(lambda q, k, v: attn(q, k, v) * 2.0, fullgraph=True, backend="aot_eager")
-    q, k, v = qkv(spec, 27, 33, torch_rng, batch=1)
-    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    out = model(*leaves)
-    check_close("out", out, reference(spec, q, k, v)[0] * 2.0, torch.float32)
-    out.sum().backward()
-    want = reference_gradients(spec, q, k, v, torch.full(out.shape, 2.0))
-    for name, leaf, w in zip(("dq", "dk", "dv"), leaves, want):
-        check_close(name, leaf.grad, w, torch.float32, table=GRAD_TOLERANCE)
+    check_compiled(spec, *qkv(spec, 27, 33, torch_rng, batch=1))
 
 
 def test_float64_runs_the_reference(torch_rng):
@@ -251,22 +219,8 @@ def test_float64_runs_the_reference(torch_rng):
 def test_decode_per_sequence(nq, paged, dtype, torch_rng):
     """Each sequence's new tokens' buckets against its cache keys' buckets; lengths 1 (or Nq),
     odd and full, against the reference on that sequence's keys."""
-    spec = lsh_spec(f"lsh_decode_{nq}_{int(paged)}_{str(dtype)[6:]}", causal=True, rounds=2)
-    capacity = 48
-    q = torch.randn(3, spec.query_heads, nq, spec.head_dim, generator=torch_rng).to(dtype)
-    k, v = (torch.randn(3, spec.kv_heads, capacity, spec.head_dim, generator=torch_rng).to(dtype) for _ in range(2))
-    seqlens = torch.tensor([nq, 29, capacity], dtype=torch.int32)
-    attn = attngen.compile(spec)
-    if paged:
-        order = torch.randperm(3 * capacity // 16, generator=torch_rng)
-        (k_pages, table), (v_pages, _) = _pages(k, 16, order), _pages(v, 16, order)
-        out, lse = attn.decode(q, k_pages, v_pages, cache_seqlens=seqlens, block_table=table, return_lse=True)
-    else:
-        out, lse = attn.decode(q, k, v, cache_seqlens=seqlens, return_lse=True)
-    for b, n in enumerate(seqlens.tolist()):
-        want_out, want_lse = reference(spec, q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], decode=True)
-        check_close(f"out[{b}] (n={n})", out[b:b + 1], want_out, dtype)
-        check_close(f"lse[{b}] (n={n})", lse[b:b + 1], want_lse, torch.float32 if dtype == torch.float32 else dtype)
+    check_decode(lsh_spec(f"lsh_decode_{nq}_{int(paged)}_{str(dtype)[6:]}", causal=True, rounds=2), nq, paged,
+                 dtype, torch_rng, capacity=48, odd=29)
 
 
 # -- what is refused at call time ---------------------------------------------------------------
