@@ -35,7 +35,7 @@ from ..spec.spec import segment_grids
 from ..analysis.blockmap import block_map
 from .blockmap_cache import cached_block_map_lists
 from .inputs import call_inputs, formula_args, sink_arg
-from .select import Selector
+from .select import EveryTile, Selector
 from .launcher import (AOT_LENGTH, KernelLauncher, architecture, cdiv, check_kernel_dtypes, dot_precision, meta_tensor,
                        poison)
 
@@ -231,7 +231,6 @@ class SoftmaxLauncher(KernelLauncher):
             if q.device.type != "meta":
                 raise ShapeError(f"spec {self.spec.name!r} is an lsh kernel spec: call the lsh spec itself "
                                  "(runtime/lsh.py passes these kernels their lists)")
-            from .lsh import EveryTile
             return EveryTile(q.shape[0], q.shape[2], k.shape[2])
         if self.selector is None:
             return None

@@ -12,10 +12,15 @@ Per call, inside the torch operator (torch.compile sees one opaque call):
    and heads flattened (B·Hq rows of one head): `segments` with the sorted bucket ids (attention
    within bucket runs), the mask at the ORIGINAL positions (inputs lsh_i, lsh_j), and the pairs of
    earlier rounds excluded (inputs lsh_q{r}, lsh_k{r}) so that the rounds' key sets are disjoint;
-4. the tile lists: candidates are the tile pairs whose bucket ranges meet (sorted ids: a range of
-   key tiles per query tile, found by binary search, O(T log U)); each is settled exactly on its
-   pairs (bucket, mask at original positions, earlier rounds), so the kernels visit exactly the
-   tiles that hold an allowed pair, FULL where every pair is allowed (no mask evaluated there);
+4. the tile lists, exact: the kernels visit exactly the tiles that hold an allowed pair, FULL where
+   every pair is allowed (no mask evaluated there). For interval masks (causal, band, blocks and
+   all of them: `tiles_interval.key_bounds`) each sorted query row's allowed keys in its bucket are
+   ONE run of the sorted keys (a bucket's keys keep their original order), found by binary search
+   on (bucket, position); the tiles the runs touch are the non-empty ones and a tile is FULL iff
+   it lies inside every row's run: O(Nq log Nk + tiles touched), no pair evaluated. Where an
+   earlier round excludes pairs (rounds after the first) or the mask is not an interval, the
+   candidate tiles (the runs' tiles, or the tile pairs whose bucket ranges meet) are settled on
+   their pairs (bucket, mask at original positions, earlier rounds);
 5. outputs and lse scattered back to the original order, the rounds merged by lse (merge.py).
 Backward: the same permutations (recomputed from the same q and k: selection is not
 differentiated); each round's kernels get the merged out and lse (their exact share of the
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..analysis.tiles_interval import key_bounds
 from ..spec import Spec, kernel_spec
 from ..spec.lsh import KEY_POS, QUERY_POS, buckets_of
 from .launcher import cdiv
@@ -38,21 +44,6 @@ from .select import sequence_rows, tile_csr
 SETTLE_CHUNK_PAIRS = 1 << 22
 
 
-class EveryTile:
-    """Lists naming every tile as FULL, on meta tensors: what ahead-of-time compilation launches
-    with (the shapes and dtypes of a call's lists, no data)."""
-
-    def __init__(self, rows: int, nq: int, nk: int):
-        self.rows, self.nq, self.nk = rows, nq, nk
-
-    def lists(self, block_m: int, block_n: int, *, by_key: bool = False) -> tuple:
-        tiles_q, tiles_k = cdiv(self.nq, block_m), cdiv(self.nk, block_n)
-        num_rows = tiles_k if by_key else tiles_q
-        ptr = torch.empty(self.rows * num_rows + 1, dtype=torch.int32, device="meta")
-        idx = torch.empty(self.rows * tiles_q * tiles_k, dtype=torch.int32, device="meta")
-        return ptr, idx[:0], ptr, idx, num_rows
-
-
 @dataclass
 class RoundTiles:
     """The tiles one round's kernels visit: per flattened (batch, head) row, the tile pairs holding
@@ -61,6 +52,8 @@ class RoundTiles:
     seg_q: torch.Tensor             # (rows, Nq) the sorted query buckets
     seg_k: torch.Tensor             # (rows, Nk) the sorted key buckets
     allowed: object                 # (rows (C,), query rows (C, M), key rows (C, N)) → bool (C, M, N)
+    runs: tuple | None = None       # interval masks: (lo, hi) (rows, Nq), each query row's keys [lo, hi)
+    exact_runs: bool = False        # the runs are the whole rule (no earlier round excludes pairs)
     _lists: dict = field(default_factory=dict)
 
     def lists(self, block_m: int, block_n: int, *, by_key: bool = False) -> tuple:
@@ -74,7 +67,12 @@ class RoundTiles:
 
     def classes(self, block_m: int, block_n: int) -> tuple:
         """(row, t, u, cls) of every non-empty tile, in ascending (row, t, u): cls 1 partial, 2 full."""
-        rows, t, u = self.candidates(block_m, block_n)
+        if self.runs is None:
+            rows, t, u = self.candidates(block_m, block_n)
+        else:
+            rows, t, u, full = self.run_tiles(block_m, block_n)
+            if self.exact_runs:
+                return rows, t, u, torch.where(full, 2, 1).to(torch.int8)
         cls = torch.zeros(len(t), dtype=torch.int8, device=t.device)
         step = max(1, SETTLE_CHUNK_PAIRS // (block_m * block_n))
         nq, nk = self.seg_q.shape[1], self.seg_k.shape[1]
@@ -91,6 +89,27 @@ class RoundTiles:
             cls[start:start + step] = torch.where(full, 2, torch.where(ok.any(dim=(1, 2)), 1, 0)).to(torch.int8)
         keep = cls > 0
         return rows[keep], t[keep], u[keep], cls[keep]
+
+    def run_tiles(self, block_m: int, block_n: int) -> tuple:
+        """(row, t, u, full) of the tiles the rows' runs touch, ascending: full where the tile's keys
+        lie inside the run of every real row of t."""
+        lo, hi = self.runs
+        num_rows, nq = lo.shape
+        nk = self.seg_k.shape[1]
+        tiles_q, tiles_k = cdiv(nq, block_m), cdiv(nk, block_n)
+        u0, u1 = lo // block_n, (hi - 1) // block_n
+        counts = torch.where(hi > lo, u1 - u0 + 1, 0).reshape(-1)
+        row = torch.repeat_interleave(torch.arange(len(counts), device=lo.device), counts)
+        offset = torch.arange(len(row), device=lo.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts,
+                                                                                   counts)
+        u = u0.reshape(-1)[row] + offset
+        keys = torch.unique(((row // nq) * tiles_q + (row % nq) // block_m) * tiles_k + u)     # sorted
+        rows, t, u = keys // (tiles_q * tiles_k), (keys // tiles_k) % tiles_q, keys % tiles_k
+        pad = tiles_q * block_m - nq               # rows past nq constrain nothing
+        most_lo = torch.nn.functional.pad(lo, (0, pad), value=-1).view(num_rows, tiles_q, block_m).amax(-1)
+        least_hi = torch.nn.functional.pad(hi, (0, pad), value=nk).view(num_rows, tiles_q, block_m).amin(-1)
+        full = (most_lo[rows, t] <= u * block_n) & (least_hi[rows, t] >= torch.clamp((u + 1) * block_n, max=nk))
+        return rows, t, u, full
 
     def candidates(self, block_m: int, block_n: int) -> tuple:
         """(row, t, u): the tile pairs whose bucket ranges meet. Ids are sorted, so query tile t
@@ -153,6 +172,7 @@ class LshAttention:
         sorted_k = [torch.sort(bk[r], dim=-1, stable=True) for r in range(lsh.rounds)]
         ctx = spec.eval_context(nq, nk, q_offset, device=q.device)
         mask = spec.effective_mask
+        interval = key_bounds(mask, torch.zeros(1, dtype=torch.int64)) is not None
         declared = {d.name for d in self.kernel_spec.inputs}
         rounds = []
         for r in range(lsh.rounds):
@@ -180,9 +200,11 @@ class LshAttention:
 
             seg_q32 = seg_q.reshape(batch * heads, nq).to(torch.int32)
             seg_k32 = seg_k.reshape(batch * heads, nk).to(torch.int32)
+            runs = _runs(mask, seg_q.reshape(batch * heads, nq), seg_k.reshape(batch * heads, nk),
+                         inputs[QUERY_POS].long(), flat["pk"]) if interval else None
             rounds.append(Round(perm_q, perm_k, seg_q32, seg_k32,
                                 {n: t for n, t in inputs.items() if n in declared},
-                                RoundTiles(seg_q32, seg_k32, allowed)))
+                                RoundTiles(seg_q32, seg_k32, allowed, runs, exact_runs=not earlier)))
         return rounds
 
     def forward(self, q, k, v, q_offset: int, *, count_tiles: bool = False, config=None):
@@ -266,3 +288,17 @@ def _unpermuted(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """The inverse of `_permuted`: out[.., perm[n]] = x[.., n]."""
     index = perm if x.dim() == 3 else perm[..., None].expand(*perm.shape, x.shape[-1])
     return torch.empty_like(x).scatter_(2, index, x)
+
+
+def _runs(mask, seg_q, seg_k, pos_q, pos_k) -> tuple:
+    """(lo, hi) (rows, Nq): the sorted keys [lo, hi) that an interval mask allows to each sorted
+    query row within its bucket. Keys are sorted by (bucket, position), so those with bucket b and
+    L(i) <= position <= R(i) are one run, found by binary search on bucket * (Nk + 1) + position."""
+    nk = seg_k.shape[1]
+    stride = nk + 1
+    keys = seg_k * stride + pos_k                                      # ascending along each row
+    low, high = key_bounds(mask, pos_q)
+    low, high = torch.clamp(low, 0, nk), torch.clamp(high, -1, nk - 1)
+    lo = torch.searchsorted(keys, seg_q * stride + low, side="left")
+    hi = torch.searchsorted(keys, seg_q * stride + high, side="right")
+    return lo, torch.maximum(hi, lo)

@@ -258,3 +258,18 @@ def sequence_rows(cache: torch.Tensor, b: int, n: int, block_table, page_size: i
         return cache[b:b + 1, :, :n]
     pages = cache[block_table[b, :cdiv(n, page_size)].long()]                 # (pages, page, Hkv, D)
     return pages.reshape(1, -1, *pages.shape[2:]).transpose(1, 2)[:, :, :n]
+
+
+class EveryTile:
+    """Lists naming every tile as FULL, on meta tensors: what ahead-of-time compilation launches
+    with (the shapes and dtypes of a call's lists, no data)."""
+
+    def __init__(self, rows: int, nq: int, nk: int):
+        self.rows, self.nq, self.nk = rows, nq, nk
+
+    def lists(self, block_m: int, block_n: int, *, by_key: bool = False) -> tuple:
+        tiles_q, tiles_k = cdiv(self.nq, block_m), cdiv(self.nk, block_n)
+        num_rows = tiles_k if by_key else tiles_q
+        ptr = torch.empty(self.rows * num_rows + 1, dtype=torch.int32, device="meta")
+        idx = torch.empty(self.rows * tiles_q * tiles_k, dtype=torch.int32, device="meta")
+        return ptr, idx[:0], ptr, idx, num_rows
