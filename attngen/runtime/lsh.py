@@ -17,10 +17,12 @@ Per call, inside the torch operator (torch.compile sees one opaque call):
    all of them: `tiles_interval.key_bounds`) each sorted query row's allowed keys in its bucket are
    ONE run of the sorted keys (a bucket's keys keep their original order), found by binary search
    on (bucket, position); the tiles the runs touch are the non-empty ones and a tile is FULL iff
-   it lies inside every row's run: O(Nq log Nk + tiles touched), no pair evaluated. Where an
-   earlier round excludes pairs (rounds after the first) or the mask is not an interval, the
-   candidate tiles (the runs' tiles, or the tile pairs whose bucket ranges meet) are settled on
-   their pairs (bucket, mask at original positions, earlier rounds);
+   it lies inside every row's run: O(Nq log Nk + tiles touched), no pair evaluated. In rounds
+   after the first, the keys of a run that share a bucket with the row in an earlier round are
+   counted per (row, tile) by inclusion-exclusion over the earlier rounds, each count two binary
+   searches (`_excluded_counts`), still no pair evaluated. Masks that are not intervals (and
+   rounds past MAX_COUNTED_ROUNDS) settle their candidate tiles (the tile pairs whose bucket
+   ranges meet) pair by pair (bucket, mask at original positions, earlier rounds);
 5. outputs and lse scattered back to the original order, the rounds merged by lse (merge.py).
 Backward: the same permutations (recomputed from the same q and k: selection is not
 differentiated); each round's kernels get the merged out and lse (their exact share of the
@@ -42,6 +44,8 @@ from .select import sequence_rows, tile_csr
 
 # Pair evaluations per chunk when the candidate tiles are settled (bounds the working memory).
 SETTLE_CHUNK_PAIRS = 1 << 22
+# Rounds whose excluded keys are counted (2**(r) - 1 subsets of the earlier rounds each); later ones settle.
+MAX_COUNTED_ROUNDS = 4
 
 
 @dataclass
@@ -53,7 +57,8 @@ class RoundTiles:
     seg_k: torch.Tensor             # (rows, Nk) the sorted key buckets
     allowed: object                 # (rows (C,), query rows (C, M), key rows (C, N)) → bool (C, M, N)
     runs: tuple | None = None       # interval masks: (lo, hi) (rows, Nq), each query row's keys [lo, hi)
-    exact_runs: bool = False        # the runs are the whole rule (no earlier round excludes pairs)
+    earlier: list = field(default_factory=list)   # [(query buckets (rows, Nq), key buckets (rows, Nk))]
+    buckets: int = 2
     _lists: dict = field(default_factory=dict)
 
     def lists(self, block_m: int, block_n: int, *, by_key: bool = False) -> tuple:
@@ -70,9 +75,9 @@ class RoundTiles:
         if self.runs is None:
             rows, t, u = self.candidates(block_m, block_n)
         else:
-            rows, t, u, full = self.run_tiles(block_m, block_n)
-            if self.exact_runs:
-                return rows, t, u, torch.where(full, 2, 1).to(torch.int8)
+            if len(self.earlier) < MAX_COUNTED_ROUNDS and self.codes_fit():
+                return self.counted_tiles(block_m, block_n)
+            rows, t, u, _ = self.run_tiles(block_m, block_n)
         cls = torch.zeros(len(t), dtype=torch.int8, device=t.device)
         step = max(1, SETTLE_CHUNK_PAIRS // (block_m * block_n))
         nq, nk = self.seg_q.shape[1], self.seg_k.shape[1]
@@ -90,26 +95,50 @@ class RoundTiles:
         keep = cls > 0
         return rows[keep], t[keep], u[keep], cls[keep]
 
-    def run_tiles(self, block_m: int, block_n: int) -> tuple:
-        """(row, t, u, full) of the tiles the rows' runs touch, ascending: full where the tile's keys
-        lie inside the run of every real row of t."""
+    def run_entries(self, block_n: int) -> tuple:
+        """(query row (flat over rows x Nq), key tile u, a, b): every key tile each row's run touches,
+        with the run's keys [a, b) inside the tile."""
         lo, hi = self.runs
-        num_rows, nq = lo.shape
-        nk = self.seg_k.shape[1]
-        tiles_q, tiles_k = cdiv(nq, block_m), cdiv(nk, block_n)
         u0, u1 = lo // block_n, (hi - 1) // block_n
         counts = torch.where(hi > lo, u1 - u0 + 1, 0).reshape(-1)
         row = torch.repeat_interleave(torch.arange(len(counts), device=lo.device), counts)
         offset = torch.arange(len(row), device=lo.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts,
                                                                                    counts)
         u = u0.reshape(-1)[row] + offset
-        keys = torch.unique(((row // nq) * tiles_q + (row % nq) // block_m) * tiles_k + u)     # sorted
-        rows, t, u = keys // (tiles_q * tiles_k), (keys // tiles_k) % tiles_q, keys % tiles_k
-        pad = tiles_q * block_m - nq               # rows past nq constrain nothing
-        most_lo = torch.nn.functional.pad(lo, (0, pad), value=-1).view(num_rows, tiles_q, block_m).amax(-1)
-        least_hi = torch.nn.functional.pad(hi, (0, pad), value=nk).view(num_rows, tiles_q, block_m).amin(-1)
-        full = (most_lo[rows, t] <= u * block_n) & (least_hi[rows, t] >= torch.clamp((u + 1) * block_n, max=nk))
-        return rows, t, u, full
+        a = torch.maximum(lo.reshape(-1)[row], u * block_n)
+        b = torch.minimum(hi.reshape(-1)[row], (u + 1) * block_n)
+        return row, u, a, b
+
+    def run_tiles(self, block_m: int, block_n: int) -> tuple:
+        """(row, t, u, inverse) of the tiles the rows' runs touch, ascending; inverse maps each of
+        `run_entries` to its tile."""
+        nq, nk = self.seg_q.shape[1], self.seg_k.shape[1]
+        tiles_q, tiles_k = cdiv(nq, block_m), cdiv(nk, block_n)
+        row, u, _, _ = self.run_entries(block_n)
+        keys, inverse = torch.unique(((row // nq) * tiles_q + (row % nq) // block_m) * tiles_k + u,
+                                     return_inverse=True)                                  # sorted
+        return keys // (tiles_q * tiles_k), (keys // tiles_k) % tiles_q, keys % tiles_k, inverse
+
+    def codes_fit(self) -> bool:
+        """The inclusion-exclusion codes (bucket tuples, with positions and rows) fit in int64."""
+        rows, nk = self.seg_k.shape
+        return self.buckets ** max(len(self.earlier), 1) * (nk + 1) * (rows + 1) < 1 << 62
+
+    def counted_tiles(self, block_m: int, block_n: int) -> tuple:
+        """(row, t, u, cls) from the runs: per (query row, key tile) the run's keys minus those that
+        share a bucket with the row in an earlier round (`_excluded_counts`); a tile is non-empty
+        where some row keeps a key, FULL where every real row keeps every key of the tile."""
+        nq, nk = self.seg_q.shape[1], self.seg_k.shape[1]
+        rows, t, u, inverse = self.run_tiles(block_m, block_n)
+        entry_row, entry_u, a, b = self.run_entries(block_n)
+        kept = (b - a) - _excluded_counts(self.earlier, self.buckets, entry_row, a, b)
+        whole = kept == torch.clamp((entry_u + 1) * block_n, max=nk) - entry_u * block_n
+        nonempty = torch.zeros(len(t), dtype=torch.int64, device=t.device).index_add_(0, inverse, (kept > 0).long())
+        whole_rows = torch.zeros(len(t), dtype=torch.int64, device=t.device).index_add_(0, inverse, whole.long())
+        real_rows = torch.clamp(nq - t * block_m, max=block_m)
+        cls = torch.where(whole_rows == real_rows, 2, 1).to(torch.int8)
+        keep = nonempty > 0
+        return rows[keep], t[keep], u[keep], cls[keep]
 
     def candidates(self, block_m: int, block_n: int) -> tuple:
         """(row, t, u): the tile pairs whose bucket ranges meet. Ids are sorted, so query tile t
@@ -204,7 +233,7 @@ class LshAttention:
                          inputs[QUERY_POS].long(), flat["pk"]) if interval else None
             rounds.append(Round(perm_q, perm_k, seg_q32, seg_k32,
                                 {n: t for n, t in inputs.items() if n in declared},
-                                RoundTiles(seg_q32, seg_k32, allowed, runs, exact_runs=not earlier)))
+                                RoundTiles(seg_q32, seg_k32, allowed, runs, earlier, lsh.buckets)))
         return rounds
 
     def forward(self, q, k, v, q_offset: int, *, count_tiles: bool = False, config=None):
@@ -302,3 +331,29 @@ def _runs(mask, seg_q, seg_k, pos_q, pos_k) -> tuple:
     lo = torch.searchsorted(keys, seg_q * stride + low, side="left")
     hi = torch.searchsorted(keys, seg_q * stride + high, side="right")
     return lo, torch.maximum(hi, lo)
+
+
+def _excluded_counts(earlier: list, buckets: int, entry_row, a, b) -> torch.Tensor:
+    """Per entry (flat query row, sorted keys [a, b) of its row), the keys that share a bucket with
+    the query row in some earlier round: |union over e of A_e| by inclusion-exclusion, where for a
+    set S of earlier rounds |intersection of A_e, e in S| counts the keys whose bucket tuple over S
+    equals the row's, two binary searches in the keys sorted by (tuple, index)."""
+    out = torch.zeros_like(a)
+    if not earlier:
+        return out
+    rows, nq = earlier[0][0].shape
+    nk = earlier[0][1].shape[1]
+    query, index = entry_row // nq, entry_row % nq
+    for mask in range(1, 1 << len(earlier)):
+        chosen = [earlier[e] for e in range(len(earlier)) if mask >> e & 1]
+        code_q = torch.zeros((rows, nq), dtype=torch.int64, device=a.device)
+        code_k = torch.zeros((rows, nk), dtype=torch.int64, device=a.device)
+        for pq, pk in chosen:
+            code_q, code_k = code_q * buckets + pq, code_k * buckets + pk
+        span = buckets ** len(chosen) * (nk + 1)
+        order = code_k * (nk + 1) + torch.arange(nk, device=a.device)
+        ordered = (torch.sort(order, dim=-1).values + torch.arange(rows, device=a.device)[:, None] * span).reshape(-1)
+        base = query * span + code_q[query, index] * (nk + 1)
+        count = torch.searchsorted(ordered, base + b) - torch.searchsorted(ordered, base + a)
+        out += count if len(chosen) % 2 else -count
+    return out

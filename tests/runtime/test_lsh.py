@@ -164,38 +164,61 @@ def _round_allowed(spec, q, k, q_offset):
     return torch.stack(out), bq, bk
 
 
+def _check_lists(spec, runner, q, k, q_offset, bm, bn):
+    """Per round, the lists hold exactly the tiles (of the bucket-sorted rows) holding a pair
+    allowed in that round, FULL exactly where every real pair is; returns each round's per-row
+    list lengths."""
+    heads, nq, nk = spec.query_heads, q.shape[2], k.shape[2]
+    tq, tk = -(-nq // bm), -(-nk // bn)
+    allowed, _, _ = _round_allowed(spec, q, k, q_offset)
+    real = torch.nn.functional.pad(torch.ones(nq, nk, dtype=torch.bool), (0, tk * bn - nk, 0, tq * bm - nq))
+    lengths = []
+    for r, rnd in enumerate(runner.plan(q, k, q_offset)):
+        ptr_p, idx_p, ptr_f, idx_f, rows = rnd.tiles.lists(bm, bn)
+        lengths.append((ptr_p[1:] - ptr_p[:-1]) + (ptr_f[1:] - ptr_f[:-1]))
+        visited, full = (torch.zeros(heads, tq, tk, dtype=torch.bool) for _ in range(2))
+        for ptr, idx, seen in ((ptr_p, idx_p, visited), (ptr_f, idx_f, visited), (ptr_f, idx_f, full)):
+            for row in range(len(ptr) - 1):
+                seen.view(-1, tk)[row, idx[ptr[row]:ptr[row + 1]].long()] = True
+        perm_q, perm_k = rnd.perm_q[0], rnd.perm_k[0]                              # (Hq, N)
+        in_order = torch.stack([allowed[r, 0, h][perm_q[h]][:, perm_k[h]] for h in range(heads)])
+        padded = torch.nn.functional.pad(in_order, (0, tk * bn - nk, 0, tq * bm - nq))
+        holds = padded.view(heads, tq, bm, tk, bn).any(dim=(2, 4))
+        assert torch.equal(visited, holds), f"round {r}"
+        every = (padded | ~real).view(heads, tq, bm, tk, bn).all(dim=(2, 4)) & holds
+        assert torch.equal(full, every), f"round {r}"
+    return lengths
+
+
 def test_tiles_visited_are_the_tiles_holding_an_allowed_pair(torch_rng):
-    """Per round, the kernel's own COUNT_TILES count is its lists' length, and the lists hold exactly
-    the tiles (of the bucket-sorted rows) that hold an allowed pair of that round."""
+    """The kernel's own COUNT_TILES count per round is its lists' length, and the lists are exact."""
     spec = lsh_spec("lsh_tiles", causal=True, rounds=2, query_heads=2, kv_heads=1)
     nq, nk, q_offset = 70, 90, 20
     q, k, v = qkv(spec, nq, nk, torch_rng, batch=1)
     runner = attngen.compile(spec).kernels.lsh()
     _, _, counts = runner.forward(q, k, v, q_offset, count_tiles=True)
     cfg = runner.fwd.config(16, q.dtype, q.device)
-    bm, bn = cfg.block_m, cfg.block_n
-    tq, tk = -(-nq // bm), -(-nk // bn)
-    allowed, _, _ = _round_allowed(spec, q, k, q_offset)
-    for r, rnd in enumerate(runner.plan(q, k, q_offset)):
-        ptr_p, idx_p, ptr_f, idx_f, rows = rnd.tiles.lists(bm, bn)
-        per_row = (ptr_p[1:] - ptr_p[:-1]) + (ptr_f[1:] - ptr_f[:-1])
-        assert torch.equal(counts[r].long(), per_row.long())
-        visited = torch.zeros(2, tq, tk, dtype=torch.bool)
-        for ptr, idx in ((ptr_p, idx_p), (ptr_f, idx_f)):
-            for row in range(len(ptr) - 1):
-                visited.view(-1, tk)[row, idx[ptr[row]:ptr[row + 1]].long()] = True
-        perm_q, perm_k = rnd.perm_q[0], rnd.perm_k[0]                              # (Hq, N)
-        sorted_allowed = torch.stack([allowed[r, 0, h][perm_q[h]][:, perm_k[h]] for h in range(2)])
-        padded = torch.nn.functional.pad(sorted_allowed, (0, tk * bn - nk, 0, tq * bm - nq))
-        holds = padded.view(2, tq, bm, tk, bn).any(dim=(2, 4))
-        assert torch.equal(visited, holds)
-        full_rows = torch.zeros(2, tq, tk, dtype=torch.bool)
-        for row in range(len(ptr_f) - 1):
-            full_rows.view(-1, tk)[row, idx_f[ptr_f[row]:ptr_f[row + 1]].long()] = True
-        real = torch.nn.functional.pad(torch.ones(nq, nk, dtype=torch.bool), (0, tk * bn - nk, 0, tq * bm - nq))
-        all_ok = (padded | ~real).view(2, tq, bm, tk, bn).all(dim=(2, 4)) & holds
-        assert torch.equal(full_rows, all_ok)          # FULL exactly where every real pair is allowed
+    lengths = _check_lists(spec, runner, q, k, q_offset, cfg.block_m, cfg.block_n)
+    for count, length in zip(counts, lengths):
+        assert torch.equal(count.long(), length.long())
     assert sum(int(c.sum()) for c in counts) > 0
+
+
+@pytest.mark.parametrize("fields, tiles", [
+    pytest.param(dict(causal=True, rounds=3, buckets=2), (16, 16), id="causal-3-rounds-counted"),
+    pytest.param(dict(mask=band(left=20, right=7), rounds=2, buckets=4), (32, 16), id="band-counted"),
+    pytest.param(dict(mask=attngen.blocks(24) & band(left=30), rounds=1, buckets=2), (16, 32), id="blocks-runs"),
+    pytest.param(dict(mask="(i + j) % 5 != 0", rounds=2, buckets=2), (16, 16), id="formula-settled"),
+    pytest.param(dict(rounds=5, buckets=2), (16, 16), id="no-mask-5-rounds-settled-past-4"),
+])
+def test_lists_are_exact_on_every_path(fields, tiles, torch_rng):
+    """The three ways the lists are made (runs, runs with earlier rounds counted, pairs settled)
+    give the tiles holding an allowed pair, FULL where all are; no kernel runs."""
+    from attngen.runtime.lsh import LshAttention
+    spec = lsh_spec("lsh_lists", query_heads=2, kv_heads=1, **fields)
+    q, k, _ = qkv(spec, 83, 61, torch_rng, batch=1)
+    for q_offset in (0, 30):
+        _check_lists(spec, LshAttention(spec, None), q, k, q_offset, *tiles)
 
 
 def test_torch_compile_fullgraph_forward_and_backward(torch_rng):
