@@ -268,10 +268,11 @@ class LshAttention:
             lse = lse.to(torch.float32)
             for rnd in self.plan(q, k, q_offset):
                 q_r, k_r, v_r = self.permuted(rnd, q, k, v)
-                saved = [_permuted(t, rnd.perm_q).reshape(batch * heads, 1, nq, *t.shape[3:]) for t in (out, lse, dout)]
-                dq_r, dk_r, dv_r = self.bwd.backward(q_r, k_r, v_r, saved[0], saved[1].reshape(batch * heads, 1, nq),
-                                                     saved[2], q_offset=0, seg_q=rnd.seg_q, seg_k=rnd.seg_k,
-                                                     inputs=rnd.inputs, lists=rnd.tiles, config=config)[:3]
+                out_r, lse_r, dout_r = (_permuted(t, rnd.perm_q).reshape(batch * heads, 1, nq, *t.shape[3:])
+                                        for t in (out, lse, dout))
+                dq_r, dk_r, dv_r = self.bwd.backward(q_r, k_r, v_r, out_r, lse_r, dout_r, q_offset=0, seg_q=rnd.seg_q,
+                                                     seg_k=rnd.seg_k, inputs=rnd.inputs, lists=rnd.tiles,
+                                                     config=config)[:3]
                 dq += _unpermuted(dq_r.reshape(batch, heads, nq, d).float(), rnd.perm_q)
                 dk += _unpermuted(dk_r.reshape(batch, heads, nk, d).float(), rnd.perm_k)
                 dvs += _unpermuted(dv_r.reshape(batch, heads, nk, dv).float(), rnd.perm_k)

@@ -200,6 +200,6 @@ def kernel_spec(spec):
                        f"lsh_k{r}": {"shape": ["B", "Nk"], "dtype": "int32"}})
     text = " and ".join(f"({p})" for p in parts if p is not None)
     mask = All_((Segments(), Formula.parse(text))) if text else Segments()
-    return type(spec)(name=f"{spec.name}_lsh", query_heads=1, kv_heads=1, head_dim=spec.head_dim,
+    return type(spec)(name=f"{spec.name}_by_bucket", query_heads=1, kv_heads=1, head_dim=spec.head_dim,
                 value_head_dim=spec.value_head_dim, scale=spec.softmax_scale, softcap=spec.softcap,
                 mask=mask, inputs=inputs, lsh=Lsh(lsh.buckets, lsh.seed, lsh.rounds, permuted=True))

@@ -43,7 +43,8 @@ def test_lsh_field_yaml_python_and_hash():
                                          lsh_spec("x", buckets=8, seed=3, rounds=1, causal=True),
                                          lsh_spec("x", buckets=6, seed=3, rounds=2, causal=True))}
     assert len(hashes) == 5
-    assert load_spec("heads: 2\nhead_dim: 16\nlsh: {buckets: 4}\n").lsh.to_dict() == {"buckets": 4, "seed": 0, "rounds": 1}
+    defaults = load_spec("heads: 2\nhead_dim: 16\nlsh: {buckets: 4}\n").lsh
+    assert defaults.to_dict() == {"buckets": 4, "seed": 0, "rounds": 1}
 
 
 @pytest.mark.parametrize("value, field", [
