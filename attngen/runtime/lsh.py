@@ -73,11 +73,14 @@ class RoundTiles:
     def classes(self, block_m: int, block_n: int) -> tuple:
         """(row, t, u, cls) of every non-empty tile, in ascending (row, t, u): cls 1 partial, 2 full."""
         if self.runs is None:
-            rows, t, u = self.candidates(block_m, block_n)
-        else:
-            if len(self.earlier) < MAX_COUNTED_ROUNDS and self.codes_fit():
-                return self.counted_tiles(block_m, block_n)
-            rows, t, u, _ = self.run_tiles(block_m, block_n)
+            return self.settled(*self.candidates(block_m, block_n), block_m, block_n)
+        if len(self.earlier) < MAX_COUNTED_ROUNDS and self.codes_fit():
+            return self.counted_tiles(block_m, block_n)
+        return self.settled(*self.run_tiles(block_m, block_n)[:3], block_m, block_n)
+
+    def settled(self, rows, t, u, block_m: int, block_n: int) -> tuple:
+        """(row, t, u, cls) of the candidate tiles (row, t, u) that hold an allowed pair, each
+        settled on its pairs (bucket, `allowed`), in chunks of SETTLE_CHUNK_PAIRS pairs."""
         cls = torch.zeros(len(t), dtype=torch.int8, device=t.device)
         step = max(1, SETTLE_CHUNK_PAIRS // (block_m * block_n))
         nq, nk = self.seg_q.shape[1], self.seg_k.shape[1]
@@ -110,14 +113,15 @@ class RoundTiles:
         return row, u, a, b
 
     def run_tiles(self, block_m: int, block_n: int) -> tuple:
-        """(row, t, u, inverse) of the tiles the rows' runs touch, ascending; inverse maps each of
-        `run_entries` to its tile."""
+        """(row, t, u, inverse, entries) of the tiles the rows' runs touch, ascending; `entries`
+        are `run_entries` and inverse maps each to its tile."""
         nq, nk = self.seg_q.shape[1], self.seg_k.shape[1]
         tiles_q, tiles_k = cdiv(nq, block_m), cdiv(nk, block_n)
-        row, u, _, _ = self.run_entries(block_n)
+        entries = self.run_entries(block_n)
+        row, u = entries[:2]
         keys, inverse = torch.unique(((row // nq) * tiles_q + (row % nq) // block_m) * tiles_k + u,
                                      return_inverse=True)                                  # sorted
-        return keys // (tiles_q * tiles_k), (keys // tiles_k) % tiles_q, keys % tiles_k, inverse
+        return keys // (tiles_q * tiles_k), (keys // tiles_k) % tiles_q, keys % tiles_k, inverse, entries
 
     def codes_fit(self) -> bool:
         """The inclusion-exclusion codes (bucket tuples, with positions and rows) fit in int64."""
@@ -129,8 +133,7 @@ class RoundTiles:
         share a bucket with the row in an earlier round (`_excluded_counts`); a tile is non-empty
         where some row keeps a key, FULL where every real row keeps every key of the tile."""
         nq, nk = self.seg_q.shape[1], self.seg_k.shape[1]
-        rows, t, u, inverse = self.run_tiles(block_m, block_n)
-        entry_row, entry_u, a, b = self.run_entries(block_n)
+        rows, t, u, inverse, (entry_row, entry_u, a, b) = self.run_tiles(block_m, block_n)
         kept = (b - a) - _excluded_counts(self.earlier, self.buckets, entry_row, a, b)
         whole = kept == torch.clamp((entry_u + 1) * block_n, max=nk) - entry_u * block_n
         nonempty = torch.zeros(len(t), dtype=torch.int64, device=t.device).index_add_(0, inverse, (kept > 0).long())
