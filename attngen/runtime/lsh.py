@@ -186,6 +186,8 @@ class LshAttention:
         self.fwd = forward_launcher
         self.bwd = backward_launcher
         self._rotations: dict = {}
+        # interval masks (tiles_interval.key_bounds evaluates them): lists from runs, no pair evaluated
+        self.interval = key_bounds(spec.effective_mask, torch.zeros(1, dtype=torch.int64)) is not None
 
     def rotations(self, device) -> torch.Tensor:
         if device not in self._rotations:
@@ -204,7 +206,6 @@ class LshAttention:
         sorted_k = [torch.sort(bk[r], dim=-1, stable=True) for r in range(lsh.rounds)]
         ctx = spec.eval_context(nq, nk, q_offset, device=q.device)
         mask = spec.effective_mask
-        interval = key_bounds(mask, torch.zeros(1, dtype=torch.int64)) is not None
         declared = {d.name for d in self.kernel_spec.inputs}
         rounds = []
         for r in range(lsh.rounds):
@@ -233,7 +234,7 @@ class LshAttention:
             seg_q32 = seg_q.reshape(batch * heads, nq).to(torch.int32)
             seg_k32 = seg_k.reshape(batch * heads, nk).to(torch.int32)
             runs = _runs(mask, seg_q.reshape(batch * heads, nq), seg_k.reshape(batch * heads, nk),
-                         inputs[QUERY_POS].long(), flat["pk"]) if interval else None
+                         inputs[QUERY_POS].long(), flat["pk"]) if self.interval else None
             rounds.append(Round(perm_q, perm_k, seg_q32, seg_k32,
                                 {n: t for n, t in inputs.items() if n in declared},
                                 RoundTiles(seg_q32, seg_k32, allowed, runs, earlier, lsh.buckets)))
