@@ -37,7 +37,8 @@ import torch
 
 from ..analysis.tiles_interval import key_bounds
 from ..spec import Spec, kernel_spec
-from ..spec.lsh import KEY_POS, QUERY_POS, buckets_of
+from ..spec import alibi_slopes
+from ..spec.lsh import KEY_POS, QUERY_POS, SLOPE, buckets_of
 from .launcher import cdiv
 from .merge import merge
 from .select import sequence_rows, tile_csr
@@ -212,6 +213,8 @@ class LshAttention:
             (seg_q, perm_q), (seg_k, perm_k) = sorted_q[r], sorted_k[r]
             flat = {"pq": perm_q.reshape(batch * heads, nq), "pk": perm_k.reshape(batch * heads, nk)}
             inputs = {QUERY_POS: (flat["pq"] + q_offset).to(torch.int32), KEY_POS: flat["pk"].to(torch.int32)}
+            if spec.alibi:                   # row b * Hq + h takes head h's slope
+                inputs[SLOPE] = alibi_slopes(heads).to(device=q.device, dtype=torch.float32).repeat(batch)
             earlier = []
             for e in range(lsh.rounds - 1):
                 if e < r:

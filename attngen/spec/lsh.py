@@ -13,6 +13,8 @@ axis (each (b, h) has its own query order), one head, and the mask rewritten:
 - the spec's mask at the ORIGINAL positions: a formula over the inputs ``lsh_i[b, i]`` and
   ``lsh_j[b, j]`` (original query and key positions of the permuted rows), so causal, band, ...
   keep their meaning through the permutation;
+- ALiBi as the score ``s - lsh_alibi_slope[b] * (lsh_i[b, i] - lsh_j[b, j])``: the row's head's
+  slope, at the original positions;
 - for rounds > 1, ``lsh_q{r}[b, i] != lsh_k{r}[b, j]`` for every earlier round r: a pair equal in
   several rounds is attended in the first one only, so the rounds' parts are disjoint and merge
   exactly by lse (runtime/merge.py). Slots of rounds not yet run hold -1 (queries) and -2 (keys).
@@ -32,7 +34,7 @@ from .predicates import (All_, Any_, Band, Blocks, Causal, Columns, Everything, 
 
 MAX_BUCKETS = 1 << 16
 MAX_ROUNDS = 16
-QUERY_POS, KEY_POS = "lsh_i", "lsh_j"
+QUERY_POS, KEY_POS, SLOPE = "lsh_i", "lsh_j", "lsh_alibi_slope"
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,7 @@ def refuse_with_lsh(spec) -> None:
     if spec.select is not None:
         raise SpecError("lsh", lsh.to_dict(), "cannot be combined with select: (one content-based "
                         "pattern per spec)")
-    for field, value, why in (("alibi", spec.alibi, "its bias reads the query head, which the kernels "
-                               "flatten into the batch"),
-                              ("score", spec.score, "score formulas read the batch, heads and inputs, "
+    for field, value, why in (("score", spec.score, "score formulas read the batch, heads and inputs, "
                                "which the kernels permute and flatten"),
                               ("sink", spec.sink, "the rounds merge by lse and would count the sink "
                                "once per round"),
@@ -191,15 +191,19 @@ def kernel_spec(spec):
     i, j = f"{QUERY_POS}[b, i]", f"{KEY_POS}[b, j]"
     parts = [mask_formula(spec.effective_mask, i, j)]
     inputs = {}
-    if parts[0] is not None:
+    if parts[0] is not None or spec.alibi:
         inputs = {QUERY_POS: {"shape": ["B", "Nq"], "dtype": "int32"},
                   KEY_POS: {"shape": ["B", "Nk"], "dtype": "int32"}}
     for r in range(lsh.rounds - 1):
         parts.append(f"lsh_q{r}[b, i] != lsh_k{r}[b, j]")
         inputs.update({f"lsh_q{r}": {"shape": ["B", "Nq"], "dtype": "int32"},
                        f"lsh_k{r}": {"shape": ["B", "Nk"], "dtype": "int32"}})
+    score = None
+    if spec.alibi:                        # the head's slope per flattened row, at original positions
+        inputs[SLOPE] = {"shape": ["B"], "dtype": "float32"}
+        score = f"s - {SLOPE}[b] * ({i} - {j})"
     text = " and ".join(f"({p})" for p in parts if p is not None)
     mask = All_((Segments(), Formula.parse(text))) if text else Segments()
     return type(spec)(name=f"{spec.name}_by_bucket", query_heads=1, kv_heads=1, head_dim=spec.head_dim,
                 value_head_dim=spec.value_head_dim, scale=spec.softmax_scale, softcap=spec.softcap,
-                mask=mask, inputs=inputs, lsh=Lsh(lsh.buckets, lsh.seed, lsh.rounds, permuted=True))
+                mask=mask, inputs=inputs, score=score, lsh=Lsh(lsh.buckets, lsh.seed, lsh.rounds, permuted=True))

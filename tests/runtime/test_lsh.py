@@ -65,7 +65,6 @@ def test_lsh_refused_naming_the_field(value, field):
 
 @pytest.mark.parametrize("fields, field, words", [
     pytest.param(dict(select={"top": 2, "block": 16}), "lsh", "select", id="with-select"),
-    pytest.param(dict(alibi=True), "alibi", "query head", id="alibi"),
     pytest.param(dict(sink=True), "sink", "once per round", id="sink"),
     pytest.param(dict(mask=segments()), "mask", "segment ids", id="segments"),
     pytest.param(dict(mask=attngen.random(1, 16, 0)), "mask", "permuted positions", id="random"),
@@ -121,7 +120,7 @@ def test_kernel_buckets_equal_the_reference_bit_for_bit(torch_rng):
 
 # -- kernels under the interpreter --------------------------------------------------------------------
 FORWARD_CASES = [
-    pytest.param(dict(causal=True), 37, 53, None, torch.float32, id="causal-gqa-rounds2-nq37-nk53"),
+    pytest.param(dict(causal=True, alibi=True), 37, 53, None, torch.float32, id="causal-alibi-gqa-rounds2-nq37-nk53"),
     pytest.param(dict(rounds=1, mask=band(5), query_heads=2, kv_heads=2), 41, 70, 12, torch.bfloat16,
                  id="band-mha-rounds1-q_offset12-bf16"),
     pytest.param(dict(causal=True, query_heads=3, kv_heads=1, buckets=2), 29, 29, -4, torch.float32,
@@ -141,7 +140,7 @@ def test_forward_matches_reference(fields, nq, nk, q_offset, dtype, torch_rng, r
 
 
 @pytest.mark.parametrize("dtype, fields", [
-    pytest.param(torch.float32, dict(causal=True), id="fp32-causal-gqa-rounds2"),
+    pytest.param(torch.float32, dict(causal=True, alibi=True), id="fp32-causal-alibi-gqa-rounds2"),
     pytest.param(torch.bfloat16, dict(mask=band(left=9, right=3), rounds=1, query_heads=2, kv_heads=1),
                  id="bf16-band-mqa-rounds1"),
 ])
