@@ -67,8 +67,8 @@ class AttentionKernels:
             return reference_forward(self.spec, q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k,
                                      inputs=inputs)
         if self.spec.lsh is not None:
-            _no_segments_or_inputs(self.spec, seg_q, seg_k, inputs)
-            return self.lsh().forward(q, k, v, _offset(q, k, q_offset))
+            _no_segments(self.spec, seg_q, seg_k)
+            return self.lsh().forward(q, k, v, _offset(q, k, q_offset), inputs=inputs)
         return self.launcher("fwd").forward(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k, inputs=inputs)
 
     def backward_impl(self, q, k, v, out, lse, dout, q_offset=None, seg_q=None, seg_k=None, inputs=None, *,
@@ -84,8 +84,9 @@ class AttentionKernels:
             return reference_gradients(self.spec, q, k, v, dout, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k,
                                        inputs=inputs)
         if self.spec.lsh is not None:
-            _no_segments_or_inputs(self.spec, seg_q, seg_k, inputs)
-            return self.lsh().backward(q, k, v, out, lse, dout, _offset(q, k, q_offset), config=config)
+            _no_segments(self.spec, seg_q, seg_k)
+            return self.lsh().backward(q, k, v, out, lse, dout, _offset(q, k, q_offset), inputs=inputs,
+                                       config=config)
         return self.launcher("bwd").backward(q, k, v, out, lse, dout, q_offset=q_offset, seg_q=seg_q,
                                              seg_k=seg_k, inputs=inputs, config=config)
 
@@ -103,8 +104,7 @@ class AttentionKernels:
 
     def decode_impl(self, q, k_cache, v_cache, cache_seqlens=None, block_table=None, inputs=None):
         if self.spec.lsh is not None:
-            _no_segments_or_inputs(self.spec, None, None, inputs)
-            return self.lsh().decode(q, k_cache, v_cache, cache_seqlens, block_table)
+            return self.lsh().decode(q, k_cache, v_cache, cache_seqlens, block_table, inputs=inputs)
         return self.launcher("decode").decode(q, k_cache, v_cache, cache_seqlens=cache_seqlens,
                                               block_table=block_table, inputs=inputs)
 
@@ -114,10 +114,8 @@ def _offset(q, k, q_offset) -> int:
     return resolve_q_offset(q.shape[2], k.shape[2], q_offset)
 
 
-def _no_segments_or_inputs(spec: Spec, seg_q, seg_k, inputs) -> None:
-    """An lsh spec has no segments mask and no inputs (spec validation refuses them)."""
+def _no_segments(spec: Spec, seg_q, seg_k) -> None:
+    """An lsh spec has no segments mask (spec validation refuses one)."""
     from ..errors import ShapeError
     if seg_q is not None or seg_k is not None:
         raise ShapeError(f"spec {spec.name!r} has no segments mask, but seg_q/seg_k were given")
-    if inputs:
-        raise ShapeError(f"unknown input {next(iter(inputs))!r}: spec {spec.name!r} declares no inputs")

@@ -39,6 +39,7 @@ from ..analysis.tiles_interval import key_bounds
 from ..spec import Spec, kernel_spec
 from ..spec import alibi_slopes
 from ..spec.lsh import KEY_POS, QUERY_POS, SLOPE, buckets_of
+from .inputs import call_inputs
 from .launcher import cdiv
 from .merge import merge
 from .select import sequence_rows, tile_csr
@@ -243,13 +244,21 @@ class LshAttention:
                                 RoundTiles(seg_q32, seg_k32, allowed, runs, earlier, lsh.buckets)))
         return rounds
 
-    def forward(self, q, k, v, q_offset: int, *, count_tiles: bool = False, config=None):
-        """(out, lse[, tiles visited per round]) in the original order."""
+    def sink(self, inputs, q, k) -> torch.Tensor | None:
+        """The sinks' logits (Hq,) of a `sink: true` spec, checked (the only input an lsh spec takes)."""
+        checked = call_inputs(self.spec, inputs, batch=q.shape[0], nq=q.shape[2], nk=k.shape[2], device=q.device)
+        return checked.get("sink")
+
+    def forward(self, q, k, v, q_offset: int, *, inputs=None, count_tiles: bool = False, config=None):
+        """(out, lse[, tiles visited per round]) in the original order; sinks join once, after the
+        rounds (merge.py)."""
         batch, heads, nq, _ = q.shape
         nk, dv = k.shape[2], v.shape[3]
+        sink = self.sink(inputs, q, k)
         if nq == 0 or nk == 0:
             out = q.new_zeros((batch, heads, nq, dv))
             lse = torch.full((batch, heads, nq), float("-inf"), device=q.device)
+            out, lse = merge([out], [lse], sink=sink)
             return (out, lse, []) if count_tiles else (out, lse)
         outs, lses, visits = [], [], []
         for rnd in self.plan(q, k, q_offset):
@@ -261,11 +270,14 @@ class LshAttention:
             lses.append(_unpermuted(lse_r.reshape(batch, heads, nq), rnd.perm_q))
             if count_tiles:
                 visits.append(result[2])
-        out, lse = merge(outs, lses)
+        out, lse = merge(outs, lses, sink=sink)
         return (out, lse, visits) if count_tiles else (out, lse)
 
-    def backward(self, q, k, v, out, lse, dout, q_offset: int, *, config=None):
-        """(dq, dk, dv) in the inputs' dtypes and shapes."""
+    def backward(self, q, k, v, out, lse, dout, q_offset: int, *, inputs=None, config=None):
+        """(dq, dk, dv[, d sink]) in the inputs' dtypes and shapes. With sinks, the merged lse holds
+        the sink, so each round's share is exact; d sink[h] = -sum over rows of exp(sink[h] - lse)
+        * rowsum(dout * out)."""
+        sink = self.sink(inputs, q, k)
         batch, heads, nq, d = q.shape
         nk, dv, group = k.shape[2], v.shape[3], self.spec.group
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
@@ -284,10 +296,14 @@ class LshAttention:
                 dk += _unpermuted(dk_r.reshape(batch, heads, nk, d).float(), rnd.perm_k)
                 dvs += _unpermuted(dv_r.reshape(batch, heads, nk, dv).float(), rnd.perm_k)
         fold = (batch, heads // group, group)
-        return (dq.to(q.dtype), dk.view(*fold, nk, d).sum(2).to(k.dtype),
-                dvs.view(*fold, nk, dv).sum(2).to(v.dtype))
+        grads = (dq.to(q.dtype), dk.view(*fold, nk, d).sum(2).to(k.dtype), dvs.view(*fold, nk, dv).sum(2).to(v.dtype))
+        if sink is None:
+            return grads
+        delta = (dout.float() * out.float()).sum(-1)                               # (B, Hq, Nq)
+        weight = torch.exp(sink.float()[None, :, None] - lse.float())
+        return (*grads, -(weight * delta).sum(dim=(0, 2)))
 
-    def decode(self, q, k_cache, v_cache, cache_seqlens=None, block_table=None):
+    def decode(self, q, k_cache, v_cache, cache_seqlens=None, block_table=None, inputs=None):
         """(out, lse) of Nq new tokens per sequence against a KV cache (contiguous or paged): per
         sequence, its new tokens' buckets against its cache keys' buckets (rows 0..len-1; token t
         at len - Nq + t), through `forward`. The cache's buckets are recomputed each step (no
@@ -299,11 +315,9 @@ class LshAttention:
         out = q.new_zeros((batch, spec.query_heads, nq, spec.v_head_dim))
         lse = torch.full((batch, spec.query_heads, nq), float("-inf"), device=q.device)
         for b, n in enumerate(seqlens.tolist()):
-            n = min(n, capacity)
-            if n <= 0:
-                continue
+            n = max(min(n, capacity), 0)
             keys, values = (sequence_rows(t, b, n, block_table, page_size) for t in (k_cache, v_cache))
-            out[b:b + 1], lse[b:b + 1] = self.forward(q[b:b + 1], keys, values, n - nq)
+            out[b:b + 1], lse[b:b + 1] = self.forward(q[b:b + 1], keys, values, n - nq, inputs=inputs)
         return out, lse
 
     def permuted(self, rnd: Round, q, k, v):

@@ -107,8 +107,6 @@ def refuse_with_lsh(spec) -> None:
                         "pattern per spec)")
     for field, value, why in (("score", spec.score, "score formulas read the batch, heads and inputs, "
                                "which the kernels permute and flatten"),
-                              ("sink", spec.sink, "the rounds merge by lse and would count the sink "
-                               "once per round"),
                               ("inputs", spec.inputs, "call-time inputs are indexed by positions and "
                                "heads, which the kernels permute and flatten")):
         if value:

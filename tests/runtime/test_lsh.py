@@ -65,7 +65,6 @@ def test_lsh_refused_naming_the_field(value, field):
 
 @pytest.mark.parametrize("fields, field, words", [
     pytest.param(dict(select={"top": 2, "block": 16}), "lsh", "select", id="with-select"),
-    pytest.param(dict(sink=True), "sink", "once per round", id="sink"),
     pytest.param(dict(mask=segments()), "mask", "segment ids", id="segments"),
     pytest.param(dict(mask=attngen.random(1, 16, 0)), "mask", "permuted positions", id="random"),
     pytest.param(dict(mask="j <= i + h"), "mask", "a head", id="formula-reading-a-head"),
@@ -147,6 +146,29 @@ def test_forward_matches_reference(fields, nq, nk, q_offset, dtype, torch_rng, r
 def test_gradients_match_reference(dtype, fields, torch_rng, request):
     spec = lsh_spec("lsh_bwd_" + request.node.callspec.id.replace("-", "_"), **fields)
     check_gradients(spec, *qkv(spec, 35, 47, torch_rng, dtype=dtype, batch=1), torch_rng, q_offset=15)
+
+
+def test_sinks_join_once_forward_backward_and_decode(torch_rng):
+    """A sink counts once per row after the rounds merge (rows with no key: lse = sink); its
+    gradient and q, k, v's match the reference."""
+    from attngen.checking import GRAD_TOLERANCE, check_close
+    from attngen.runtime.launch_backward import reference_gradients
+    spec = lsh_spec("lsh_sink", causal=True, sink=True, query_heads=2, kv_heads=1)
+    q, k, v = qkv(spec, 23, 31, torch_rng, batch=1)
+    sink = torch.randn(2, generator=torch_rng)
+    _check_forward(spec, q, k, v, q_offset=-3, sink=sink)          # the first rows see no key
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, sink)]
+    out = attngen.compile(spec)(*leaves[:3], q_offset=-3, sink=leaves[3])
+    dout = torch.randn(out.shape, generator=torch_rng)
+    got = torch.autograd.grad(out, leaves, dout)
+    want = reference_gradients(spec, q, k, v, dout, q_offset=-3, inputs={"sink": sink})
+    for name, g, w in zip(("dq", "dk", "dv", "dsink"), got, want):
+        check_close(name, g, w, torch.float32, table=GRAD_TOLERANCE)
+    cache_k, cache_v = torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)
+    empty = torch.tensor([0], dtype=torch.int32)                     # a sequence with no key yet
+    out, lse = attngen.compile(spec).decode(q[:, :, :2], cache_k, cache_v, cache_seqlens=empty, return_lse=True,
+                                            sink=sink)
+    assert torch.equal(out, torch.zeros_like(out)) and torch.equal(lse[0, :, 0], sink)
 
 
 def _round_allowed(spec, q, k, q_offset):
