@@ -119,8 +119,9 @@ def generate(spec, kind: str = "fwd", *, check: bool | None = None) -> Generated
         raise ValueError(f"unknown kernel kind {kind!r}; one of {', '.join(GENERATORS)}")
     if spec.lsh is not None:
         if kind not in ("fwd", "bwd"):
-            raise CompileError(f"spec {spec.name!r} hashes keys into buckets (lsh:): it has no {kind} kernel "
-                               "yet (decode and varlen would sort each call's keys by bucket; attngen.reference runs it)")
+            raise CompileError(f"spec {spec.name!r} hashes rows into buckets (lsh:): it has no {kind} kernel; "
+                               "its calls sort rows by bucket and run the fwd/bwd kernels (attn.decode does, "
+                               "per sequence; varlen is not supported)")
         spec = kernel_spec(spec)          # the permuted form (spec/lsh.py)
     refuse_unsupported(spec)
     return GENERATORS[kind](spec, check=check)
