@@ -65,8 +65,9 @@ def block_list_args(g: Graph, prefix: str = "") -> tuple[Arg, ...]:
 
 
 def has_select(g: Graph) -> bool:
-    """Content-based selection (`select:`): the lists are chosen per call and per (batch, kv head)."""
-    return bool(g.facts["spec"].get("select"))
+    """Content-based sparsity (`select:`, and `lsh:`'s kernel spec): the lists are chosen per call
+    and per (batch, kv head)."""
+    return bool(g.facts["spec"].get("select") or g.facts["spec"].get("lsh"))
 
 
 LIST_SET_NOTES = {("b", "hk"): "per (batch, kv head)", ("b", "h"): "per (batch, query head)",
