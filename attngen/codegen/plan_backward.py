@@ -45,7 +45,7 @@ def backward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature
             saved + tensors("dk", "dv") + tile_walk + block_list_args(g, "by_key_") + randoms
             + inputs + strides("dk") + strides("dv") + seg
             + sizes("nq", "nk", "q_offset", "k_offset", "num_kv_heads")
-            + constexprs("BLOCK_M", "BLOCK_N", "DOT_PRECISION", "UPCAST_DOT"))),
+            + constexprs("BLOCK_M", "BLOCK_N", "EVEN_M", "DOT_PRECISION", "UPCAST_DOT"))),
         "dq": KernelSignature(names["dq"], (
             saved + tensors("dq") + tile_walk + block_list_args(g) + randoms
             + grad_signature_args(FormulaCode.of_graph(g, "bwd"))

@@ -115,14 +115,15 @@ class BackwardLauncher(SoftmaxLauncher):
         return TileConfig(preprocess_rows(self.spec.v_head_dim), 16, 4, 1)
 
     @staticmethod
-    def role_constexprs(role: str, tiles: TileConfig, dtype: torch.dtype, *, even_k: bool,
+    def role_constexprs(role: str, tiles: TileConfig, dtype: torch.dtype, *, even_k: bool, even_m: bool,
                         interpreted: bool) -> dict:
-        """The constexpr arguments of one kernel at its tiles."""
+        """The constexpr arguments of one kernel at its tiles; even_k / even_m: nk / nq a multiple
+        of the tile's keys / query rows (no ragged last tile)."""
         if role == "preprocess":
             return dict(BLOCK_M=tiles.block_m)
         out = dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, DOT_PRECISION=dot_precision(dtype),
                    UPCAST_DOT=interpreted and dtype == torch.bfloat16)
-        return {**out, "EVEN_K": even_k} if role == "dq" else out
+        return {**out, "EVEN_K": even_k} if role == "dq" else {**out, "EVEN_M": even_m}
 
     def compile_for(self, target: str, dtype: torch.dtype, config: BackwardConfig | None = None, *,
                     n: int = AOT_LENGTH, nk: int | None = None):
@@ -216,6 +217,7 @@ class BackwardLauncher(SoftmaxLauncher):
         def arguments(role: str):
             def at(tiles: TileConfig):
                 constexprs = self.role_constexprs(role, tiles, q.dtype, even_k=nk % tiles.block_n == 0,
+                                                  even_m=nq % tiles.block_m == 0,
                                                   interpreted=interpret)
                 if role == "preprocess":
                     return ((cdiv(nq, tiles.block_m), batch * spec.query_heads), dict(

@@ -206,7 +206,8 @@ class VarlenBackwardLauncher(BackwardLauncher):
 
         def arguments(role: str):
             def at(tiles: TileConfig):
-                constexprs = self.role_constexprs(role, tiles, q.dtype, even_k=False, interpreted=interpret)
+                constexprs = self.role_constexprs(role, tiles, q.dtype, even_k=False, even_m=False,
+                                                  interpreted=interpret)
                 if role == "preprocess":
                     return ((pre_work.size, spec.query_heads), dict(
                         out=out, dout=dout, lse=lse, delta=delta, lse2=lse2, num_query_heads=spec.query_heads,
