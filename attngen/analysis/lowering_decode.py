@@ -15,6 +15,8 @@ sequence's key tiles. Key tiles come from
 """
 from __future__ import annotations
 
+import math
+
 import sympy
 import torch
 
@@ -46,12 +48,27 @@ _FP32 = {64: ((32, 4, 2), (16, 4, 1)),
          128: ((32, 4, 1), (16, 4, 1)),
          256: ((16, 8, 1), (16, 4, 1))}
 INTERPRETER_BLOCK_N = 32
+# Keys of a contiguous cache addressed from one 64-bit base. Each thread's offsets within a run are
+# loop-invariant and stay in registers: runs of 16 share them, whole-tile runs hold one 64-bit
+# offset per load (gqa, sm_90, 64-key tiles: 106 registers and 341 loop instructions against 179
+# and 310; 106 leaves room for 4 CTAs per SM, 179 for 2).
+CONTIGUOUS_RUN = 16
 
 
 def row_block(group: int, nq: int, head_dim: int) -> int:
     """BLOCK_M for GROUP x Nq packed rows: a power of two >= 16, capped by the head dim's MAX_ROWS."""
     rows = max(16, 1 << (max(group * nq, 1) - 1).bit_length())
     return min(rows, MAX_ROWS[max(64, padded_head_dim(head_dim))])
+
+
+def page_run(page_size: int | None, block_n: int) -> int:
+    """Keys of a tile addressed from one 64-bit base (the kernel's PAGE_RUN): in a paged cache
+    gcd(page_size, block_n), so that a run never crosses a page (one page-table entry per run:
+    whole pages of a tile, or the tile inside one page); in a contiguous cache (`page_size` None)
+    CONTIGUOUS_RUN keys."""
+    if page_size is None:
+        return min(CONTIGUOUS_RUN, block_n)
+    return math.gcd(page_size, block_n)
 
 
 def candidate_decode_configs(head_dim: int, dtype: torch.dtype, arch: str | None,

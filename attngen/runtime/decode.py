@@ -19,7 +19,7 @@ import torch
 
 from ..analysis.configs import TileConfig
 from ..analysis.lowering_decode import (DEFAULT_SMS, candidate_decode_configs, choose_num_splits, key_span,
-                                        row_block)
+                                        page_run, row_block)
 from ..codegen.aot import CompiledKernels, resource_usage
 from ..codegen.emit import GeneratedKernel
 from ..codegen.plan import random_tables
@@ -128,7 +128,8 @@ class DecodeLauncher(KernelLauncher):
     def constexprs(cfg: TileConfig, dtype: torch.dtype, *, paged: bool, page_size: int, split: bool,
                    interpreted: bool, kv_aligned: bool = True, count_tiles: bool = False) -> dict:
         return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=paged,
-                    PAGE_SIZE=page_size if paged else 1, KV_ALIGNED=kv_aligned, SPLIT=split,
+                    PAGE_SIZE=page_size if paged else 1,
+                    PAGE_RUN=page_run(page_size if paged else None, cfg.block_n), KV_ALIGNED=kv_aligned, SPLIT=split,
                     COUNT_TILES=count_tiles,
                     DOT_PRECISION=dot_precision(dtype),
                     UPCAST_DOT=interpreted and dtype == torch.bfloat16)
