@@ -51,10 +51,10 @@ _FP32 = {64: ((32, 4, 2), (16, 4, 1)),
          128: ((32, 4, 1), (16, 4, 1)),
          256: ((16, 8, 1), (16, 4, 1))}
 INTERPRETER_BLOCK_N = 32
-# Keys of a contiguous cache addressed from one 64-bit base. Each thread's offsets within a run are
-# loop-invariant and stay in registers: runs of 16 share them, whole-tile runs hold one 64-bit
-# offset per load (gqa, sm_90, 64-key tiles: 106 registers and 341 loop instructions against 179
-# and 310; 106 leaves room for 4 CTAs per SM, 179 for 2).
+# Keys of a contiguous cache (or of a tile inside one page) addressed from one 64-bit base. Each
+# thread's offsets within a run are loop-invariant and stay in registers: runs of 16 share them,
+# whole-tile runs hold one 64-bit offset per load (gqa, sm_90, 64-key tiles: 106 registers and
+# 341 loop instructions against 179 and 310; 106 leaves room for 4 CTAs per SM, 179 for 2).
 CONTIGUOUS_RUN = 16
 
 
@@ -65,11 +65,11 @@ def row_block(group: int, nq: int, head_dim: int) -> int:
 
 
 def page_run(page_size: int | None, block_n: int) -> int:
-    """Keys of a tile addressed from one 64-bit base (the kernel's PAGE_RUN): in a paged cache
-    gcd(page_size, block_n), so that a run never crosses a page (one page-table entry per run:
-    whole pages of a tile, or the tile inside one page); in a contiguous cache (`page_size` None)
-    CONTIGUOUS_RUN keys."""
-    if page_size is None:
+    """Keys of a tile addressed from one 64-bit base (the kernel's PAGE_RUN), never crossing a
+    page: whole pages where pages divide the tile (one page-table entry each); CONTIGUOUS_RUN
+    keys where the tile lies inside one page or the cache is contiguous (`page_size` None: one
+    entry per tile); else gcd(page_size, block_n) keys (one entry per run)."""
+    if page_size is None or page_size % block_n == 0:
         return min(CONTIGUOUS_RUN, block_n)
     return math.gcd(page_size, block_n)
 

@@ -221,6 +221,12 @@ class DecodeLauncher(KernelLauncher):
             if tuple(t.shape) != (*want, dim):
                 raise ShapeError(f"{name} has shape {tuple(t.shape)}, expected {(*want, dim)} "
                                  f"{layout if name == 'k_cache' else layout.replace('D)', 'Dv)')} for spec {spec.name!r}")
+        # Keys within a page (a tile of a contiguous cache: at most 256) are 32-bit offsets.
+        for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+            key_stride, dim_stride = t.stride(1 if paged else 2), t.stride(3)
+            if (page_size if paged else 256) * abs(key_stride) + t.shape[3] * abs(dim_stride) >= 1 << 31:
+                raise ShapeError(f"{name} has strides {t.stride()}: the keys of one "
+                                 f"{'page' if paged else 'tile'} must lie within 2**31 elements")
         seqlens = self._seqlens(cache_seqlens, batch, capacity, q.device, k_offset, max_total)
         if paged and q.device.type == "cpu":
             used = -(-seqlens.to(torch.int64) // page_size)                 # pages each sequence uses

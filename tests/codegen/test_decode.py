@@ -398,6 +398,10 @@ def test_refusals():
     kp, vp, table = paged(k, v, 16)
     with pytest.raises(ShapeError, match="block_table names pages"):
         run.decode(q, kp, vp, block_table=table + 100)
+    # Keys within a page are 32-bit offsets: a page spanning 2**31 elements is refused (meta tensors).
+    huge = torch.empty_strided((2, 16, 2, 32), (1 << 28, 1 << 27, 32, 1), device="meta")
+    with pytest.raises(ShapeError, match="k_cache has strides .* within 2\\*\\*31 elements"):
+        run.decode(q.to("meta"), huge, huge, block_table=torch.zeros(2, 1, dtype=torch.int32, device="meta"))
     with pytest.raises(ShapeError, match="sequence 0 holds 10 keys"):
         launcher(SPECS[8]).decode(q[:, :2], k[:, :2], v[:, :2],
                                   cache_seqlens=torch.tensor([10, 40], dtype=torch.int32))
