@@ -64,11 +64,15 @@ def row_block(group: int, nq: int, head_dim: int) -> int:
     return min(rows, MAX_ROWS[max(64, padded_head_dim(head_dim))])
 
 
-def page_run(page_size: int | None, block_n: int) -> int:
+def page_run(page_size: int | None, block_n: int, *, runs: bool = True) -> int:
     """Keys of a tile addressed from one 64-bit base (the kernel's PAGE_RUN), never crossing a
     page: whole pages where pages divide the tile (one page-table entry each); CONTIGUOUS_RUN
     keys where the tile lies inside one page or the cache is contiguous (`page_size` None: one
-    entry per tile); else gcd(page_size, block_n) keys (one entry per run)."""
+    entry per tile); else gcd(page_size, block_n) keys (one entry per run). Without `runs` (a
+    Triton whose software pipeline does not take row pointers through tt.reshape: see
+    `runtime.decode.RESHAPED_ROWS`) every key is its own run: one entry and base per key."""
+    if not runs:
+        return 1
     if page_size is None or page_size % block_n == 0:
         return min(CONTIGUOUS_RUN, block_n)
     return math.gcd(page_size, block_n)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 import torch
+import triton
 
 from ..analysis.configs import TileConfig
 from ..analysis.lowering_decode import (DEFAULT_SMS, SmLimits, candidate_decode_configs, choose_num_splits,
@@ -32,6 +33,11 @@ from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, dot_prec
 
 log = logging.getLogger("attngen")
 MAX_NQ = 16
+# Runs of keys share a 64-bit base through tt.reshape (`lowering_decode.page_run`). Triton 3.6 then
+# loses the software pipeline of the K/V loads (gqa, sm_90, 16-token pages: 254 registers and a
+# 1,522-instruction loop against 105 and 364 under 3.9); older Tritons address key by key, as
+# every version did before. 3.7 and 3.8 are not measured: they keep the per-key form.
+RESHAPED_ROWS = tuple(int(part) for part in triton.__version__.split(".")[:2]) >= (3, 9)
 
 
 class DecodeLauncher(KernelLauncher):
@@ -144,7 +150,7 @@ class DecodeLauncher(KernelLauncher):
                    interpreted: bool, kv_aligned: bool = True, count_tiles: bool = False) -> dict:
         return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=paged,
                     PAGE_SIZE=page_size if paged else 1,
-                    PAGE_RUN=page_run(page_size if paged else None, cfg.block_n), KV_ALIGNED=kv_aligned, SPLIT=split,
+                    PAGE_RUN=page_run(page_size if paged else None, cfg.block_n, runs=RESHAPED_ROWS), KV_ALIGNED=kv_aligned, SPLIT=split,
                     COUNT_TILES=count_tiles,
                     DOT_PRECISION=dot_precision(dtype),
                     UPCAST_DOT=interpreted and dtype == torch.bfloat16)
