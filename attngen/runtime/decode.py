@@ -341,14 +341,13 @@ class DecodeLauncher(KernelLauncher):
             selected["num_key_blocks"] = selected["selected"].shape[-1]
 
         def arguments(cfg: TileConfig):
-            row_tiles = -(-spec.group * nq // cfg.block_m)
             if num_splits:
                 return launch_at(cfg, num_splits)
             sms, ctas = self.slots(target, q.device, (q.dtype, cfg, paged, page_size),
                                    lambda c: launch_at(c, 2), cfg)
             return launch_at(cfg, choose_num_splits(
-                batch=batch, kv_heads=spec.kv_heads, row_tiles=row_tiles, key_span=self.span(nq, capacity),
-                block_n=cfg.block_n, num_sms=sms, ctas_per_sm=ctas))
+                batch=batch, kv_heads=spec.kv_heads, row_tiles=-(-spec.group * nq // cfg.block_m),
+                key_span=self.span(nq, capacity), block_n=cfg.block_n, num_sms=sms, ctas_per_sm=ctas))
 
         def launch_at(cfg: TileConfig, splits: int):
             row_tiles = -(-spec.group * nq // cfg.block_m)
