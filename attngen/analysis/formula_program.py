@@ -119,8 +119,9 @@ def _not(x) -> tuple:
 
 # -- compiling sympy --------------------------------------------------------------------------------
 class _Compiler:
-    def __init__(self):
-        self.terms: list = ["i", "j"]
+    def __init__(self, params: tuple = ()):
+        self.terms: list = ["i", "j", *(str(p) for p in params)]
+        self.params = {p: 2 + n for n, p in enumerate(params)}       # parameter → its term
         self.term_index: dict = {}
         self.atoms: list[Atom] = []
         self.atom_index: dict = {}
@@ -131,6 +132,8 @@ class _Compiler:
             return [(TRUE, Lin.of({I_TERM: 1}))]
         if e == J_SYMBOL:
             return [(TRUE, Lin.of({J_TERM: 1}))]
+        if e in self.params:
+            return [(TRUE, Lin.of({self.params[e]: 1}))]
         if isinstance(e, (sympy.Integer, sympy.Rational)) and e.is_finite:
             return [(TRUE, Lin.of({}, Fraction(int(e.p), int(e.q))))]
         if isinstance(e, sympy.Add):
@@ -271,11 +274,19 @@ class _Compiler:
 
 @dataclass(frozen=True, eq=False)
 class Program:
-    """Terms (``"i"``, ``"j"``, then `Floor`s, each over earlier terms), atoms, and the tree."""
+    """Terms (``"i"``, ``"j"``, the `num_params` parameters, then `Floor`s, each over earlier
+    terms), atoms, and the tree. A parameter is an integer the caller gives per box or row
+    (`params=` of each evaluation, broadcast like the positions): a call-time scalar such as
+    ``prefix[b]`` (`tiles_params`)."""
 
     terms: tuple
     atoms: tuple
     tree: tuple
+    num_params: int = 0
+
+    @property
+    def floors(self) -> tuple:
+        return self.terms[2 + self.num_params:]
 
     # -- values of linear forms -------------------------------------------------------------------
     @staticmethod
@@ -285,11 +296,11 @@ class Program:
             out = out + c * values[t]
         return out
 
-    def at(self, ii: torch.Tensor, jj: torch.Tensor) -> torch.Tensor:
+    def at(self, ii: torch.Tensor, jj: torch.Tensor, params: tuple = ()) -> torch.Tensor:
         """The mask at integer positions (broadcast): exactly what the kernels compute."""
         ii, jj = torch.broadcast_tensors(ii, jj)
-        values = [ii, jj]
-        for term in self.terms[2:]:
+        values = [ii, jj, *params]
+        for term in self.floors:
             values.append(torch.div(self._lin(term.arg, values), term.m, rounding_mode="floor"))
         truth = [self._lin(a.lin, values) <= 0 if a.op == "le" else self._lin(a.lin, values) == 0
                  for a in self.atoms]
@@ -304,10 +315,10 @@ class Program:
             low, high = low + torch.minimum(a, b), high + torch.maximum(a, b)
         return low, high
 
-    def interval(self, i0, i1, j0, j1) -> tuple[torch.Tensor, torch.Tensor]:
+    def interval(self, i0, i1, j0, j1, params: tuple = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """(may be true, may be false) on each box: False is a proof (sound, never exact-claimed)."""
-        lo, hi = [i0, j0], [i1, j1]
-        for term in self.terms[2:]:
+        lo, hi = [i0, j0, *params], [i1, j1, *params]
+        for term in self.floors:
             a, b = self._lin_range(term.arg, lo, hi)
             lo.append(torch.div(a, term.m, rounding_mode="floor"))
             hi.append(torch.div(b, term.m, rounding_mode="floor"))
@@ -323,7 +334,7 @@ class Program:
         return _three_valued(self.tree, may_true, may_false, i0.shape, i0.device)
 
     # -- exact counts, row by row ---------------------------------------------------------------------
-    def row_counts(self, ii: torch.Tensor, j0: torch.Tensor, j1: torch.Tensor) -> torch.Tensor:
+    def row_counts(self, ii: torch.Tensor, j0: torch.Tensor, j1: torch.Tensor, params: tuple = ()) -> torch.Tensor:
         """Exact number of allowed j in [j0[n], j1[n]] for query position ii[n] (int64 [n]).
 
         A row is cut into *cells* ``j = p*l + s`` for l in a range, on which every term is affine
@@ -338,8 +349,9 @@ class Program:
         n = len(ii)
         owner = torch.arange(n, device=ii.device)
         lo, hi = j0.clone(), j1.clone()                       # the range of l
-        forms = [(torch.zeros_like(ii), ii.clone()), (torch.ones_like(ii), torch.zeros_like(ii))]
-        for term in self.terms[2:]:
+        forms = [(torch.zeros_like(ii), ii.clone()), (torch.ones_like(ii), torch.zeros_like(ii)),
+                 *((torch.zeros_like(ii), p.expand_as(ii)) for p in params)]       # parameters: constant per row
+        for term in self.floors:
             owner, lo, hi, forms = _split_floor(term, owner, lo, hi, forms)
         counts = _count_cells(self, lo, hi, forms)
         return torch.zeros(n, dtype=torch.int64, device=ii.device).index_add_(0, owner, counts)
@@ -478,10 +490,16 @@ def compile_mask(pred: Predicate) -> Program | None:
         expr = pred.expr()
     except NotImplementedError:
         return None
-    compiler = _Compiler()
+    return compile_expr(expr)
+
+
+def compile_expr(expr: sympy.Basic, params: tuple = ()) -> Program | None:
+    """The program of a boolean sympy form whose symbols are i, j and the integer `params`
+    (symbols that stand for call-time scalars), or None outside the family."""
+    compiler = _Compiler(params)
     try:
         tree = compiler.boolean(expr)
     except Outside:
         return None
-    return Program(tuple(compiler.terms), tuple(compiler.atoms), tree)
+    return Program(tuple(compiler.terms), tuple(compiler.atoms), tree, len(params))
 

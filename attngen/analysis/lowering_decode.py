@@ -47,9 +47,12 @@ DEFAULT_SMS = 132
 _16BIT = {64: ((64, 4, 3), (64, 4, 2), (32, 4, 2)),
           128: ((64, 4, 2), (32, 4, 2), (32, 4, 1)),
           256: ((32, 8, 2), (32, 4, 1), (16, 4, 1))}
+# float32 at head dim 256: two stages first (operands staged through shared memory); one stage
+# keeps the 16 x 256 fp32 tiles in registers and spills (Gemma-2's 256-dim heads: 232-288 bytes of
+# stack on sm_80 and sm_90 with a softcap, none with two stages).
 _FP32 = {64: ((32, 4, 2), (16, 4, 1)),
          128: ((32, 4, 1), (16, 4, 1)),
-         256: ((16, 8, 1), (16, 4, 1))}
+         256: ((16, 8, 2), (16, 8, 1), (16, 4, 1))}
 INTERPRETER_BLOCK_N = 32
 # Keys of a contiguous cache (or of a tile inside one page) addressed from one 64-bit base. Each
 # thread's offsets within a run are loop-invariant and stay in registers: runs of 16 share them,

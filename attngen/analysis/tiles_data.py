@@ -1,7 +1,9 @@
-"""Block maps of masks whose formulas read call-time data: the batch, the heads or inputs.
+"""Static block maps of masks whose formulas read call-time data: the batch, the heads or inputs.
 
-A tile's class must hold for every batch row, every head and every input value, and the map is
-built once per shape, not per call. So each data-reading atom of a formula (a comparison, or a
+Masks whose reads are per-(b, h) scalars get exact lists per call from the values instead
+(`tiles_params`); this map serves the others (reads indexed by positions, floats, ...), varlen,
+and every caller of `block_map` without input values. A tile's class must hold for every batch
+row, every head and every input value, and the map is built once per shape, not per call. So each data-reading atom of a formula (a comparison, or a
 boolean input, that mentions ``b``, ``h``, ``hk`` or an input) is replaced by a constant, by its
 polarity (under an even or odd number of nots):
 

@@ -139,18 +139,20 @@ def box_counts(program: Program, i0, i1, j0, j1) -> torch.Tensor:
 def candidate_keys(program: Program, geom: Geometry, start: int, stop: int) -> torch.Tensor:
     """Sorted keys of the tile pairs of query tiles start .. stop-1 that may hold an allowed pair:
     each row's key-tile range is cut in `FANOUT` while interval arithmetic says the formula may
-    hold on it: O(candidates x FANOUT x log_FANOUT(key tiles)) box evaluations."""
+    hold on it, and may not hold everywhere (a range proven allowed everywhere is kept whole):
+    O(candidates x FANOUT x log_FANOUT(key tiles)) box evaluations at most."""
     rows = rows_of(geom, start, stop)
     first = torch.zeros_like(rows)
     width = torch.full_like(rows, geom.num_k_tiles)
     found = []
     while len(rows):
-        may_true, _ = program.interval(geom.q_lo[rows], geom.q_hi[rows], geom.k_lo[first],
-                                       geom.k_hi[first + width - 1])
-        rows, first, width = rows[may_true], first[may_true], width[may_true]
-        single = width == 1
-        found.append(rows[single] * geom.num_k_tiles + first[single])
-        rows, first, width = rows[~single], first[~single], width[~single]
+        may_true, may_false = program.interval(geom.q_lo[rows], geom.q_hi[rows], geom.k_lo[first],
+                                               geom.k_hi[first + width - 1])
+        rows, first, width, may_false = rows[may_true], first[may_true], width[may_true], may_false[may_true]
+        done = (width == 1) | ~may_false          # one tile, or a range allowed everywhere: all its tiles
+        counts, cols = expand_ranges(first[done], first[done] + width[done] - 1)
+        found.append(rows[done].repeat_interleave(counts) * geom.num_k_tiles + cols)
+        rows, first, width = rows[~done], first[~done], width[~done]
         # cut each range into up to FANOUT pieces of equal width (the last one shorter)
         piece = -torch.div(-width, FANOUT, rounding_mode="floor")
         parts = -torch.div(-width, piece, rounding_mode="floor")

@@ -55,17 +55,46 @@ def random_args(tables: list[RandomTableArgs]) -> tuple[Arg, ...]:
 
 
 def block_list_args(g: Graph, prefix: str = "") -> tuple[Arg, ...]:
-    """The block map's CSR lists (non-interval masks): partial and full key (or query) tiles. With
-    `select:` one set of rows per (batch, kv head), `list_rows` rows each (runtime/select.py)."""
+    """The block map's CSR lists (non-interval masks): partial and full key (or query) tiles. Lists
+    that vary over the batch or heads (`list_sets`: `select:`'s per (batch, kv head), a mask's
+    scalar reads) hold one set of rows per value, `list_rows` rows each."""
     if g.facts["iteration"] != "lists":
         return ()
     lists = tensors(*(f"{prefix}{n}" for n in ("partial_ptr", "partial_idx", "full_ptr", "full_idx")), dtype="i32")
-    return lists + (sizes("list_rows") if has_select(g) else ())
+    return lists + (sizes("list_rows") if g.facts.get("list_sets", ()) else ())
 
 
 def has_select(g: Graph) -> bool:
     """Content-based selection (`select:`): the lists are chosen per call and per (batch, kv head)."""
     return bool(g.facts["spec"].get("select"))
+
+
+LIST_SET_NOTES = {("b", "hk"): "per (batch, kv head)", ("b", "h"): "per (batch, query head)",
+                  ("b",): "per batch row", ("h",): "per query head", ("hk",): "per kv head"}
+
+
+def list_set_values(g: Graph) -> dict:
+    """How a kernel finds its row of the lists: `list_set`, the index of its set (empty: one set
+    shared by every program; the row is the tile) per kernel — the forward and dQ programs own a
+    (batch, query head), the dK/dV program a (batch, kv head) and loops over its query heads."""
+    axes = g.facts.get("list_sets", ()) if g.facts["iteration"] == "lists" else ()
+    if not axes:
+        return dict(list_set="", key_list_set="", list_set_note="")
+    head_counts = {"fwd": {"h": "num_query_heads", "hk": "(num_query_heads // GROUP)"},
+                   "dkdv": {"h": "(num_kv_heads * GROUP)", "hk": "num_kv_heads"}}
+    heads = {"h": "query_head", "hk": "kv_head"}
+
+    def code(kernel: str) -> str:
+        head = [a for a in axes if a != "b"]
+        if "b" not in axes:
+            return heads[head[0]]
+        if not head:
+            return "batch"
+        return f"(batch * {head_counts[kernel][head[0]]} + {heads[head[0]]})"
+
+    note = LIST_SET_NOTES[axes] + (" (select: this call's selection, runtime/select.py)" if has_select(g)
+                                   else " (the mask's scalar reads, analysis/tiles_params.py)")
+    return dict(list_set=code("fwd"), key_list_set=code("dkdv"), list_set_note=note)
 
 
 def sink_args(g: Graph) -> tuple[Arg, ...]:
@@ -138,7 +167,9 @@ def forward_values(g: Graph, *, kernel_name: str) -> dict:
         tile_configs=sorted(g.facts["tile_configs"].items()), ir_hash=g.content_hash(),
         tile_key_width=max(map(len, g.facts["tile_configs"])) + 2,     # the header's column
         iteration=g.facts["iteration"],
-        has_select=has_select(g), list_row="list_row" if has_select(g) else "query_tile",
+        has_select=has_select(g),
+        list_row="list_row" if g.facts.get("list_sets", ()) and g.facts["iteration"] == "lists" else "query_tile",
+        **list_set_values(g),
         random_args="".join(f", {a}, {b}, {c}" for a, b, c in (t.names for t in tables)),
         signatures=forward_signatures(g, kernel_name),
         **_step_scale_values(g, qk_scale),

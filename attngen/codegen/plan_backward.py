@@ -89,7 +89,7 @@ def backward_values(g: Graph, *, kernel_name: str) -> dict:
         preprocess_name=names["preprocess"], dkdv_name=names["dkdv"], dq_name=names["dq"],
         sm_scale=repr(g.node("scale_grad").attrs["value"]),
         signatures=backward_signatures(g, kernel_name),
-        key_list_row="list_row" if values["has_select"] else "key_tile",
+        key_list_row="list_row" if values["list_set"] else "key_tile",
     )
     values.update(_key_major_values(g))
     values.update(grad_values(FormulaCode.of_graph(g, "bwd")))

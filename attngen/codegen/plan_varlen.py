@@ -45,21 +45,31 @@ def varlen_signature(sig: KernelSignature, name: str, g: Graph, *, total_q: bool
     return KernelSignature(name, tuple(args))
 
 
+def _shared_lists(g: Graph) -> Graph:
+    """Varlen kernels walk one set of list rows per sequence (`list_base`), built from the static
+    map: a mask's scalar reads keep their sound input-free bound there (README, Decisions)."""
+    return g.with_facts(list_sets=()) if g.facts.get("list_sets") else g
+
+
 def varlen_forward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]:
+    g = _shared_lists(g)
     return {role: varlen_signature(sig, kernel_name, g, total_q=True)
             for role, sig in forward_signatures(g, kernel_name).items()}
 
 
 def varlen_backward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]:
+    g = _shared_lists(g)
     return {role: varlen_signature(sig, sig.name, g) for role, sig in backward_signatures(g, kernel_name).items()}
 
 
 def varlen_forward_values(g: Graph, *, kernel_name: str) -> dict:
+    g = _shared_lists(g)
     return _as_varlen(forward_values(g, kernel_name=kernel_name), g, "varlen forward kernel", "varlen_fwd",
                       varlen_forward_signatures(g, kernel_name))
 
 
 def varlen_backward_values(g: Graph, *, kernel_name: str) -> dict:
+    g = _shared_lists(g)
     return _as_varlen(backward_values(g, kernel_name=kernel_name), g, "varlen backward kernels", "varlen_bwd",
                       varlen_backward_signatures(g, kernel_name))
 

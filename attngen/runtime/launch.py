@@ -32,6 +32,7 @@ from ..reference import check_qkv
 from ..spec import Random, Spec, alibi_slopes, resolve_k_offset, resolve_q_offset
 from ..spec.inputs import DTYPES as DTYPES_OF_INPUTS
 from ..analysis.blockmap import block_map
+from ..analysis.tiles_params import scalar_reads, set_lists as build_set_lists
 from .blockmap_cache import cached_block_map_lists
 from .inputs import call_inputs, formula_args, sink_arg
 from .select import Selector
@@ -140,6 +141,11 @@ class SoftmaxLauncher(KernelLauncher):
         self.fit = self.spec.select.block if self.spec.select is not None else None
         self.selector = Selector(self.spec) if self.fit else None
         self._shape_cache = ShapeTables()
+        # A mask whose data reads are per-(b, h) scalars: exact lists per call from their values
+        # (analysis/tiles_params.py), one set of rows per value of `list_sets`; prepared here, once.
+        self.reads = (scalar_reads(self.spec.effective_mask)
+                      if self.iteration == "lists" and self.selector is None else None)
+        self._set_cache = ShapeTables()
         self._tuned: dict = {}
         self._alibi: dict = {}
 
@@ -233,9 +239,33 @@ class SoftmaxLauncher(KernelLauncher):
             self._alibi[device] = alibi_slopes(self.spec.query_heads).to(device=device, dtype=torch.float32)
         return self._alibi[device]
 
+    def set_lists(self, nq, nk, q_offset, cfg: TileConfig, device, inputs: dict, *, batch: int,
+                  keys: tuple = (0, None), transposed: bool = False) -> tuple | None:
+        """This call's exact lists of a mask with scalar reads (`reads`), or None for other masks:
+        (partial_ptr, partial_idx, full_ptr, full_idx[, list_rows]), one set of rows per value of
+        the graph's `list_sets`. Kept per (shape, tiles, values of the reads); O(sets x reads) to
+        look up, O(distinct values x tiles) to build, no symbolic work. Meta inputs (ahead of time:
+        no values) get the static map's lists, which have the same types."""
+        if self.reads is None:
+            return None
+        spec, axes = self.spec, self.graph.facts.get("list_sets", ())
+        if any(t.device.type == "meta" for t in inputs.values()):
+            lists = block_map_lists(spec, nq, nk, q_offset, cfg, device, transposed=transposed, k_offset=keys[0],
+                                    total_nk=keys[1])
+            rows = len(lists[0]) - 1
+        else:
+            values = self.reads.values(inputs, batch=batch, query_heads=spec.query_heads, kv_heads=spec.kv_heads,
+                                       device=device)
+            key = (nq, nk, q_offset, keys, cfg.block_m, cfg.block_n, transposed, device, tuple(values.shape),
+                   values.cpu().numpy().tobytes())
+            *lists, rows = self._set_cache.get_or_build(key, lambda: build_set_lists(
+                self.reads, values, nq, nk, q_offset, cfg.block_m, cfg.block_n, k_offset=keys[0],
+                transposed=transposed))
+        return (*lists, rows) if axes else tuple(lists)
+
     def _lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k, keys):
-        if self.iteration != "lists" or self.selector is not None:     # select: each call's own
-            return ()
+        if self.iteration != "lists" or self.selector is not None or self.reads is not None:
+            return ()                         # select / scalar reads: each call's own (`set_lists`)
         return block_map_lists(self.spec, nq, nk, q_offset, cfg, device, seg_q, seg_k, k_offset=keys[0],
                                total_nk=keys[1])
 
@@ -309,7 +339,8 @@ class SoftmaxLauncher(KernelLauncher):
 
         def arguments(cfg: TileConfig):
             tables = self.call_tables(nq, nk, q_offset, cfg, q.device, seg_q, seg_k, batch=batch, keys=keys)
-            lists = tables.lists if selection is None else selection.lists(cfg.block_m, cfg.block_n)
+            lists = (selection.lists(cfg.block_m, cfg.block_n) if selection is not None else
+                     self.set_lists(nq, nk, q_offset, cfg, q.device, inputs, batch=batch, keys=keys) or tables.lists)
             out = torch.empty(out_shape(spec, q), dtype=q.dtype, device=q.device)
             lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
             grid = (batch * spec.query_heads, cdiv(nq, cfg.block_m))     # heads fastest; see the kernel

@@ -95,7 +95,7 @@ class BackwardLauncher(SoftmaxLauncher):
     def by_key_lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k, keys: tuple = (0, None)) -> tuple:
         """The transposed block map's CSR lists at the key-major tile sizes (non-interval masks);
         `keys`: (k_offset, total_nk) of a chunk pair."""
-        if self.iteration != "lists":
+        if self.iteration != "lists" or self.reads is not None:      # scalar reads: `set_lists`
             return ()
         k_offset, total_nk = keys
         if self.spec.uses_segments:          # built from this call's ids, never kept
@@ -230,8 +230,10 @@ class BackwardLauncher(SoftmaxLauncher):
                               **stride_args("q", q), **stride_args("k", k), **stride_args("v", v),
                               **stride_args("do", dout), **constexprs)
                 if role == "dkdv":
-                    by_key = (self.by_key_lists(nq, nk, q_offset, tiles, q.device, seg_q, seg_k, keys) if selection is None
-                              else selection.lists(tiles.block_m, tiles.block_n, by_key=True))
+                    by_key = (selection.lists(tiles.block_m, tiles.block_n, by_key=True) if selection is not None
+                              else self.set_lists(nq, nk, q_offset, tiles, q.device, inputs, batch=batch, keys=keys,
+                                                  transposed=True)
+                              or self.by_key_lists(nq, nk, q_offset, tiles, q.device, seg_q, seg_k, keys))
                     return ((cdiv(nk, tiles.block_n), batch * spec.kv_heads), dict(
                         common, dk=dk, dv=dv, num_kv_heads=spec.kv_heads, **block_list_args(by_key, "by_key_"),
                         **stride_args("dk", dk), **stride_args("dv", dv)), tiles.num_warps, tiles.num_stages)
@@ -239,7 +241,9 @@ class BackwardLauncher(SoftmaxLauncher):
                 for name in buffers:     # zeroed: each dQ program adds its share to its own row
                     buffers[name] = torch.zeros((grid[0] * grid[1], inputs[name].numel()), dtype=torch.float32,
                                                 device=q.device)
-                lists = tables.lists if selection is None else selection.lists(tiles.block_m, tiles.block_n)
+                lists = (selection.lists(tiles.block_m, tiles.block_n) if selection is not None else
+                         self.set_lists(nq, nk, q_offset, tiles, q.device, inputs, batch=batch, keys=keys)
+                         or tables.lists)
                 return (grid, dict(
                     common, dq=dq, num_query_heads=spec.query_heads, **block_list_args(lists),
                     **stride_args("dq", dq), **{f"d_in_{name}": t for name, t in buffers.items()}),

@@ -68,3 +68,24 @@ def test_warm_forward_backward_and_decode_run_nothing_symbolic(spec_file, stubbe
 def test_the_profiler_sees_symbolic_work():
     import sympy
     assert symbolic_calls(lambda: sympy.Symbol("i") + 1)
+
+
+def test_new_input_values_build_exact_lists_without_symbolic_work(stubbed_launch, monkeypatch, torch_rng):
+    """A mask with scalar reads (prefix[b]) gets exact lists built per call from the values
+    (analysis/tiles_params.py): a warm call with values never seen builds new lists, numerically."""
+    from attngen.runtime import launch
+    builds = []
+    build = launch.build_set_lists
+    monkeypatch.setattr(launch, "build_set_lists", lambda *a, **kw: builds.append(kw) or build(*a, **kw))
+    attn = A.compile("specs/formulas/prefix_lm_per_sequence.yaml")
+    spec = attn.spec
+    q = torch.randn(3, spec.query_heads, 45, spec.head_dim, requires_grad=True)
+    k = torch.randn(3, spec.kv_heads, 61, spec.head_dim, requires_grad=True)
+    v = torch.randn_like(k, requires_grad=True)
+
+    def call(prefix):
+        return lambda: attn(q, k, v, prefix=torch.tensor(prefix, dtype=torch.int32)).sum().backward()
+    call([0, 10, 20])()                                  # cold
+    before = len(builds)
+    assert symbolic_calls(call([5, 33, 60])) == []
+    assert len(builds) > before, "new values built new lists (forward, and the backward's transposed ones)"
