@@ -150,7 +150,8 @@ class DecodeLauncher(KernelLauncher):
                    interpreted: bool, kv_aligned: bool = True, count_tiles: bool = False) -> dict:
         return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=paged,
                     PAGE_SIZE=page_size if paged else 1,
-                    PAGE_RUN=page_run(page_size if paged else None, cfg.block_n, runs=RESHAPED_ROWS), KV_ALIGNED=kv_aligned, SPLIT=split,
+                    PAGE_RUN=page_run(page_size if paged else None, cfg.block_n, runs=RESHAPED_ROWS), KV_ALIGNED=kv_aligned,
+                    K_ROWS=dtype != torch.float32, SPLIT=split,
                     COUNT_TILES=count_tiles,
                     DOT_PRECISION=dot_precision(dtype),
                     UPCAST_DOT=interpreted and dtype == torch.bfloat16)
