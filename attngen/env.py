@@ -5,6 +5,8 @@ ATTNGEN_VERIFY      "1" runs the IR verifier between lowering passes (tests alwa
 ATTNGEN_INTERPRET   "1" forces Triton's interpreter even for CUDA tensors (debugging)
 ATTNGEN_AUTOTUNE    "1" times every spill-free tile configuration on a GPU (first call of each shape
                     class) and keeps the fastest, instead of taking the first spill-free one
+ATTNGEN_TMA         "1" lets the forward read K and V through tensor descriptors (Hopper's TMA) on
+                    sm_90 and later where the tensors allow it (runtime/tma.py); default: pointers
 ATTNGEN_POISON      "1" fills outputs with NaN before the kernels run on a GPU too (the interpreter
                     always does), so that an element a kernel never writes shows up as NaN
 ATTNGEN_SLOW        "1" runs the test cases marked slow
@@ -45,6 +47,10 @@ def force_interpreter() -> bool:
 
 def autotune() -> bool:
     return _flag("ATTNGEN_AUTOTUNE")
+
+
+def tma() -> bool:
+    return _flag("ATTNGEN_TMA")
 
 
 def poison_outputs() -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ShapeError
+from .reference_lsh import lsh_pairs
 from .reference_select import selected_pairs
 from .spec import Spec, alibi_slopes, load_spec
 
@@ -72,6 +73,8 @@ def _softmax_reference(spec, q, k, v, q_offset, seg_q, seg_k, inputs=None, *, de
         mask = mask.unsqueeze(1)
     if spec.select is not None:               # content-based selection (SPEC.md), k not repeated
         mask = selected_pairs(spec, q, k[:, ::spec.group], mask, ctx.q_offset, decode=decode)
+    if spec.lsh is not None:                  # LSH buckets (SPEC.md), k not repeated
+        mask = lsh_pairs(spec, q, k[:, ::spec.group], mask)
     ii = (torch.arange(nq, device=q.device) + ctx.q_offset)[:, None]
     jj = torch.arange(nk, device=q.device)[None]
     scores = (q @ k.transpose(-1, -2)) * spec.softmax_scale

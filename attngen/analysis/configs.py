@@ -22,6 +22,7 @@ class TileConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    tma: bool = False       # forward K/V tiles through tensor descriptors (Hopper's TMA; opt-in)
 
     def __post_init__(self):
         for name in ("block_m", "block_n"):
@@ -30,8 +31,9 @@ class TileConfig:
                 raise ValueError(f"{name}={value} must be a power of two >= 16 (tl.dot needs 16)")
 
     def as_dict(self) -> dict:
-        return {"block_m": self.block_m, "block_n": self.block_n, "num_warps": self.num_warps,
-                "num_stages": self.num_stages}
+        out = {"block_m": self.block_m, "block_n": self.block_n, "num_warps": self.num_warps,
+               "num_stages": self.num_stages}
+        return {**out, "tma": True} if self.tma else out
 
 
 def padded_head_dim(head_dim: int) -> int:

@@ -180,6 +180,12 @@ def cost(spec: Spec, *, n: int, nk: int | None = None, batch: int = 1, layers: i
         notes.append(f"select: top {spec.select.top} blocks of {spec.select.block} keys (+ own blocks) per "
                      "query block, chosen from the data: allowed pairs are the mask's; FLOPs are for at "
                      "most the selected pairs' bound")
+    if spec.kind == "softmax" and spec.lsh is not None:
+        lsh = spec.lsh
+        notes.append(f"lsh: {lsh.buckets} buckets, {lsh.rounds} round{'s' * (lsh.rounds > 1)}: the pairs depend on "
+                     "the data, at most the mask's (FLOPs are for those); for independent random q, k about "
+                     f"1 - (1 - 1/{lsh.buckets})^{lsh.rounds} = {1 - (1 - 1 / lsh.buckets) ** lsh.rounds:.1%} "
+                     "of them (benchmarks/lsh_tiles.py measures the tiles)")
     flops = flops_forward(spec, pairs=pairs if bound is None else bound, n=n, nk=nk, batch=batch, layers=layers)
     if spec.kind == "linear":
         notes.append("linear: FLOPs are 2 * d_phi * D per key and kv head (state update) plus "

@@ -17,10 +17,10 @@ from .tiles_params import scalar_reads
 
 def choose_iteration(g: Graph) -> Graph:
     """Interval masks get key-tile ranges from formulas; the rest walk per-tile index lists, as does
-    content-based selection (`select:`), whose lists come from the data at call time. `list_sets`:
-    the axes the lists vary over, one set of rows per value (`list_sets`; absent: one set shared
-    by every program)."""
-    if g.facts["spec"].get("select"):
+    content-based sparsity (`select:`, `lsh:`'s kernel spec), whose lists come from the data at
+    call time. `list_sets`: the axes the lists vary over, one set of rows per value (`list_sets`;
+    absent: one set shared by every program)."""
+    if g.facts["spec"].get("select") or g.facts["spec"].get("lsh"):
         return g.with_facts(iteration="lists", bounds=None, list_sets=("b", "hk"))
     if "mask" not in g:
         return g.with_facts(iteration="ranges", bounds=(-sympy.oo, sympy.oo))

@@ -62,6 +62,9 @@ def summary(spec: Spec, path: Path | None = None) -> str:
             ("mask", readable_mask(spec.effective_mask)),
             *([("select", f"top {spec.select.top} key blocks of {spec.select.block} per query block and kv "
                           "head, by mean(q) . mean(k), plus its own blocks")] if spec.select is not None else []),
+            *([("lsh", f"{spec.lsh.buckets} buckets, {spec.lsh.rounds} round{'s' * (spec.lsh.rounds > 1)}, seed "
+                       f"{spec.lsh.seed}: a pair also needs q and k in one bucket in some round")]
+              if spec.lsh is not None else []),
             ("content hash", spec.content_hash()[:16])]
     head = f"{spec.name}" + (f"  ({path})" if path is not None else "") + ": ok"
     return "\n".join([head] + [f"  {key:<13} {value}" for key, value in rows])

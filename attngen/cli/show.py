@@ -14,6 +14,7 @@ EXAMPLES = """
   attngen show specs/sparse_strided.yaml --n 1024 --png strided.png   # needs attngen[plot]
   attngen show specs/packed_documents.yaml --n 357 --block 16 --docs 100,200,57
   attngen show specs/select/moba.yaml --n 2048 --seed 3     # a selection drawn for random q, k
+  attngen show specs/select/reformer_lsh.yaml --n 2048 --seed 3   # bucket-sorted tiles per round
 """
 
 EMPTY, PARTIAL, FULL = 0, 1, 2    # the codes of BlockMap.dense_classes()
@@ -41,7 +42,8 @@ def add_parser(subparsers):
                         help="characters per row at most; larger maps are drawn coarser (default 64)")
     parser.add_argument("--seed", type=int, default=None,
                         help="select: specs: draw q, k from torch.randn with this seed and show the "
-                             "tiles of the key blocks selected for kv head 0 (SPEC.md's rule)")
+                             "tiles of the key blocks selected for kv head 0 (SPEC.md's rule); lsh: "
+                             "specs: the tiles of each round's bucket-sorted rows that the kernels visit")
     parser.add_argument("--png", metavar="FILE", help="also draw the token mask and the tile classes "
                                                       "side by side into a PNG (needs matplotlib)")
     return parser
@@ -52,6 +54,13 @@ def run(args) -> int:
     nk = args.n if args.nk is None else args.nk
     segments = doc_segments(spec, args.docs, args.n, nk, args.q_offset)
     classes = tile_classes(spec, args.n, nk, args.block, args.q_offset, segments)
+    if args.seed is not None and spec.lsh is not None:
+        print(f"buckets drawn for q, k ~ torch.randn (seed {args.seed}), batch 0, query head 0; rows and "
+              "keys sorted by bucket, as the kernels see them")
+        for r, drawn in enumerate(drawn_lsh_rounds(spec, args.n, nk, args.block, args.q_offset, args.seed)):
+            print(f"round {r}:")
+            print(render(spec, drawn, n=args.n, nk=nk, block=args.block, width=args.width))
+        return 0
     if args.seed is not None:
         classes = drawn_selection(spec, classes, args.n, nk, args.block, args.q_offset, segments, args.seed)
         print(f"selection drawn for q, k ~ torch.randn (seed {args.seed}), batch 0, kv head 0")
@@ -99,6 +108,24 @@ def drawn_selection(spec: Spec, classes: torch.Tensor, nq: int, nk: int, block: 
     per = size // block
     keep = chosen.repeat_interleave(per, 0).repeat_interleave(per, 1)[:classes.shape[0], :classes.shape[1]]
     return torch.where(keep, classes, torch.zeros_like(classes))
+
+
+def drawn_lsh_rounds(spec: Spec, nq: int, nk: int, block: int, q_offset, seed: int) -> list[torch.Tensor]:
+    """Per round, int8 (query tiles, key tiles): the classes of the tiles the kernels visit over the
+    bucket-sorted rows of one head (runtime/lsh.py) for q, k drawn from torch.randn(seed)."""
+    from ..runtime.lsh import LshAttention
+    from ..spec import resolve_q_offset
+    one_head = Spec(name=spec.name, query_heads=1, kv_heads=1, head_dim=spec.head_dim, causal=spec.causal,
+                    mask=spec.mask, lsh=spec.lsh)
+    gen = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(1, 1, nq, spec.head_dim, generator=gen), torch.randn(1, 1, nk, spec.head_dim, generator=gen)
+    out = []
+    for rnd in LshAttention(one_head, None).plan(q, k, resolve_q_offset(nq, nk, q_offset)):
+        _, t, u, cls = rnd.tiles.classes(block, block)
+        drawn = torch.zeros(-(-nq // block), -(-nk // block), dtype=torch.int8)
+        drawn[t, u] = cls
+        out.append(drawn)
+    return out
 
 
 def _one_segment(nq: int, nk: int) -> dict:

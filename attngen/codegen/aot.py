@@ -139,12 +139,13 @@ def stage_text(compiled, stage: str) -> str:
 
 def launch_config(compiled) -> str:
     """``BLOCK_M=.. BLOCK_N=.. num_warps=.. num_stages=..`` of a compiled kernel (the tile constants
-    it has: BLOCK_M, BLOCK_N or CHUNK)."""
+    it has: BLOCK_M, BLOCK_N or CHUNK), then ``USE_TMA=True`` where it reads through descriptors."""
     names = compiled.src.fn.arg_names
     constants = {names[path[0]]: value for path, value in compiled.src.constants.items() if len(path) == 1}
     tiles = [f"{name}={constants[name]}" for name in ("BLOCK_M", "BLOCK_N", "CHUNK") if name in constants]
+    tma = ["USE_TMA=True"] if constants.get("USE_TMA") else []      # the forward's opt-in TMA path
     return " ".join([*tiles, f"num_warps={compiled.metadata.num_warps}",
-                     f"num_stages={compiled.metadata.num_stages}"])
+                     f"num_stages={compiled.metadata.num_stages}", *tma])
 
 
 def header_lines(kernels: dict) -> list[str]:

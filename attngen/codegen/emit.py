@@ -9,7 +9,8 @@ from ..analysis.lowering_backward import lower_backward
 from ..analysis.lowering_decode import lower_decode
 from ..analysis.lowering_linear import lower_linear
 from ..ir.graph import Graph
-from ..spec import Spec, load_spec
+from ..errors import CompileError
+from ..spec import Spec, kernel_spec, load_spec
 from .plan import forward_signatures, forward_values
 from .plan_backward import backward_signatures, backward_values
 from .plan_decode import decode_signatures, decode_values
@@ -116,5 +117,11 @@ def generate(spec, kind: str = "fwd", *, check: bool | None = None) -> Generated
         raise ValueError(f"kernel {kind!r} is for kind: linear; spec {spec.name!r} is {spec.kind}")
     if kind not in GENERATORS:
         raise ValueError(f"unknown kernel kind {kind!r}; one of {', '.join(GENERATORS)}")
+    if spec.lsh is not None:
+        if kind not in ("fwd", "bwd"):
+            raise CompileError(f"spec {spec.name!r} hashes rows into buckets (lsh:): it has no {kind} kernel; "
+                               "its calls sort rows by bucket and run the fwd/bwd kernels (attn.decode does, "
+                               "per sequence; varlen is not supported)")
+        spec = kernel_spec(spec)          # the permuted form (spec/lsh.py)
     refuse_unsupported(spec)
     return GENERATORS[kind](spec, check=check)

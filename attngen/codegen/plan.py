@@ -65,8 +65,9 @@ def block_list_args(g: Graph, prefix: str = "") -> tuple[Arg, ...]:
 
 
 def has_select(g: Graph) -> bool:
-    """Content-based selection (`select:`): the lists are chosen per call and per (batch, kv head)."""
-    return bool(g.facts["spec"].get("select"))
+    """Content-based sparsity (`select:`, and `lsh:`'s kernel spec): the lists are chosen per call
+    and per (batch, kv head)."""
+    return bool(g.facts["spec"].get("select") or g.facts["spec"].get("lsh"))
 
 
 LIST_SET_NOTES = {("b", "hk"): "per (batch, kv head)", ("b", "h"): "per (batch, query head)",
@@ -110,7 +111,8 @@ def forward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]
             + strides("q") + strides("k") + strides("v") + strides("o")
             + strides("seg_q", "bn") + strides("seg_k", "bn")
             + sizes("nq", "nk", "q_offset", "k_offset", "num_query_heads")
-            + constexprs("BLOCK_M", "BLOCK_N", "EVEN_K", "COUNT_TILES", "DOT_PRECISION", "UPCAST_DOT"))
+            + constexprs("BLOCK_M", "BLOCK_N", "EVEN_K", "COUNT_TILES", "DOT_PRECISION", "UPCAST_DOT",
+                         "USE_TMA"))
     return {"fwd": KernelSignature(kernel_name, args)}
 
 

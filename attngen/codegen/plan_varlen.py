@@ -89,6 +89,8 @@ def varlen_unsupported(spec: Spec) -> list[str]:
     reasons = []
     if spec.select is not None:
         reasons.append("select: (the selection's query blocks are the batched call's rows)")
+    if spec.lsh is not None:
+        reasons.append("lsh: (each sequence's rows would be sorted by bucket on their own)")
     if spec.uses_segments:
         reasons.append("a segments mask (a varlen batch is already split into its documents: pass "
                        "each document as a sequence)")

@@ -89,6 +89,9 @@ class ContextParallel:
             raise ValueError(f"spec {attn.spec.name!r} selects key blocks by content (select:): its "
                              "selection needs every key of the sequence at once; context parallelism "
                              "does not support it yet")
+        if attn.spec.lsh is not None:             # a chunk's queries would be sorted against its keys only
+            raise ValueError(f"spec {attn.spec.name!r} hashes queries and keys into buckets (lsh:): it sorts "
+                             "every key of the sequence at once; context parallelism does not support it yet")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy={strategy!r}: expected one of {STRATEGIES}")
         self.attn, self.group, self.layout, self.strategy = attn, group, check_layout(layout), strategy

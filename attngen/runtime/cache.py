@@ -67,7 +67,7 @@ from .. import env, progress
 from ..codegen import render
 from ..codegen.emit import GeneratedKernel, generate
 from ..ir.graph import Graph
-from ..spec import Spec, load_spec
+from ..spec import Spec, kernel_spec, load_spec
 from ..version import __version__
 
 try:
@@ -380,6 +380,8 @@ def generated(spec, kind: str = "fwd", *, arch: str | None = None) -> GeneratedK
     """`codegen.emit.generate(spec, kind)` through the disk cache (see the module's docstring).
     The kernel is then imported from its entry's file by `loader.load_source`."""
     spec = load_spec(spec)
+    if kind in ("fwd", "bwd"):                # an lsh spec runs its permuted form (spec/lsh.py)
+        spec = kernel_spec(spec)
     arch = arch or machine_arch()
     stages, started = Stages(), time.time()
     with stages("lookup"):

@@ -191,81 +191,7 @@ class DecodeLauncher(KernelLauncher):
     def check(self, q, k_cache, v_cache, cache_seqlens, block_table, k_offset: int = 0,
               max_total: int | None = None):
         """(batch, nq, capacity, paged, page_size, seqlens int32) after checking every input."""
-        spec = self.spec
-        for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 4:
-                raise ShapeError(f"{name} must be a 4-dim torch.Tensor, got "
-                                 f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-            if t.dtype not in DTYPES:
-                raise ShapeError(f"{name} has dtype {t.dtype}; decode takes float16, bfloat16 or float32")
-            if t.dtype != q.dtype or t.device != q.device:
-                raise ShapeError(f"{name} is {t.dtype} on {t.device}, expected q's {q.dtype} on {q.device}")
-        batch, hq, nq, d = q.shape
-        if (hq, d) != (spec.query_heads, spec.head_dim) or not 1 <= nq <= MAX_NQ:
-            raise ShapeError(f"q has shape {tuple(q.shape)}, expected (B, {spec.query_heads}, Nq, "
-                             f"{spec.head_dim}) with 1 <= Nq <= {MAX_NQ} for spec {spec.name!r}")
-        paged = block_table is not None
-        if paged:
-            num_pages, page_size = k_cache.shape[:2]
-            want = (num_pages, page_size, spec.kv_heads)
-            layout = "(num_pages, page_size, Hkv, D)"
-            if page_size % 16 or page_size == 0:
-                raise ShapeError(f"k_cache has page_size {page_size} (dim 1); it must be a positive "
-                                 "multiple of 16")
-            if (not isinstance(block_table, torch.Tensor) or block_table.dim() != 2
-                    or block_table.shape[0] != batch or block_table.dtype != torch.int32
-                    or block_table.device != q.device):
-                raise ShapeError(f"block_table must be an int32 (B, max_pages) tensor on {q.device} with "
-                                 f"B = {batch}, got {getattr(block_table, 'dtype', type(block_table))} "
-                                 f"{tuple(getattr(block_table, 'shape', ()))}")
-            capacity = block_table.shape[1] * page_size
-        else:
-            page_size = 0
-            want = (batch, spec.kv_heads, k_cache.shape[2])
-            layout = "(B, Hkv, Nk_max, D)"
-            capacity = k_cache.shape[2]
-        for name, t, dim in (("k_cache", k_cache, spec.head_dim), ("v_cache", v_cache, spec.v_head_dim)):
-            if tuple(t.shape) != (*want, dim):
-                raise ShapeError(f"{name} has shape {tuple(t.shape)}, expected {(*want, dim)} "
-                                 f"{layout if name == 'k_cache' else layout.replace('D)', 'Dv)')} for spec {spec.name!r}")
-        # Keys within a page (a tile of a contiguous cache: at most 256) are 32-bit offsets.
-        for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-            key_stride, dim_stride = t.stride(1 if paged else 2), t.stride(3)
-            if (page_size if paged else 256) * abs(key_stride) + t.shape[3] * abs(dim_stride) >= 1 << 31:
-                raise ShapeError(f"{name} has strides {t.stride()}: the keys of one "
-                                 f"{'page' if paged else 'tile'} must lie within 2**31 elements")
-        seqlens = self._seqlens(cache_seqlens, batch, capacity, q.device, k_offset, max_total)
-        if paged and q.device.type == "cpu":
-            used = -(-seqlens.to(torch.int64) // page_size)                 # pages each sequence uses
-            cols = torch.arange(block_table.shape[1])
-            pages = block_table[cols[None, :] < used[:, None]]
-            if pages.numel() and (pages.min() < 0 or pages.max() >= k_cache.shape[0]):
-                raise ShapeError(f"block_table names pages outside 0..{k_cache.shape[0] - 1} for the "
-                                 "sequences' valid keys")
-        return batch, nq, capacity, paged, page_size, seqlens
-
-    @staticmethod
-    def _seqlens(cache_seqlens, batch, capacity, device, k_offset: int = 0, max_total: int | None = None):
-        if isinstance(k_offset, bool) or not isinstance(k_offset, int) or k_offset < 0:
-            raise ShapeError(f"k_offset must be an int >= 0, got {k_offset!r}")
-        top = capacity + k_offset if max_total is None else max_total
-        if cache_seqlens is None:
-            return torch.full((batch,), min(top, capacity + k_offset), dtype=torch.int32, device=device)
-        if (not isinstance(cache_seqlens, torch.Tensor) or tuple(cache_seqlens.shape) != (batch,)
-                or cache_seqlens.dtype.is_floating_point or cache_seqlens.dtype == torch.bool):
-            raise ShapeError(f"cache_seqlens must be an integer (B,) tensor with B = {batch}, got "
-                             f"{getattr(cache_seqlens, 'dtype', type(cache_seqlens))} "
-                             f"{tuple(getattr(cache_seqlens, 'shape', ()))}")
-        if cache_seqlens.device != device:
-            raise ShapeError(f"cache_seqlens is on {cache_seqlens.device}, expected q's device {device}")
-        # Checked on the host only where that costs no synchronisation; on GPUs the kernel clamps
-        # each length to the capacity.
-        if device.type == "cpu":
-            lengths = cache_seqlens.tolist()     # one host copy: cheaper than two reductions
-            if lengths and (min(lengths) < 0 or max(lengths) > top):
-                where = "the cache's capacity" if top == capacity else f"the sequence's capacity, {capacity} here from {k_offset}"
-                raise ShapeError(f"cache_seqlens {lengths} must lie in 0..{top} ({where})")
-        return cache_seqlens.to(torch.int32).contiguous()
+        return check_decode_call(self.spec, q, k_cache, v_cache, cache_seqlens, block_table, k_offset, max_total)
 
     def _random(self, seqlens: torch.Tensor, nq: int, device) -> dict:
         """Per table, by argument name: (B, rows, per_row) int32 draws, each sequence's from its
@@ -410,3 +336,82 @@ def _cache_strides(cache: torch.Tensor, paged: bool) -> tuple[int, int, int, int
     """(per sequence or page, per kv head, per key, per dim) strides of a cache."""
     s = cache.stride()
     return (s[0], s[2], s[1], s[3]) if paged else (s[0], s[1], s[2], s[3])
+
+
+def check_decode_call(spec, q, k_cache, v_cache, cache_seqlens, block_table, k_offset: int = 0,
+                      max_total: int | None = None):
+    """(batch, nq, capacity, paged, page_size, seqlens int32) after checking every input of a
+    decode call of `spec` (the decode kernels' and lsh decode's, runtime/lsh.py)."""
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ShapeError(f"{name} must be a 4-dim torch.Tensor, got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if t.dtype not in DTYPES:
+            raise ShapeError(f"{name} has dtype {t.dtype}; decode takes float16, bfloat16 or float32")
+        if t.dtype != q.dtype or t.device != q.device:
+            raise ShapeError(f"{name} is {t.dtype} on {t.device}, expected q's {q.dtype} on {q.device}")
+    batch, hq, nq, d = q.shape
+    if (hq, d) != (spec.query_heads, spec.head_dim) or not 1 <= nq <= MAX_NQ:
+        raise ShapeError(f"q has shape {tuple(q.shape)}, expected (B, {spec.query_heads}, Nq, "
+                         f"{spec.head_dim}) with 1 <= Nq <= {MAX_NQ} for spec {spec.name!r}")
+    paged = block_table is not None
+    if paged:
+        num_pages, page_size = k_cache.shape[:2]
+        want = (num_pages, page_size, spec.kv_heads)
+        layout = "(num_pages, page_size, Hkv, D)"
+        if page_size % 16 or page_size == 0:
+            raise ShapeError(f"k_cache has page_size {page_size} (dim 1); it must be a positive "
+                             "multiple of 16")
+        if (not isinstance(block_table, torch.Tensor) or block_table.dim() != 2
+                or block_table.shape[0] != batch or block_table.dtype != torch.int32
+                or block_table.device != q.device):
+            raise ShapeError(f"block_table must be an int32 (B, max_pages) tensor on {q.device} with "
+                             f"B = {batch}, got {getattr(block_table, 'dtype', type(block_table))} "
+                             f"{tuple(getattr(block_table, 'shape', ()))}")
+        capacity = block_table.shape[1] * page_size
+    else:
+        page_size = 0
+        want = (batch, spec.kv_heads, k_cache.shape[2])
+        layout = "(B, Hkv, Nk_max, D)"
+        capacity = k_cache.shape[2]
+    for name, t, dim in (("k_cache", k_cache, spec.head_dim), ("v_cache", v_cache, spec.v_head_dim)):
+        if tuple(t.shape) != (*want, dim):
+            raise ShapeError(f"{name} has shape {tuple(t.shape)}, expected {(*want, dim)} "
+                             f"{layout if name == 'k_cache' else layout.replace('D)', 'Dv)')} for spec {spec.name!r}")
+    # Keys within a page (a tile of a contiguous cache: at most 256) are 32-bit offsets.
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        key_stride, dim_stride = t.stride(1 if paged else 2), t.stride(3)
+        if (page_size if paged else 256) * abs(key_stride) + t.shape[3] * abs(dim_stride) >= 1 << 31:
+            raise ShapeError(f"{name} has strides {t.stride()}: the keys of one "
+                             f"{'page' if paged else 'tile'} must lie within 2**31 elements")
+    seqlens = _seqlens(cache_seqlens, batch, capacity, q.device, k_offset, max_total)
+    if paged and q.device.type == "cpu":
+        used = -(-seqlens.to(torch.int64) // page_size)                 # pages each sequence uses
+        cols = torch.arange(block_table.shape[1])
+        pages = block_table[cols[None, :] < used[:, None]]
+        if pages.numel() and (pages.min() < 0 or pages.max() >= k_cache.shape[0]):
+            raise ShapeError(f"block_table names pages outside 0..{k_cache.shape[0] - 1} for the "
+                             "sequences' valid keys")
+    return batch, nq, capacity, paged, page_size, seqlens
+
+def _seqlens(cache_seqlens, batch, capacity, device, k_offset: int = 0, max_total: int | None = None):
+    if isinstance(k_offset, bool) or not isinstance(k_offset, int) or k_offset < 0:
+        raise ShapeError(f"k_offset must be an int >= 0, got {k_offset!r}")
+    top = capacity + k_offset if max_total is None else max_total
+    if cache_seqlens is None:
+        return torch.full((batch,), min(top, capacity + k_offset), dtype=torch.int32, device=device)
+    if (not isinstance(cache_seqlens, torch.Tensor) or tuple(cache_seqlens.shape) != (batch,)
+            or cache_seqlens.dtype.is_floating_point or cache_seqlens.dtype == torch.bool):
+        raise ShapeError(f"cache_seqlens must be an integer (B,) tensor with B = {batch}, got "
+                         f"{getattr(cache_seqlens, 'dtype', type(cache_seqlens))} "
+                         f"{tuple(getattr(cache_seqlens, 'shape', ()))}")
+    if cache_seqlens.device != device:
+        raise ShapeError(f"cache_seqlens is on {cache_seqlens.device}, expected q's device {device}")
+    # Checked on the host only where that costs no synchronisation; on GPUs the kernel clamps
+    # each length to the capacity.
+    if device.type == "cpu":
+        lengths = cache_seqlens.tolist()     # one host copy: cheaper than two reductions
+        if lengths and (min(lengths) < 0 or max(lengths) > top):
+            where = "the cache's capacity" if top == capacity else f"the sequence's capacity, {capacity} here from {k_offset}"
+            raise ShapeError(f"cache_seqlens {lengths} must lie in 0..{top} ({where})")
+    return cache_seqlens.to(torch.int32).contiguous()

@@ -34,6 +34,14 @@ class AttentionKernels:
     def __init__(self, spec: Spec):
         self.spec = spec
         self._launchers: dict = {}
+        self._lsh = None
+
+    def lsh(self):
+        """The LSH runner of an `lsh:` spec (runtime/lsh.py) over its kernel spec's launchers."""
+        if self._lsh is None:
+            from .lsh import LshAttention
+            self._lsh = LshAttention(self.spec, self.launcher("fwd"), self.launcher("bwd"))
+        return self._lsh
 
     def launcher(self, kind: str = "fwd"):
         """The launcher of a kernel kind: fwd, bwd or decode (a linear spec's fwd and bwd are its
@@ -58,6 +66,9 @@ class AttentionKernels:
         if float64:
             return reference_forward(self.spec, q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k,
                                      inputs=inputs)
+        if self.spec.lsh is not None:
+            _no_segments(self.spec, seg_q, seg_k)
+            return self.lsh().forward(q, k, v, _offset(q, k, q_offset), inputs=inputs)
         return self.launcher("fwd").forward(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k, inputs=inputs)
 
     def backward_impl(self, q, k, v, out, lse, dout, q_offset=None, seg_q=None, seg_k=None, inputs=None, *,
@@ -72,6 +83,10 @@ class AttentionKernels:
         if float64:
             return reference_gradients(self.spec, q, k, v, dout, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k,
                                        inputs=inputs)
+        if self.spec.lsh is not None:
+            _no_segments(self.spec, seg_q, seg_k)
+            return self.lsh().backward(q, k, v, out, lse, dout, _offset(q, k, q_offset), inputs=inputs,
+                                       config=config)
         return self.launcher("bwd").backward(q, k, v, out, lse, dout, q_offset=q_offset, seg_q=seg_q,
                                              seg_k=seg_k, inputs=inputs, config=config)
 
@@ -88,5 +103,19 @@ class AttentionKernels:
                                                     inputs=inputs, config=config)
 
     def decode_impl(self, q, k_cache, v_cache, cache_seqlens=None, block_table=None, inputs=None):
+        if self.spec.lsh is not None:
+            return self.lsh().decode(q, k_cache, v_cache, cache_seqlens, block_table, inputs=inputs)
         return self.launcher("decode").decode(q, k_cache, v_cache, cache_seqlens=cache_seqlens,
                                               block_table=block_table, inputs=inputs)
+
+
+def _offset(q, k, q_offset) -> int:
+    from ..spec import resolve_q_offset
+    return resolve_q_offset(q.shape[2], k.shape[2], q_offset)
+
+
+def _no_segments(spec: Spec, seg_q, seg_k) -> None:
+    """An lsh spec has no segments mask (spec validation refuses one)."""
+    from ..errors import ShapeError
+    if seg_q is not None or seg_k is not None:
+        raise ShapeError(f"spec {spec.name!r} has no segments mask, but seg_q/seg_k were given")

@@ -16,6 +16,7 @@ candidates are judged on Triton's ahead-of-time compilation.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -31,11 +32,13 @@ from ..errors import ShapeError
 from ..reference import check_qkv
 from ..spec import Random, Spec, alibi_slopes, resolve_k_offset, resolve_q_offset
 from ..spec.inputs import DTYPES as DTYPES_OF_INPUTS
+from ..spec.spec import segment_grids
 from ..analysis.blockmap import block_map
 from ..analysis.tiles_params import scalar_reads, set_lists as build_set_lists
 from .blockmap_cache import cached_block_map_lists
 from .inputs import call_inputs, formula_args, sink_arg
-from .select import Selector
+from .select import EveryTile, Selector
+from .tma import ensure_allocator, tma_refusal, with_tma
 from .launcher import (AOT_LENGTH, KernelLauncher, architecture, cdiv, check_kernel_dtypes, dot_precision, meta_tensor,
                        poison)
 
@@ -140,6 +143,8 @@ class SoftmaxLauncher(KernelLauncher):
         # select: {block: R}: tiles of at most R rows and keys (configs.fit_tiles), lists per call
         self.fit = self.spec.select.block if self.spec.select is not None else None
         self.selector = Selector(self.spec) if self.fit else None
+        # lsh: (the kernel spec's) lists come with each call (runtime/lsh.py passes them)
+        self.call_lists = self.selector is not None or self.spec.lsh is not None
         self._shape_cache = ShapeTables()
         # A mask whose data reads are per-(b, h) scalars: exact lists per call from their values
         # (analysis/tiles_params.py), one set of rows per value of `list_sets`; prepared here, once.
@@ -162,7 +167,8 @@ class SoftmaxLauncher(KernelLauncher):
         (target, dtype, n, nk). Register allocation depends on the whole kernel and on the launch's
         specialisation, so no fixed table can promise this for every spec."""
         arguments = self.aot_arguments(dtype, n, nk or n)
-        return self.choose((target, dtype, n, nk or n), candidate_configs(self.spec.head_dim, dtype, target, fit=self.fit),
+        candidates = self.candidates(self.spec.head_dim, dtype, target, arguments, autotune=False)
+        return self.choose((target, dtype, n, nk or n, env.tma()), candidates,
                            lambda cfg: resource_usage(self.compile_launch("fwd", target, arguments, cfg)),
                            f"{self.generated.kernel_name} on {target}/{dtype}")
 
@@ -178,7 +184,7 @@ class SoftmaxLauncher(KernelLauncher):
         return self._arguments_at(q, k, v, nk - n, *segments, interpret=False, count_tiles=False,
                                   inputs=meta_inputs(spec, batch, n, nk))
 
-    def tuned_config(self, q, k, v, *, q_offset, seg_q, seg_k, arguments=None, inputs=None) -> TileConfig:
+    def tuned_config(self, q, k, v, *, q_offset, seg_q, seg_k, arguments=None, inputs=None, lists=None) -> TileConfig:
         """The configuration for this call. Off a GPU: `config`. On a GPU, by default the first
         candidate with no spills when compiled for this call's arguments (`launch_choice`, once per
         dtype and architecture); with ATTNGEN_AUTOTUNE=1, on the first call of a shape class every
@@ -187,24 +193,36 @@ class SoftmaxLauncher(KernelLauncher):
         head_dim, arch = q.shape[-1], architecture(q.device)
         if arch is None:
             return candidate_configs(head_dim, q.dtype, None, fit=self.fit)[0]
-        candidates = candidate_configs(head_dim, q.dtype, arch, fit=self.fit)
         if arguments is None:
             q_offset = resolve_q_offset(q.shape[2], k.shape[2], q_offset)
             arguments = self._arguments_at(q, k, v, q_offset, seg_q, seg_k, interpret=False, count_tiles=False,
+                                           lists=lists,
                                            inputs=call_inputs(self.spec, inputs, batch=q.shape[0], nq=q.shape[2],
                                                               nk=k.shape[2], device=q.device))
+        candidates = self.candidates(head_dim, q.dtype, arch, arguments, autotune=env.autotune())
         if not env.autotune():
-            return self.launch_choice((arch, q.dtype), "fwd", candidates, arguments,
+            return self.launch_choice((arch, q.dtype, env.tma(), any(c.tma for c in candidates)), "fwd", candidates,
+                                      arguments,
                                       f"{self.generated.kernel_name} on {arch}/{q.dtype}")
         key = (head_dim, q.dtype, arch, length_bucket(q.shape[2]), length_bucket(k.shape[2]))
         if key not in self._tuned:
             def time_of(cfg):
                 return self.timer(lambda: self.forward(q, k, v, q_offset=q_offset, seg_q=seg_q,
-                                                       seg_k=seg_k, config=cfg, inputs=inputs))
+                                                       seg_k=seg_k, config=cfg, inputs=inputs, lists=lists))
             self._tuned[key] = fastest_without_spills(
                 candidates, lambda cfg: self.launch_usage("fwd", arguments, cfg), time_of)
             log.info("%s: autotuned %s for %s", self.generated.kernel_name, self._tuned[key], key)
         return self._tuned[key]
+
+    def candidates(self, head_dim: int, dtype: torch.dtype, arch: str, arguments, *, autotune: bool) -> list:
+        """The forward's tile configurations on `arch`, with the TMA variants where the launch
+        `arguments` builds may take them (runtime/tma.py). Varlen kernels (packed (N, H, D)
+        tensors) take pointers only."""
+        candidates = candidate_configs(head_dim, dtype, arch, fit=self.fit)
+        if self.generated.kind.startswith("varlen"):
+            return candidates
+        args = arguments(candidates[0])[1]
+        return with_tma(candidates, tma_refusal(arch, ("k", args["k"]), ("v", args["v"])), autotune=autotune)
 
     def call_tables(self, nq, nk, q_offset, cfg: TileConfig | None, device, seg_q, seg_k, *,
                     batch: int, keys: tuple = (0, None)) -> CallTables:
@@ -215,7 +233,7 @@ class SoftmaxLauncher(KernelLauncher):
         if spec.uses_segments:
             if seg_q is None or seg_k is None:
                 raise ShapeError(f"spec {spec.name!r} has a segments mask: pass seg_q and seg_k")
-            spec.eval_context(nq, nk, q_offset, seg_q, seg_k, batch=batch)   # validates shapes, dtypes
+            segment_grids(seg_q, seg_k, nq, nk, None, batch)        # validates shapes, dtypes
             lists = () if cfg is None else self._lists(nq, nk, q_offset, cfg, device, seg_q, seg_k, keys)
             return CallTables(lists=lists, segments=_segments(seg_q, seg_k, device), alibi=self.alibi(device))
         if seg_q is not None or seg_k is not None:
@@ -226,7 +244,14 @@ class SoftmaxLauncher(KernelLauncher):
             random=self._random(nq, nk, q_offset, device, keys), alibi=self.alibi(device)))
 
     def select(self, q, k, q_offset, seg_q, seg_k, keys=(0, None)):
-        """This call's content-based selection (runtime/select.py), or None without `select:`."""
+        """This call's content-based selection (runtime/select.py), or None without `select:`.
+        An lsh kernel spec's lists come with the call (runtime/lsh.py); ahead of time (meta
+        tensors), lists of every tile stand in for them."""
+        if self.spec.lsh is not None:
+            if q.device.type != "meta":
+                raise ShapeError(f"spec {self.spec.name!r} is an lsh kernel spec: call the lsh spec itself "
+                                 "(runtime/lsh.py passes these kernels their lists)")
+            return EveryTile(q.shape[0], q.shape[2], k.shape[2])
         if self.selector is None:
             return None
         return self.selector.choose(q, k, q_offset, seg_q, seg_k, k_offset=keys[0])
@@ -264,8 +289,8 @@ class SoftmaxLauncher(KernelLauncher):
         return (*lists, rows) if axes else tuple(lists)
 
     def _lists(self, nq, nk, q_offset, cfg, device, seg_q, seg_k, keys):
-        if self.iteration != "lists" or self.selector is not None or self.reads is not None:
-            return ()                         # select / scalar reads: each call's own (`set_lists`)
+        if self.iteration != "lists" or self.call_lists or self.reads is not None:
+            return ()                         # select:, lsh:, scalar reads: each call's own
         return block_map_lists(self.spec, nq, nk, q_offset, cfg, device, seg_q, seg_k, k_offset=keys[0],
                                total_nk=keys[1])
 
@@ -283,7 +308,7 @@ class SoftmaxLauncher(KernelLauncher):
     def constexprs(cfg: TileConfig, dtype: torch.dtype, *, even_k: bool, interpreted: bool,
                    count_tiles: bool = False) -> dict:
         return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, EVEN_K=even_k, COUNT_TILES=count_tiles,
-                    DOT_PRECISION=dot_precision(dtype),
+                    DOT_PRECISION=dot_precision(dtype), USE_TMA=cfg.tma,
                     UPCAST_DOT=interpreted and dtype == torch.bfloat16)
 
     def compile_for(self, target: str, dtype: torch.dtype, config: TileConfig | None = None, *,
@@ -295,13 +320,14 @@ class SoftmaxLauncher(KernelLauncher):
 
     def forward(self, q, k, v, *, q_offset=None, seg_q=None, seg_k=None, inputs: dict | None = None,
                 config: TileConfig | None = None, count_tiles: bool = False, k_offset: int = 0,
-                total_nk: int | None = None, total_nq: int | None = None):
+                total_nk: int | None = None, total_nq: int | None = None, lists=None):
         """(out, lse[, tile_counts]): out like q's layout (B, Hq, Nq, Dv), lse float32 (B, Hq, Nq).
         `inputs`: the spec's call-time inputs by name (`sink`, ...). k_offset / total_nk: the keys
         are positions k_offset .. k_offset + Nk - 1 of a sequence of total_nk keys (a chunk pair of
         context parallelism; random draws are the whole sequence's). An input's Nk axis then holds
         total_nk positions and its Nq axis total_nq (default Nq): formulas read it at absolute
-        positions."""
+        positions. `lists`: this call's tile lists (an object with `lists(block_m, block_n,
+        by_key=False)`, as runtime/lsh.py makes), for a spec whose lists come with the call."""
         spec = self.spec
         check_inputs(spec, q, k, v)
         batch, _, nq, _ = q.shape
@@ -319,8 +345,17 @@ class SoftmaxLauncher(KernelLauncher):
             counts = torch.zeros(0, dtype=torch.int32, device=q.device)        # no program ran
             return (out, lse, counts) if count_tiles else (out, lse)
         arguments = self._arguments_at(q, k, v, q_offset, seg_q, seg_k, interpret=interpret,
-                                       count_tiles=count_tiles, inputs=inputs, keys=keys)
-        cfg = config or self.tuned_config(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k, arguments=arguments)
+                                       count_tiles=count_tiles, inputs=inputs, keys=keys, lists=lists)
+        cfg = config or self.tuned_config(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k, arguments=arguments,
+                                          inputs=inputs, lists=lists)
+        if cfg.tma:
+            refusal = tma_refusal(architecture(q.device), ("k", k), ("v", v))
+            if refusal is not None:
+                log.warning("%s: TMA configuration %s on the pointer path: %s", self.generated.kernel_name, cfg,
+                            refusal)
+                cfg = dataclasses.replace(cfg, tma=False)
+            elif not interpret:
+                ensure_allocator()
         grid, args, num_warps, num_stages = arguments(cfg)
         poison(args["out"], args["lse"], interpreted=interpret)
         self.launch("fwd", grid, args, num_warps=num_warps, num_stages=num_stages, interpret=interpret)
@@ -328,14 +363,14 @@ class SoftmaxLauncher(KernelLauncher):
         return (out, lse, counts) if count_tiles else (out, lse)
 
     def _arguments_at(self, q, k, v, q_offset, seg_q, seg_k, *, interpret: bool, count_tiles: bool,
-                      inputs: dict, keys: tuple = (0, None)):
+                      inputs: dict, keys: tuple = (0, None), lists=None):
         """cfg → (grid, keyword arguments, num_warps, num_stages) of this call's launch at `cfg`:
         outputs allocated, the shape's tables picked. The configuration search compiles with
         exactly these arguments, so it judges the kernel the launch runs."""
         spec = self.spec
         batch, _, nq, _ = q.shape
         nk = k.shape[2]
-        selection = self.select(q, k, q_offset, seg_q, seg_k, keys)
+        selection = lists if lists is not None else self.select(q, k, q_offset, seg_q, seg_k, keys)
 
         def arguments(cfg: TileConfig):
             tables = self.call_tables(nq, nk, q_offset, cfg, q.device, seg_q, seg_k, batch=batch, keys=keys)

@@ -148,7 +148,7 @@ class BackwardLauncher(SoftmaxLauncher):
 
     def backward(self, q, k, v, out, lse, dout, *, q_offset=None, seg_q=None, seg_k=None,
                  inputs: dict | None = None, config: BackwardConfig | None = None, k_offset: int = 0,
-                 total_nk: int | None = None, total_nq: int | None = None):
+                 total_nk: int | None = None, total_nq: int | None = None, lists=None):
         """(dq, dk, dv, *d(each grad input)): dq, dk, dv like their inputs (shape, dtype,
         strides); then the gradient of each input with `grad` (the sink's too), float32, in
         declared order (`inputs.grad_inputs`). k_offset / total_nk: a chunk pair
@@ -168,7 +168,8 @@ class BackwardLauncher(SoftmaxLauncher):
             return tuple(torch.zeros_like(t) for t in (q, k, v, *(inputs[d.name] for d in grad_inputs(spec))))
         arguments, (dq, dk, dv, *extra) = self._arguments_at(q, k, v, out, lse.to(torch.float32).contiguous(),
                                                              dout.to(q.dtype), q_offset, seg_q, seg_k,
-                                                             interpret=interpret, inputs=inputs, keys=keys)
+                                                             interpret=interpret, inputs=inputs, keys=keys,
+                                                             lists=lists)
         cfg = config or self.launch_config(head_dim, q.dtype, q.device, arguments)
         poison(dq, dk, dv, interpreted=interpret)
         for role, tiles in self.role_tiles(cfg).items():        # preprocess (delta), dK/dV, dQ
@@ -192,7 +193,7 @@ class BackwardLauncher(SoftmaxLauncher):
         return tuple(out)
 
     def _arguments_at(self, q, k, v, out, lse, dout, q_offset, seg_q, seg_k, *, interpret: bool, inputs: dict,
-                      keys: tuple = (0, None)):
+                      keys: tuple = (0, None), lists=None):
         """(role → (tiles → (grid, keyword arguments, num_warps, num_stages)), (dq, dk, dv)) of
         this call: the gradients and delta allocated once, each kernel's launch at any tiles. The
         configuration search compiles exactly these launches."""
@@ -200,7 +201,7 @@ class BackwardLauncher(SoftmaxLauncher):
         batch, _, nq, _ = q.shape
         nk = k.shape[2]
         dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))         # each in its input's layout
-        selection = self.select(q, k, q_offset, seg_q, seg_k, keys)   # the forward's (same q, k)
+        selection = lists if lists is not None else self.select(q, k, q_offset, seg_q, seg_k, keys)  # the forward's
         delta = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
         # The dQ kernel's per-program gradient buffers of the grad inputs its score reads.
         buffers = {name[len("d_in_"):]: None for name in self.signatures["dq"].names if name.startswith("d_in_")}

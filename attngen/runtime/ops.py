@@ -77,8 +77,16 @@ def kernel_kinds(spec: Spec) -> tuple[str, ...]:
     specs also have their selection kernels."""
     if spec.kind == "linear":
         return ("linear_fwd", "linear_bwd")
+    if spec.lsh is not None:             # decode runs the forward kernels per sequence (runtime/lsh.py)
+        return ("fwd", "bwd")
     kinds = ("fwd", "bwd") if spec.uses_segments else ("fwd", "bwd", "decode")
     return kinds + (("select",) if spec.select is not None else ())   # the selection kernels
+
+
+def has_decode_op(spec: Spec) -> bool:
+    """A decode operator: specs with a decode kernel, and lsh specs (whose decode runs the forward
+    kernels per sequence, runtime/lsh.py)."""
+    return "decode" in kernel_kinds(spec) or spec.lsh is not None
 
 
 class _ReferencePrecision(torch.autograd.Function):
@@ -145,7 +153,7 @@ class CompiledAttention:
         namespace = getattr(torch.ops, NAMESPACE)
         self.op = getattr(namespace, name).default
         self.backward_op = getattr(namespace, f"{name}_backward").default
-        has_decode = "decode" in kernel_kinds(spec)
+        has_decode = has_decode_op(spec)
         self.decode_op = getattr(namespace, f"{name}_decode").default if has_decode else None
         has_varlen = ops_varlen.has_varlen(spec)
         self.varlen_op = getattr(namespace, f"{name}_varlen").default if has_varlen else None
@@ -294,7 +302,7 @@ def _define(op: CompiledAttention) -> None:
                                           mutates_args=(), schema=backward_schema)
     backward_op.register_fake(backward_fake)
     forward_op.register_autograd(_autograd_backward(backward_op, spec), setup_context=_setup_context)
-    if "decode" in kernel_kinds(spec):
+    if has_decode_op(spec):
         _define_decode(op)
     if ops_varlen.has_varlen(spec):
         ops_varlen.define_varlen(op, NAMESPACE)

@@ -130,6 +130,13 @@ def tile_lists(chosen, classes, rows: int, block: int, block_m: int, block_n: in
     exists = (t < tiles_q) & (u < tiles_k)
     t, u, bh = t[exists], u[exists], bh[exists]
     cls = classes[(bh // heads) if shared > 1 else torch.zeros_like(bh), t, u]
+    return tile_csr(bh, t, u, cls, batch * heads, tiles_q, tiles_k, by_key=by_key)
+
+
+def tile_csr(bh, t, u, cls, num_sets: int, tiles_q: int, tiles_k: int, *, by_key: bool) -> tuple:
+    """(partial_ptr, partial_idx, full_ptr, full_idx, list_rows) of tiles (set bh, query tile t, key
+    tile u, class cls: 1 partial, 2 full), listed in ascending order of (bh, t, u): CSR over rows
+    bh * list_rows + tile (query tiles, key tiles where `by_key`), entries ascending in each row."""
     num_rows = tiles_k if by_key else tiles_q
     row = bh * num_rows + (u if by_key else t)
     col = t if by_key else u
@@ -138,8 +145,8 @@ def tile_lists(chosen, classes, rows: int, block: int, block_m: int, block_n: in
         keep = cls == value
         r, c = row[keep], col[keep]
         order = torch.sort(r, stable=True).indices         # entries stay ascending within a row
-        counts = torch.bincount(r, minlength=batch * heads * num_rows)
-        ptr = torch.zeros(len(counts) + 1, dtype=torch.int64, device=device)
+        counts = torch.bincount(r, minlength=num_sets * num_rows)
+        ptr = torch.zeros(len(counts) + 1, dtype=torch.int64, device=bh.device)
         ptr[1:] = torch.cumsum(counts, 0)
         out += [ptr.to(torch.int32), c[order].to(torch.int32)]
     return (*out, num_rows)
@@ -236,13 +243,33 @@ def decode_selection(selector: Selector, q, k_cache, seqlens, block_table, *, pa
         n = min(seqlen, capacity)
         if n <= 0:
             continue
-        if block_table is None:
-            k_seq = k_cache[b:b + 1, :, :n]                                   # (1, Hkv, n, D), a view
-        else:
-            pages = k_cache[block_table[b, :cdiv(n, page_size)].long()]      # (pages, page, Hkv, D)
-            k_seq = pages.reshape(1, -1, *pages.shape[2:]).transpose(1, 2)[:, :, :n]
+        k_seq = sequence_rows(k_cache, b, n, block_table, page_size)
         candidates = selector.classes(nq, n, n - nq, nq, block, None, None, q.device, exact=True)
         gate = launcher.gate(q[b:b + 1], k_seq, (candidates != 0).to(torch.int32), rows=nq)
         chosen = top_k_blocks(gate, spec.select.top) | own_blocks(nq, n, n - nq, nq, block, q.device)
         selected[b, :, :chosen.shape[-1]] = chosen[0, :, 0].to(torch.int32)
     return selected
+
+
+def sequence_rows(cache: torch.Tensor, b: int, n: int, block_table, page_size: int) -> torch.Tensor:
+    """Sequence b's cache rows 0..n-1 as (1, Hkv, n, D): a view of a contiguous cache, a paged
+    cache's pages gathered."""
+    if block_table is None:
+        return cache[b:b + 1, :, :n]
+    pages = cache[block_table[b, :cdiv(n, page_size)].long()]                 # (pages, page, Hkv, D)
+    return pages.reshape(1, -1, *pages.shape[2:]).transpose(1, 2)[:, :, :n]
+
+
+class EveryTile:
+    """Lists naming every tile as FULL, on meta tensors: what ahead-of-time compilation launches
+    with (the shapes and dtypes of a call's lists, no data)."""
+
+    def __init__(self, rows: int, nq: int, nk: int):
+        self.rows, self.nq, self.nk = rows, nq, nk
+
+    def lists(self, block_m: int, block_n: int, *, by_key: bool = False) -> tuple:
+        tiles_q, tiles_k = cdiv(self.nq, block_m), cdiv(self.nk, block_n)
+        num_rows = tiles_k if by_key else tiles_q
+        ptr = torch.empty(self.rows * num_rows + 1, dtype=torch.int32, device="meta")
+        idx = torch.empty(self.rows * tiles_q * tiles_k, dtype=torch.int32, device="meta")
+        return ptr, idx[:0], ptr, idx, num_rows

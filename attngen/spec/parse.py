@@ -15,7 +15,7 @@ from .formula import Formula, ScoreFormula
 from .spec import FeatureMap, Spec
 
 TOP_KEYS = ("name", "heads", "head_dim", "kind", "causal", "mask", "scale", "softcap", "alibi",
-            "feature_map", "eps", "inputs", "score", "sink", "select")
+            "feature_map", "eps", "inputs", "score", "sink", "select", "lsh")
 MASK_KEYS = ("causal", "band", "stride", "columns", "global", "blocks", "random", "segments",
              "any", "all", "not")
 
@@ -165,7 +165,7 @@ def spec_from_dict(data: dict) -> Spec:
                 softcap=data.get("softcap"), alibi=data.get("alibi", False),
                 feature_map=_feature_map(data.get("feature_map")), eps=data.get("eps"),
                 inputs=data.get("inputs") or (), score=score, sink=data.get("sink", False),
-                select=data.get("select"))
+                select=data.get("select"), lsh=data.get("lsh"))
 
 
 # --------------------------------------------------------------------------------------------

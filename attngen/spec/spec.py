@@ -17,6 +17,7 @@ import torch
 from ..errors import ShapeError, SpecError
 from . import random_draw
 from .formula import Formula, ScoreFormula, bind_mask
+from .lsh import Lsh, refuse_with_lsh
 from .inputs import SINK, InputDecl, check_inputs, input_decls
 from .normalize import normalize
 from .predicates import (All_, Any_, Band, Causal, EvalContext, Everything, Not_, Nothing, Predicate,
@@ -136,6 +137,7 @@ class Spec:
     sink: bool = False
     value_head_dim: int | None = None
     select: "Select | None" = None
+    lsh: "Lsh | None" = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name or not set(self.name) <= NAME_CHARS \
@@ -204,6 +206,9 @@ class Spec:
         self._bind_formulas()
         if self.select is not None and not isinstance(self.select, Select):
             object.__setattr__(self, "select", Select.of(self.select))
+        if self.lsh is not None:
+            object.__setattr__(self, "lsh", Lsh.of(self.lsh))
+            refuse_with_lsh(self)
         if self.feature_map is not None:
             raise SpecError("feature_map", self.feature_map.name, "applies to kind: linear only")
         if self.eps is not None:
@@ -224,7 +229,7 @@ class Spec:
         if self.eps is None:
             object.__setattr__(self, "eps", 1e-6)
         for name, default in (("inputs", ()), ("score", None), ("sink", False), ("value_head_dim", None),
-                              ("select", None)):
+                              ("select", None), ("lsh", None)):
             if getattr(self, name) not in (default, None, {}):
                 raise SpecError("head_dim.v" if name == "value_head_dim" else name, getattr(self, name),
                                 "applies to kind: softmax only")
@@ -323,6 +328,8 @@ class Spec:
             out["value_head_dim"] = self.value_head_dim
         if self.select is not None:
             out["select"] = self.select.to_dict()
+        if self.lsh is not None:
+            out["lsh"] = self.lsh.to_dict()
         return out
 
     def content_hash(self) -> str:
@@ -377,7 +384,7 @@ class Spec:
         q_offset = resolve_q_offset(nq, nk, q_offset, k_offset)
         rows = cols = None
         if self.uses_segments:
-            rows, cols = _segment_grids(seg_q, seg_k, nq, nk, device, batch)
+            rows, cols = segment_grids(seg_q, seg_k, nq, nk, device, batch)
         elif seg_q is not None or seg_k is not None:
             raise ShapeError(f"spec {self.name!r} has no segments mask, but seg_q/seg_k were given")
         extra = self.formula_context(nq, nk, inputs, batch, device)
@@ -487,7 +494,7 @@ def resolve_k_offset(nk: int, k_offset: int, total_nk: int | None) -> tuple[int,
     return k_offset, total_nk
 
 
-def _segment_grids(seg_q, seg_k, nq, nk, device, batch=None):
+def segment_grids(seg_q, seg_k, nq, nk, device, batch=None):
     if seg_q is None or seg_k is None:
         raise ShapeError("this spec has a segments mask: pass seg_q (Nq,) or (B, Nq) and seg_k "
                          "(Nk,) or (B, Nk) integer tensors")

@@ -3,7 +3,7 @@
 Every case draws fresh random inputs at odd sizes; outputs start as NaN (the launcher poisons them
 under the interpreter), so an element the kernel forgot to write fails.
 """
-from dataclasses import astuple
+from dataclasses import astuple, replace
 
 import pytest
 import torch
@@ -250,7 +250,7 @@ def test_autotune_times_each_candidate_once_per_shape_class(monkeypatch):
     monkeypatch.setattr(launch, "architecture", lambda device: "sm_90")
     monkeypatch.setattr(launcher_module, "resource_usage", lambda compiled: compiled)
     monkeypatch.setattr(launcher_module, "warm_kernel", lambda kernel, grid, args, warps, stages: _usage(
-        64 if (args["BLOCK_M"], args["BLOCK_N"], warps, stages) == astuple(spilling) else 0))
+        64 if (args["BLOCK_M"], args["BLOCK_N"], warps, stages) == astuple(spilling)[:4] else 0))
     launched = []
     launcher.forward = lambda *args, config, **kw: launched.append((config, kw["q_offset"]))
     timer_calls = []
@@ -266,16 +266,18 @@ def test_autotune_times_each_candidate_once_per_shape_class(monkeypatch):
     assert launcher.tuned_config(q, k, v, **call) == candidates[1] and not timer_calls   # first spill-free
     monkeypatch.setenv("ATTNGEN_AUTOTUNE", "1")
     assert launcher.tuned_config(q, k, v, **call) == fastest
-    assert timer_calls == list(candidates[1:]) and {o for _, o in launched} == {200}
+    # sm_90 and tensors a descriptor can read: the TMA variants are timed too (runtime/tma.py)
+    timed = list(candidates[1:]) + [replace(c, tma=True) for c in candidates[1:]]
+    assert timer_calls == timed and {o for _, o in launched} == {200}
     # nq 100 -> 120 and nk 300 -> 500 stay in the buckets 128 and 512: no retuning.
     q2, k2, v2 = inputs(spec, 120, 500, torch.float16, batch=1)
-    assert launcher.tuned_config(q2, k2, v2, **call) == fastest and len(timer_calls) == len(candidates) - 1
+    assert launcher.tuned_config(q2, k2, v2, **call) == fastest and len(timer_calls) == len(timed)
     # Another length bucket, or another dtype, is another shape class.
     q3, k3, v3 = inputs(spec, 300, 500, torch.float16, batch=1)
     launcher.tuned_config(q3, k3, v3, **call)
-    assert len(timer_calls) == 2 * (len(candidates) - 1)
+    assert len(timer_calls) == 2 * len(timed)
     launcher.tuned_config(*(t.to(torch.bfloat16) for t in (q, k, v)), **call)
-    assert len(timer_calls) == 3 * (len(candidates) - 1)
+    assert len(timer_calls) == 3 * len(timed)
 
 
 def test_length_buckets_are_powers_of_two():
@@ -307,7 +309,7 @@ def test_gpu_launch_runs_the_kernel_its_configuration_search_compiled(monkeypatc
                         lambda kernel, grid, args, warps, stages: launched.append((kernel, grid, dict(args), warps, stages)))
     monkeypatch.delenv("ATTNGEN_AUTOTUNE", raising=False)
     launcher.forward(q, k, v, q_offset=200)
-    assert [(w[2]["BLOCK_M"], w[2]["BLOCK_N"], w[3], w[4]) for w in warmed] == [astuple(c) for c in candidates[:2]]
+    assert [(w[2]["BLOCK_M"], w[2]["BLOCK_N"], w[3], w[4]) for w in warmed] == [astuple(c)[:4] for c in candidates[:2]]
     (kernel, grid, args, warps, stages), = launched
     chosen = warmed[1]
     assert kernel is chosen[0] and grid == chosen[1] and (warps, stages) == chosen[3:]
@@ -358,3 +360,41 @@ def test_gpu_backward_and_decode_launch_what_their_search_compiled(kind, monkeyp
         plain = [n for n in names[role].names if not isinstance(args[n], torch.Tensor)]
         assert {n: args[n] for n in plain} == {n: chosen[2][n] for n in plain}
         assert set(args) == set(names[role].names)
+
+
+@pytest.mark.parametrize("spec, shape", [(SPECS[0], (50, 33, None)), (SPECS[2], (77, 190, None)),
+                                         (SPECS[6], (64, 96, 5))], ids=lambda x: getattr(x, "name", str(x)))
+def test_tma_path_matches_the_reference(spec, shape):
+    """The opt-in TMA path (tensor descriptors; rows past nk and padded head-dim columns read 0)
+    at odd sizes, interval and block-map iteration, under the interpreter."""
+    nq, nk, q_offset = shape
+    check_forward(spec, nq, nk, torch.float16, q_offset, config=TileConfig(32, 32, 4, 1, tma=True))
+
+
+def test_tma_refusal_names_the_reason(caplog):
+    from attngen.runtime.tma import tma_refusal
+
+    k = torch.zeros(2, 2, 40, 32, dtype=torch.float16)
+    assert tma_refusal("sm_90", ("k", k)) is None and tma_refusal(None, ("k", k)) is None
+    assert "sm_90 and later" in tma_refusal("sm_80", ("k", k))
+    assert "head-dim stride 2" in tma_refusal("sm_90", ("k", k[..., ::2]))
+    odd = torch.zeros(2, 2, 40, 20, dtype=torch.float16)                  # rows of 40 bytes
+    assert "v's sequence stride is 40 bytes" in tma_refusal("sm_90", ("k", k), ("v", odd))
+    # Asked for anyway, the forward takes the pointer path, says why, and is right.
+    spec = small("dense_d20", d=20)
+    with caplog.at_level("WARNING", logger="attngen"):
+        check_forward(spec, 50, 33, torch.float16, config=TileConfig(32, 32, 4, 1, tma=True))
+    assert "on the pointer path: k's head stride is 1320 bytes" in caplog.text
+
+
+def test_tma_configurations_are_opt_in_and_timed_when_autotuning(monkeypatch):
+    from attngen.runtime.tma import with_tma
+
+    pointer = [TileConfig(128, 64, 8, 3), TileConfig(64, 64, 4, 2)]
+    monkeypatch.delenv("ATTNGEN_TMA", raising=False)
+    assert with_tma(pointer, None, autotune=False) == pointer                # default: pointers
+    timed = with_tma(pointer, None, autotune=True)                            # timing decides
+    assert timed[:2] == pointer and [c.tma for c in timed[2:]] == [True, True]
+    monkeypatch.setenv("ATTNGEN_TMA", "1")
+    assert [c.tma for c in with_tma(pointer, None, autotune=False)] == [True, True, False, False]
+    assert with_tma(pointer, "k has head-dim stride 2", autotune=True) == pointer

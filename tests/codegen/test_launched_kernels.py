@@ -135,3 +135,39 @@ def test_causal_forward_is_lean():
     assert len([n for n in sass_loops(text) if n > 1]) == 2
     source = A.emit(spec)
     assert "# partial, left" not in source and source.count("for key_tile in range(") == 2
+
+
+# Triton's fused-attention tutorial compiled the same way (Triton 3.9, sm_90, fp16, n = 4096,
+# 128x64 / 8 warps): instructions in its loop over full key tiles (benchmarks/RESULTS.md).
+TUTORIAL_FULL_LOOP = {(64, False): 299, (64, True): 300, (128, False): 385, (128, True): 385}
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("head_dim, causal", list(TUTORIAL_FULL_LOOP),
+                         ids=lambda x: {True: "causal", False: "dense"}.get(x, f"d{x}"))
+def test_full_tile_loop_is_no_longer_than_the_tutorials(head_dim, causal):
+    """The forward's loop over full key tiles (the first loop: under causal the diagonal's partial
+    loop follows it), at the tutorial's tiles, takes no more instructions than the tutorial's."""
+    from attngen.codegen.aot import sass_loops
+
+    spec = A.Spec(name="lean", query_heads=16, kv_heads=16, head_dim=head_dim, causal=causal)
+    text = A.emit(spec, stage="sass", target="sm_90", n=4096)
+    (config,) = [tuple(map(int, m.groups()[:4])) for m in CONFIG.finditer(text)]
+    assert config[:3] == (128, 64, 8)
+    loops = [n for n in sass_loops(text) if n > 1]
+    assert len(loops) == (2 if causal else 1) and "HGMMA" in text
+    assert loops[0] <= TUTORIAL_FULL_LOOP[head_dim, causal], loops
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("spec", ["mha", "mistral_sliding_window"])
+def test_tma_forward_reads_through_the_tensor_memory_accelerator(spec, monkeypatch):
+    """ATTNGEN_TMA=1: the dense and the interval forward, compiled for sm_90 as launched, load K and
+    V with UTMALDG, stay on wgmma and do not spill; the default stays the pointer path."""
+    monkeypatch.setenv("ATTNGEN_TMA", "1")
+    text = A.emit(f"specs/{spec}.yaml", stage="sass", target="sm_90", n=4096)
+    assert "USE_TMA=True" in text.splitlines()[1]
+    (registers, _, spills), = [tuple(map(int, m.groups()[:3])) for m in RESOURCES.finditer(text)]
+    assert "UTMALDG" in text and "HGMMA" in text and spills == 0 and registers <= 255
+    monkeypatch.delenv("ATTNGEN_TMA")
+    assert "UTMALDG" not in A.emit(f"specs/{spec}.yaml", stage="sass", target="sm_90", n=4096)

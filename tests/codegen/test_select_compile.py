@@ -1,6 +1,8 @@
-"""Content-based selection (`select:`) kernels compile for sm_80 and sm_90 without spills, as
-launched: the selection kernels (pool, gate) and the attention kernels that walk per-(batch, kv
-head) lists (forward, backward, decode), for the shipped specs/select files."""
+"""Content-based sparsity kernels compile for sm_80 and sm_90 without spills, as launched: the
+selection kernels (pool, gate) and the attention kernels that walk per-(batch, kv head) lists
+(forward, backward, decode), for the shipped specs/select files; and LSH attention's (`lsh:`)
+forward and backward (its kernel spec: segments by bucket, the mask at original positions read
+from inputs, call-time lists) for specs/select/reformer_lsh.yaml."""
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,9 @@ import torch
 import attngen as A
 from attngen.codegen.aot import resource_usage
 
-SPECS = A.load_specs(Path(__file__).resolve().parents[2] / "specs" / "select")
+ALL_SPECS = A.load_specs(Path(__file__).resolve().parents[2] / "specs" / "select")
+SPECS = [s for s in ALL_SPECS if s.select is not None]
+LSH_SPECS = [s for s in ALL_SPECS if s.lsh is not None]
 
 
 def _no_spills(compiled, what):
@@ -39,3 +43,14 @@ def test_select_decode_compiles_without_spills(target):
     for paged in (False, True):
         _no_spills(launcher.compile_launches(target, torch.bfloat16, nq=4, paged=paged),
                    f"{SPECS[0].name} decode paged={paged} {target}")
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("target", ["sm_90", pytest.param("sm_80", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kernel", ["fwd", "bwd"])
+@pytest.mark.parametrize("spec, dtype", [
+    pytest.param(spec, dtype, id=f"{spec.name}-{str(dtype)[6:]}",
+                 marks=() if (n, dtype) == (0, torch.bfloat16) else pytest.mark.slow)
+    for n, spec in enumerate(LSH_SPECS) for dtype in (torch.bfloat16, torch.float32)])
+def test_lsh_kernels_compile_without_spills(spec, dtype, kernel, target):
+    _no_spills(A.compile(spec).compile_for(target, dtype, kernel=kernel), f"{spec.name} {kernel} {target} {dtype}")

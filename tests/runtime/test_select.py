@@ -205,21 +205,30 @@ def test_ties_in_the_kernels_go_to_the_lower_block(torch_rng):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_gradients_match_reference(dtype, torch_rng):
     spec = select_spec(f"sel_bwd_{str(dtype)[6:]}", causal=True, top=1, block=32)
-    q, k, v = qkv(spec, 45, 77, torch_rng, dtype=dtype)
+    check_gradients(spec, *qkv(spec, 45, 77, torch_rng, dtype=dtype), torch_rng, q_offset=20)
+
+
+def check_gradients(spec, q, k, v, torch_rng, *, q_offset):
+    """dq, dk, dv of the compiled spec against the reference's, for a random dout (also test_lsh.py's)."""
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    out = attngen.compile(spec)(*leaves, q_offset=20)
-    dout = torch.randn(out.shape, generator=torch_rng).to(dtype)
+    out = attngen.compile(spec)(*leaves, q_offset=q_offset)
+    dout = torch.randn(out.shape, generator=torch_rng).to(q.dtype)
     got = torch.autograd.grad(out, leaves, dout)
-    want = reference_gradients(spec, q, k, v, dout, q_offset=20)
+    want = reference_gradients(spec, q, k, v, dout, q_offset=q_offset)
     for name, g, w in zip(("dq", "dk", "dv"), got, want):
-        check_close(name, g, w, dtype, table=GRAD_TOLERANCE)
+        check_close(name, g, w, q.dtype, table=GRAD_TOLERANCE)
 
 
 def test_torch_compile_fullgraph_runs_the_selection_inside_the_op(torch_rng):
     spec = select_spec("sel_compiled", causal=True, top=1)
+    check_compiled(spec, *qkv(spec, 40, 56, torch_rng))
+
+
+def check_compiled(spec, q, k, v):
+    """torch.compile(fullgraph=True) of a model calling the spec: forward and gradients against the
+    reference (also test_lsh.py's)."""
     attn = attngen.compile(spec)
     model = torch.compile(lambda q, k, v: attn(q, k, v) * 2.0, fullgraph=True, backend="aot_eager")
-    q, k, v = qkv(spec, 40, 56, torch_rng)
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
     out = model(*leaves)
     check_close("out", out, reference(spec, q, k, v)[0] * 2.0, torch.float32)
@@ -249,11 +258,16 @@ def _pages(t, page_size, order):
 ])
 def test_decode_per_sequence(nq, paged, dtype, torch_rng):
     """Each sequence's new tokens are one query block; lengths 1 (or Nq), odd and full."""
-    spec = select_spec(f"sel_decode_{nq}_{int(paged)}_{str(dtype)[6:]}", causal=True, top=2)
-    capacity = 112
+    check_decode(select_spec(f"sel_decode_{nq}_{int(paged)}_{str(dtype)[6:]}", causal=True, top=2), nq, paged,
+                 dtype, torch_rng, capacity=112, odd=77)
+
+
+def check_decode(spec, nq, paged, dtype, torch_rng, *, capacity, odd):
+    """Decode of 3 sequences of lengths Nq, `odd` and `capacity` (a contiguous cache, or pages in
+    random order) against the reference on each sequence's keys (also test_lsh.py's)."""
     q = torch.randn(3, spec.query_heads, nq, spec.head_dim, generator=torch_rng).to(dtype)
     k, v = (torch.randn(3, spec.kv_heads, capacity, spec.head_dim, generator=torch_rng).to(dtype) for _ in range(2))
-    seqlens = torch.tensor([nq, 77, capacity], dtype=torch.int32)
+    seqlens = torch.tensor([nq, odd, capacity], dtype=torch.int32)
     attn = attngen.compile(spec)
     if paged:
         order = torch.randperm(3 * capacity // 16, generator=torch_rng)
@@ -293,7 +307,8 @@ def test_show_draws_a_selection(capsys):
     assert main(["show", "specs/gqa.yaml", "--n", "256", "--seed", "1"]) == 2
 
 
-SELECT_SPECS = sorted((__import__("pathlib").Path(__file__).resolve().parents[2] / "specs" / "select").glob("*.yaml"))
+SELECT_SPECS = [p for p in sorted((__import__("pathlib").Path(__file__).resolve().parents[2] / "specs" / "select")
+                                  .glob("*.yaml")) if load_spec(p).select is not None]      # lsh: test_lsh.py
 
 
 @pytest.mark.parametrize("path", SELECT_SPECS, ids=lambda p: p.stem)

@@ -1,0 +1,35 @@
+"""The float64 reference's LSH buckets (SPEC.md, "Content-based sparsity", `lsh:`): the rule applied
+as written, densely, for `attngen.reference`. Kernels never call it.
+
+    R = torch.randn(rounds, D, n // 2, generator=torch.Generator().manual_seed(seed))   float32
+    bucket_r(x) = argmax([x·R[r], −x·R[r]])        (the first maximum), x in float32
+    allowed(b, h, i, j) = mask(i, j) and any_r bucket_r(q[b, h, i]) == bucket_r(k[b, hk, j])
+
+The buckets are computed in float32 from q and k as the call passed them (float64 copies of fp16,
+bf16 or fp32 values convert back to float32 exactly), so that the kernels' buckets, computed the
+same way, agree bit for bit, ties and rounding included.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def lsh_buckets(x: torch.Tensor, buckets: int, seed: int, rounds: int) -> torch.Tensor:
+    """int64 (rounds, B, H, N): the bucket of every row of x (B, H, N, D) in every round."""
+    rotations = torch.randn(rounds, x.shape[-1], buckets // 2, generator=torch.Generator().manual_seed(seed))
+    x = x.detach().to(torch.float32)
+    out = []
+    for r in range(rounds):
+        proj = x @ rotations[r].to(x.device)
+        out.append(torch.cat([proj, -proj], dim=-1).argmax(dim=-1))
+    return torch.stack(out)
+
+
+def lsh_pairs(spec, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """bool (B, Hq, Nq, Nk): `mask` (broadcastable to that) AND some round puts q[b, h, i] and
+    k[b, hk, j] in one bucket. `q` is (B, Hq, Nq, D), `k` (B, Hkv, Nk, D), not repeated."""
+    lsh = spec.lsh
+    bq = lsh_buckets(q, lsh.buckets, lsh.seed, lsh.rounds)                           # (R, B, Hq, Nq)
+    bk = lsh_buckets(k, lsh.buckets, lsh.seed, lsh.rounds).repeat_interleave(spec.group, dim=2)
+    same = (bq[..., :, None] == bk[..., None, :]).any(dim=0)                           # (B, Hq, Nq, Nk)
+    return mask & same

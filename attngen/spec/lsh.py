@@ -1,0 +1,207 @@
+"""`lsh: {buckets, seed, rounds}` (SPEC.md, "Content-based sparsity"): Reformer-style hashing.
+
+With ``R = torch.randn(rounds, D, n // 2, generator=torch.Generator().manual_seed(seed))``
+(float32, n even) the bucket of a vector x in round r is ``argmax([x·R[r], −x·R[r]])`` (the first
+maximum). A pair (i, j) of query head h is allowed iff the mask allows it and, in some round,
+bucket(q[b, h, i]) == bucket(k[b, hk, j]).
+
+The kernels run an lsh spec through its *kernel spec* (`kernel_spec`): per round, queries and keys
+are sorted by bucket (runtime/lsh.py), so the kernels see permuted rows. The kernel spec is the
+same attention over those permuted rows, with the batch and query heads flattened into one batch
+axis (each (b, h) has its own query order), one head, and the mask rewritten:
+- ``segments`` with the sorted bucket ids as seg_q / seg_k: attention within bucket runs;
+- the spec's mask at the ORIGINAL positions: a formula over the inputs ``lsh_i[b, i]`` and
+  ``lsh_j[b, j]`` (original query and key positions of the permuted rows), so causal, band, ...
+  keep their meaning through the permutation;
+- ALiBi as the score ``s - lsh_alibi_slope[b] * (lsh_i[b, i] - lsh_j[b, j])``: the row's head's
+  slope, at the original positions;
+- for rounds > 1, ``lsh_q{r}[b, i] != lsh_k{r}[b, j]`` for every earlier round r: a pair equal in
+  several rounds is attended in the first one only, so the rounds' parts are disjoint and merge
+  exactly by lse (runtime/merge.py). Slots of rounds not yet run hold -1 (queries) and -2 (keys).
+Its `lsh` carries ``permuted: true``: the kernels take their tile lists per call (like `select:`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import SpecError
+from .formula import Formula
+from .formula_syntax import Node, parse_formula, unparse
+from .predicates import (All_, Any_, Band, Blocks, Causal, Columns, Everything, GlobalTokens, Not_, Nothing,
+                         Predicate, Segments, Stride)
+
+MAX_BUCKETS = 1 << 16
+MAX_ROUNDS = 16
+QUERY_POS, KEY_POS, SLOPE = "lsh_i", "lsh_j", "lsh_alibi_slope"
+
+
+@dataclass(frozen=True)
+class Lsh:
+    """`lsh: {buckets: n, seed: s, rounds: r}`; `permuted` marks a kernel spec (never written by
+    users: `kernel_spec` sets it)."""
+
+    buckets: int
+    seed: int = 0
+    rounds: int = 1
+    permuted: bool = False
+
+    def __post_init__(self):
+        for name, value, low, high in (("buckets", self.buckets, 2, MAX_BUCKETS),
+                                       ("rounds", self.rounds, 1, MAX_ROUNDS)):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise SpecError(f"lsh.{name}", value, f"must be an integer in {low}..{high}")
+        if self.buckets % 2:
+            raise SpecError("lsh.buckets", self.buckets, "must be even: a bucket is the argmax over "
+                            "[x·R, −x·R] with R of buckets / 2 columns")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 1 << 63:
+            raise SpecError("lsh.seed", self.seed, "must be an integer in 0..2**63-1")
+        if not isinstance(self.permuted, bool):
+            raise SpecError("lsh.permuted", self.permuted, "must be true or false")
+
+    @classmethod
+    def of(cls, value) -> "Lsh":
+        """From a mapping {buckets, seed, rounds} (YAML, or `Spec(lsh={...})`)."""
+        if isinstance(value, Lsh):
+            return value
+        if not isinstance(value, dict):
+            raise SpecError("lsh", value, "must be a mapping with buckets: n (even), seed: s, rounds: r")
+        allowed = ("buckets", "seed", "rounds", "permuted")
+        for key in value:
+            if key not in allowed:
+                raise SpecError(f"lsh.{key}", value[key], f"unknown key {key!r} (allowed: buckets, seed, rounds)")
+        if "buckets" not in value:
+            raise SpecError("lsh.buckets", None, "is required")
+        return cls(value["buckets"], value.get("seed", 0), value.get("rounds", 1), value.get("permuted", False))
+
+    def to_dict(self) -> dict:
+        out = {"buckets": self.buckets, "seed": self.seed, "rounds": self.rounds}
+        return {**out, "permuted": True} if self.permuted else out
+
+    def rotations(self, head_dim: int, device=None) -> torch.Tensor:
+        """R, float32 (rounds, D, buckets // 2), drawn exactly as SPEC.md writes it (on the CPU)."""
+        rot = torch.randn(self.rounds, head_dim, self.buckets // 2,
+                          generator=torch.Generator().manual_seed(self.seed))
+        return rot if device is None else rot.to(device)
+
+
+def buckets_of(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """int64 (rounds, *x.shape[:-1]): each row's bucket per round, in float32 (SPEC.md)."""
+    x = x.detach().to(torch.float32)
+    out = []
+    for r in range(rotations.shape[0]):
+        proj = x @ rotations[r]
+        out.append(torch.cat([proj, -proj], dim=-1).argmax(dim=-1))      # the first maximum
+    return torch.stack(out)
+
+
+# -- validation ---------------------------------------------------------------------------------
+def refuse_with_lsh(spec) -> None:
+    """What a user's lsh spec may not combine with, refused naming the field and the reason."""
+    lsh = spec.lsh
+    if lsh.permuted:
+        return
+    if spec.select is not None:
+        raise SpecError("lsh", lsh.to_dict(), "cannot be combined with select: (one content-based "
+                        "pattern per spec)")
+    for field, value, why in (("score", spec.score, "score formulas read the batch, heads and inputs, "
+                               "which the kernels permute and flatten"),
+                              ("inputs", spec.inputs, "call-time inputs are indexed by positions and "
+                               "heads, which the kernels permute and flatten")):
+        if value:
+            raise SpecError(field, value.text if hasattr(value, "text") else value,
+                            f"is not supported with lsh: yet ({why})")
+    if spec.mask is not None:
+        try:
+            mask_formula(spec.effective_mask, "i", "j")
+        except ValueError as err:
+            raise SpecError("mask", spec.mask.to_dict(), f"is not supported with lsh: ({err})") from None
+
+
+# -- the kernel spec ----------------------------------------------------------------------------
+def mask_formula(pred: Predicate, i: str, j: str) -> str | None:
+    """The formula text of `pred` with positions `i` and `j` (texts), None for Everything.
+    ValueError naming what cannot be written that way."""
+    if isinstance(pred, Everything):
+        return None
+    if isinstance(pred, Nothing):
+        return "False"
+    if isinstance(pred, Causal):
+        return f"{j} <= {i}"
+    if isinstance(pred, Band):
+        parts = ([f"{j} >= {i} - {pred.left}"] if pred.left is not None else []) + \
+                ([f"{j} <= {i} + {pred.right}"] if pred.right is not None else [])
+        return " and ".join(parts) or None
+    if isinstance(pred, Blocks):
+        return f"{i} // {pred.size} == {j} // {pred.size}"
+    if isinstance(pred, Columns):
+        return f"{j} % {pred.every} >= {pred.every - pred.width}"
+    if isinstance(pred, GlobalTokens):
+        if pred.tokens is None:
+            return f"({i} >= 0 and {i} < {pred.first}) or ({j} >= 0 and {j} < {pred.first})"
+        return " or ".join(f"{x} == {t}" for t in pred.tokens for x in (i, j))
+    if isinstance(pred, (Any_, All_)):
+        parts = [mask_formula(p, i, j) for p in pred.parts]
+        word = " or " if isinstance(pred, Any_) else " and "
+        if isinstance(pred, Any_) and any(p is None for p in parts):
+            return None
+        parts = [f"({p})" for p in parts if p is not None]
+        return word.join(parts) or ("False" if isinstance(pred, Any_) else None)
+    if isinstance(pred, Not_):
+        inner = mask_formula(pred.part, i, j)
+        return "False" if inner is None else f"not ({inner})"
+    if isinstance(pred, Formula):
+        return _substituted(pred, i, j)
+    if isinstance(pred, Segments):
+        raise ValueError("a segments mask: the kernels use segment ids for the buckets")
+    if isinstance(pred, Stride):
+        return f"({i} - {j}) % {pred.every} == 0"
+    raise ValueError(f"the {next(iter(pred.to_dict()))} mask cannot be evaluated at permuted positions")
+
+
+def _substituted(pred: Formula, i: str, j: str) -> str:
+    """A mask formula with the positions replaced (formulas reading b, h, hk or inputs refused: the
+    kernels flatten the batch and heads)."""
+    if pred.inputs_read or any(n.op == "name" and n.value in ("b", "h", "hk") for n in _walk(pred.node)):
+        raise ValueError(f"the mask formula {pred.text} reads the batch, a head or an input")
+    by_name = {"i": parse_formula(i), "j": parse_formula(j)}
+
+    def swap(node: Node) -> Node:
+        if node.op == "name" and node.value in by_name:
+            return by_name[node.value]
+        return Node(node.op, tuple(swap(a) for a in node.args), node.value)
+    return unparse(swap(pred.node))
+
+
+def _walk(node: Node):
+    yield node
+    for arg in node.args:
+        yield from _walk(arg)
+
+
+def kernel_spec(spec):
+    """The spec the kernels of an lsh spec are generated from (see the module docstring); any other
+    spec is returned as it is."""
+    if getattr(spec, "lsh", None) is None or spec.lsh.permuted:
+        return spec
+    lsh = spec.lsh
+    i, j = f"{QUERY_POS}[b, i]", f"{KEY_POS}[b, j]"
+    parts = [mask_formula(spec.effective_mask, i, j)]
+    inputs = {}
+    if parts[0] is not None or spec.alibi:
+        inputs = {QUERY_POS: {"shape": ["B", "Nq"], "dtype": "int32"},
+                  KEY_POS: {"shape": ["B", "Nk"], "dtype": "int32"}}
+    for r in range(lsh.rounds - 1):
+        parts.append(f"lsh_q{r}[b, i] != lsh_k{r}[b, j]")
+        inputs.update({f"lsh_q{r}": {"shape": ["B", "Nq"], "dtype": "int32"},
+                       f"lsh_k{r}": {"shape": ["B", "Nk"], "dtype": "int32"}})
+    score = None
+    if spec.alibi:                        # the head's slope per flattened row, at original positions
+        inputs[SLOPE] = {"shape": ["B"], "dtype": "float32"}
+        score = f"s - {SLOPE}[b] * ({i} - {j})"
+    text = " and ".join(f"({p})" for p in parts if p is not None)
+    mask = All_((Segments(), Formula.parse(text))) if text else Segments()
+    return type(spec)(name=f"{spec.name}_by_bucket", query_heads=1, kv_heads=1, head_dim=spec.head_dim,
+                value_head_dim=spec.value_head_dim, scale=spec.softmax_scale, softcap=spec.softcap,
+                mask=mask, inputs=inputs, score=score, lsh=Lsh(lsh.buckets, lsh.seed, lsh.rounds, permuted=True))
