@@ -28,22 +28,24 @@ def backward_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature
     """{role: signature} of the three backward kernels, in launch order."""
     names = kernel_names(kernel_name)
     tile_walk = (tensors("alibi_slopes", dtype="fp32") + tensors("seg_q", "seg_k", dtype="i32"))
-    saved = tensors("q", "k", "v", "dout") + tensors("lse", "delta", dtype="fp32")
+    saved = tensors("q", "k", "v", "dout") + tensors("lse2", "delta", dtype="fp32")
     inputs = strides("q") + strides("k") + strides("v") + strides("do")
     seg = strides("seg_q", "bn") + strides("seg_k", "bn")
     randoms = random_args(random_tables(g)) + FormulaCode.of_graph(g, "bwd").signature_args()
     return {
-        # With sinks the preprocess also writes each program's share of d(sink) (`sink_partials`).
+        # The preprocess reads the forward's lse and writes delta and lse2 (the lse the dK/dV and
+        # dQ loops read, log2 units, +inf for rows with no allowed key); with sinks also each
+        # program's share of d(sink) (`sink_partials`).
         "preprocess": KernelSignature(names["preprocess"], (
-            tensors("out", "dout") + tensors("delta", dtype="fp32")
-            + (tensors("lse", "sink", "sink_partials", dtype="fp32") if sink_args(g) else ())
+            tensors("out", "dout") + tensors("lse", "delta", "lse2", dtype="fp32")
+            + (tensors("sink", "sink_partials", dtype="fp32") if sink_args(g) else ())
             + strides("o") + strides("do")
             + sizes("nq", "num_query_heads") + constexprs("BLOCK_M"))),
         "dkdv": KernelSignature(names["dkdv"], (
             saved + tensors("dk", "dv") + tile_walk + block_list_args(g, "by_key_") + randoms
             + inputs + strides("dk") + strides("dv") + seg
             + sizes("nq", "nk", "q_offset", "k_offset", "num_kv_heads")
-            + constexprs("BLOCK_M", "BLOCK_N", "DOT_PRECISION", "UPCAST_DOT"))),
+            + constexprs("BLOCK_M", "BLOCK_N", "EVEN_M", "DOT_PRECISION", "UPCAST_DOT"))),
         "dq": KernelSignature(names["dq"], (
             saved + tensors("dq") + tile_walk + block_list_args(g) + randoms
             + grad_signature_args(FormulaCode.of_graph(g, "bwd"))

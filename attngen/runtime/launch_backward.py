@@ -115,14 +115,15 @@ class BackwardLauncher(SoftmaxLauncher):
         return TileConfig(preprocess_rows(self.spec.v_head_dim), 16, 4, 1)
 
     @staticmethod
-    def role_constexprs(role: str, tiles: TileConfig, dtype: torch.dtype, *, even_k: bool,
+    def role_constexprs(role: str, tiles: TileConfig, dtype: torch.dtype, *, even_k: bool, even_m: bool,
                         interpreted: bool) -> dict:
-        """The constexpr arguments of one kernel at its tiles."""
+        """The constexpr arguments of one kernel at its tiles; even_k / even_m: nk / nq a multiple
+        of the tile's keys / query rows (no ragged last tile)."""
         if role == "preprocess":
             return dict(BLOCK_M=tiles.block_m)
         out = dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, DOT_PRECISION=dot_precision(dtype),
                    UPCAST_DOT=interpreted and dtype == torch.bfloat16)
-        return {**out, "EVEN_K": even_k} if role == "dq" else out
+        return {**out, "EVEN_K": even_k} if role == "dq" else {**out, "EVEN_M": even_m}
 
     def compile_for(self, target: str, dtype: torch.dtype, config: BackwardConfig | None = None, *,
                     n: int = AOT_LENGTH, nk: int | None = None):
@@ -195,37 +196,41 @@ class BackwardLauncher(SoftmaxLauncher):
     def _arguments_at(self, q, k, v, out, lse, dout, q_offset, seg_q, seg_k, *, interpret: bool, inputs: dict,
                       keys: tuple = (0, None), lists=None):
         """(role → (tiles → (grid, keyword arguments, num_warps, num_stages)), (dq, dk, dv)) of
-        this call: the gradients and delta allocated once, each kernel's launch at any tiles. The
+        this call: the gradients, delta and lse2 allocated once, each kernel's launch at any tiles. The
         configuration search compiles exactly these launches."""
         spec = self.spec
         batch, _, nq, _ = q.shape
         nk = k.shape[2]
         dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))         # each in its input's layout
         selection = lists if lists is not None else self.select(q, k, q_offset, seg_q, seg_k, keys)  # the forward's
-        delta = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
+        # Written by the preprocess, read by the loops: rowsum(dO * O), and the lse in log2 units
+        # with +inf for rows that saw no key (the loops load it with no select).
+        delta, lse2 = torch.empty((2, batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
         # The dQ kernel's per-program gradient buffers of the grad inputs its score reads.
         buffers = {name[len("d_in_"):]: None for name in self.signatures["dq"].names if name.startswith("d_in_")}
         sink = {}
         if spec.sink:      # one share of d(sink) per preprocess program, every one written
             programs = cdiv(nq, self.preprocess_tiles().block_m)
             partials = torch.empty((batch, spec.query_heads, programs), dtype=torch.float32, device=q.device)
-            sink = dict(lse=lse, sink_partials=partials, **sink_arg(spec, inputs))
+            sink = dict(sink_partials=partials, **sink_arg(spec, inputs))
 
         def arguments(role: str):
             def at(tiles: TileConfig):
                 constexprs = self.role_constexprs(role, tiles, q.dtype, even_k=nk % tiles.block_n == 0,
+                                                  even_m=nq % tiles.block_m == 0,
                                                   interpreted=interpret)
                 if role == "preprocess":
                     return ((cdiv(nq, tiles.block_m), batch * spec.query_heads), dict(
-                        out=out, dout=dout, delta=delta, nq=nq, num_query_heads=spec.query_heads, **sink,
+                        out=out, dout=dout, lse=lse, delta=delta, lse2=lse2, nq=nq,
+                        num_query_heads=spec.query_heads, **sink,
                         **stride_args("o", out), **stride_args("do", dout), **constexprs),
                         tiles.num_warps, tiles.num_stages)
                 # dK/dV walks the transposed map (`by_key_lists`), not the forward's lists
                 tables = self.call_tables(nq, nk, q_offset, tiles if role == "dq" else None, q.device, seg_q, seg_k,
                                           batch=batch, keys=keys)
-                common = dict(q=q, k=k, v=v, dout=dout, lse=lse, delta=delta, nq=nq, nk=nk, q_offset=q_offset,
+                common = dict(q=q, k=k, v=v, dout=dout, lse2=lse2, delta=delta, nq=nq, nk=nk, q_offset=q_offset,
                               k_offset=keys[0],
-                              alibi_slopes=lse if tables.alibi is None else tables.alibi,
+                              alibi_slopes=lse2 if tables.alibi is None else tables.alibi,
                               **random_table_args(self.tables, tables.random), **segment_args(tables.segments, q),
                               **formula_args(self.signatures["dq"], inputs),
                               **stride_args("q", q), **stride_args("k", k), **stride_args("v", v),

@@ -195,26 +195,28 @@ class VarlenBackwardLauncher(BackwardLauncher):
                             torch.tensor(layout.cu_k, dtype=torch.int32, device=cu_device))
         table_device = q.device if cu is not None else cu_device
         dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
-        delta = torch.empty(spec.query_heads * layout.total_q, dtype=torch.float32, device=q.device)
+        delta, lse2 = torch.empty((2, spec.query_heads * layout.total_q), dtype=torch.float32, device=q.device)
         pre = self.preprocess_tiles()
         pre_work = self.work(layout, pre.block_m, pre.block_n, key_major=False, device=table_device)
         sink = {}
         if spec.sink:       # one share of d(sink) per preprocess program, every one written
             partials = torch.empty((spec.query_heads, pre_work.size), dtype=torch.float32, device=q.device)
-            sink = dict(lse=lse, sink_partials=partials, **sink_arg(spec, inputs))
+            sink = dict(sink_partials=partials, **sink_arg(spec, inputs))
         varlen = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
 
         def arguments(role: str):
             def at(tiles: TileConfig):
-                constexprs = self.role_constexprs(role, tiles, q.dtype, even_k=False, interpreted=interpret)
+                constexprs = self.role_constexprs(role, tiles, q.dtype, even_k=False, even_m=False,
+                                                  interpreted=interpret)
                 if role == "preprocess":
                     return ((pre_work.size, spec.query_heads), dict(
-                        out=out, dout=dout, delta=delta, num_query_heads=spec.query_heads, **sink, **varlen,
+                        out=out, dout=dout, lse=lse, delta=delta, lse2=lse2, num_query_heads=spec.query_heads,
+                        **sink, **varlen,
                         work_table=pre_work.work, **packed_strides("o", out), **packed_strides("do", dout),
                         **constexprs), tiles.num_warps, tiles.num_stages)
                 alibi = self.alibi(q.device)
-                common = dict(q=q, k=k, v=v, dout=dout, lse=lse, delta=delta, **varlen,
-                              alibi_slopes=lse if alibi is None else alibi, **segment_args((), q),
+                common = dict(q=q, k=k, v=v, dout=dout, lse2=lse2, delta=delta, **varlen,
+                              alibi_slopes=lse2 if alibi is None else alibi, **segment_args((), q),
                               **formula_args(self.signatures["dq"], inputs),
                               **self.random_arguments(layout, table_device),
                               **packed_strides("q", q), **packed_strides("k", k), **packed_strides("v", v),

@@ -184,6 +184,20 @@ def test_empty_rows_have_zero_gradient(mask, torch_rng):
     assert torch.equal(dq[:, :, empty], torch.zeros_like(dq[:, :, empty]))
 
 
+@pytest.mark.parametrize("mask", [pytest.param(dict(causal=True, alibi=True), id="causal-alibi"),
+                                  pytest.param(dict(mask=band(left=3, right=3) | stride(50)), id="lists")])
+@pytest.mark.parametrize("head_dim", [16, 24])
+def test_whole_query_tiles(mask, head_dim, torch_rng):
+    # nq = 64, a multiple of the dK/dV kernel's query tile (EVEN_M): its lse2 load has no +inf for
+    # rows past nq. q_offset -20 leaves rows with no key (lse2 = +inf from the preprocess, p = 0
+    # even where ALiBi makes scores large); head dim 24 is padded.
+    spec = Spec(name="w", query_heads=4, kv_heads=2, head_dim=head_dim, **mask)
+    q, k, v, dout = tensors(spec, 64, 40, torch_rng)
+    assert torch.isinf(attngen.reference(spec, q, k, v, q_offset=-20)[1]).any()
+    check_gradients(spec, q, k, v, dout, q_offset=-20)
+    check_gradients(spec, q, k, v, dout, q_offset=-20, config=TILES_MIXED)
+
+
 @pytest.mark.parametrize("heads", [pytest.param((6, 2), id="gqa"), pytest.param((5, 5), id="mha-5-heads")])
 def test_softcap_and_alibi(heads, torch_rng):
     spec = Spec(name="sa", query_heads=heads[0], kv_heads=heads[1], head_dim=16, causal=True,
