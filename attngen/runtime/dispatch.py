@@ -20,10 +20,12 @@ from .decode import DecodeLauncher
 from .launch import SoftmaxLauncher
 from .launch_backward import BackwardLauncher, reference_forward, reference_gradients
 from .linear import LinearLauncher
+from .lsh_buckets import BucketLauncher
 from .select import SelectLauncher
 from .varlen import VarlenBackwardLauncher, VarlenLauncher
 
 LAUNCHERS = {"fwd": SoftmaxLauncher, "bwd": BackwardLauncher, "decode": DecodeLauncher, "select": SelectLauncher,
+             "lsh": BucketLauncher,
              "linear_fwd": LinearLauncher, "linear_bwd": LinearLauncher,
              "varlen_fwd": VarlenLauncher, "varlen_bwd": VarlenBackwardLauncher}
 
@@ -40,7 +42,7 @@ class AttentionKernels:
         """The LSH runner of an `lsh:` spec (runtime/lsh.py) over its kernel spec's launchers."""
         if self._lsh is None:
             from .lsh import LshAttention
-            self._lsh = LshAttention(self.spec, self.launcher("fwd"), self.launcher("bwd"))
+            self._lsh = LshAttention(self.spec, self.launcher("fwd"), self.launcher("bwd"), self.launcher("lsh"))
         return self._lsh
 
     def launcher(self, kind: str = "fwd"):

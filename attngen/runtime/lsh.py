@@ -2,8 +2,7 @@
 
 Per call, inside the torch operator (torch.compile sees one opaque call):
 1. buckets of every query row (per query head) and key row (per kv head), per round, in float32
-   with torch ops (`spec.lsh.buckets_of`: x·R[r], argmax over [x·R, −x·R]) — the same operations
-   and shapes as the reference's, so ties and rounding agree bit for bit;
+   by the generated bucket kernel (lsh_buckets.py: x·R[r], first argmax over [x·R, −x·R]);
 2. per round r and (batch, query head): a stable sort of the queries by bucket, and of the keys
    (per kv head: a key's bucket does not depend on the query head, so the group shares one key
    order; K and V are gathered per query head, group x their size, because the kernels walk one
@@ -38,7 +37,7 @@ import torch
 from ..analysis.tiles_interval import key_bounds
 from ..spec import Spec, kernel_spec
 from ..spec import alibi_slopes
-from ..spec.lsh import KEY_POS, QUERY_POS, SLOPE, buckets_of
+from ..spec.lsh import KEY_POS, QUERY_POS, SLOPE
 from .inputs import call_inputs
 from .launcher import cdiv
 from .merge import merge
@@ -182,28 +181,31 @@ class Round:
 class LshAttention:
     """Forward and backward of one lsh spec through its kernel spec's launchers."""
 
-    def __init__(self, spec: Spec, forward_launcher, backward_launcher=None):
+    def __init__(self, spec: Spec, forward_launcher, backward_launcher=None, bucket_launcher=None):
         self.spec = spec
         self.kernel_spec = kernel_spec(spec)
         self.fwd = forward_launcher
         self.bwd = backward_launcher
-        self._rotations: dict = {}
+        self._hash = bucket_launcher
         # interval masks (tiles_interval.key_bounds evaluates them): lists from runs, no pair evaluated
         self.interval = key_bounds(spec.effective_mask, torch.zeros(1, dtype=torch.int64)) is not None
 
-    def rotations(self, device) -> torch.Tensor:
-        if device not in self._rotations:
-            self._rotations[device] = self.spec.lsh.rotations(self.spec.head_dim, device)
-        return self._rotations[device]
+    @property
+    def hash(self):
+        """The spec's bucket kernel (lsh_buckets.py), through the disk cache, made on first use."""
+        if self._hash is None:
+            from . import cache
+            from .lsh_buckets import BucketLauncher
+            self._hash = BucketLauncher(cache.generated(self.spec, "lsh"))
+        return self._hash
 
     def plan(self, q, k, q_offset: int) -> list[Round]:
         """The rounds of a call (see the module docstring): buckets, sorts, inputs, tile lists."""
         spec, lsh = self.spec, self.spec.lsh
         batch, heads, nq, _ = q.shape
         nk, group = k.shape[2], spec.group
-        rot = self.rotations(q.device)
-        bq = buckets_of(q, rot)                                                  # (R, B, Hq, Nq)
-        bk = buckets_of(k, rot).repeat_interleave(group, dim=2)                  # (R, B, Hq, Nk)
+        bq = self.hash.buckets(q, "q")                                           # (R, B, Hq, Nq)
+        bk = self.hash.buckets(k, "k").repeat_interleave(group, dim=2)           # (R, B, Hq, Nk)
         sorted_q = [torch.sort(bq[r], dim=-1, stable=True) for r in range(lsh.rounds)]
         sorted_k = [torch.sort(bk[r], dim=-1, stable=True) for r in range(lsh.rounds)]
         ctx = spec.eval_context(nq, nk, q_offset, device=q.device)

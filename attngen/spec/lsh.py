@@ -86,16 +86,6 @@ class Lsh:
         return rot if device is None else rot.to(device)
 
 
-def buckets_of(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """int64 (rounds, *x.shape[:-1]): each row's bucket per round, in float32 (SPEC.md)."""
-    x = x.detach().to(torch.float32)
-    out = []
-    for r in range(rotations.shape[0]):
-        proj = x @ rotations[r]
-        out.append(torch.cat([proj, -proj], dim=-1).argmax(dim=-1))      # the first maximum
-    return torch.stack(out)
-
-
 # -- validation ---------------------------------------------------------------------------------
 def refuse_with_lsh(spec) -> None:
     """What a user's lsh spec may not combine with, refused naming the field and the reason."""

@@ -1,0 +1,70 @@
+"""The buckets of LSH attention (`lsh: {buckets, seed, rounds}`, SPEC.md "Content-based
+sparsity"), computed by the generated bucket kernel (templates/lsh.py.jinja).
+
+Per row x of q (per query head) or k (per kv head) and per round r: the projections x·R[r] in
+float32 (full-precision products, no tf32) and the first argmax of [x·R[r], −x·R[r]]. R is drawn on
+the host exactly as SPEC.md writes it and kept per (seed, D, buckets, rounds, device). The kernel
+sums the D products in its own order (a dot over a padded D), not torch's, so a row whose two best
+candidates differ by a few float32 ulps of the projections may take the other one than the float64
+reference's float32 `x @ R`: both are the float32 rule, rounded differently
+(tests/runtime/test_lsh_buckets.py counts those near-ties; they are rare on continuous data).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..codegen.aot import CompiledKernels
+from ..errors import ShapeError
+from .launcher import KernelLauncher, cdiv, is_interpreted, meta_tensor
+
+# rows per program: the template's tl.dot needs at least 16
+BLOCK_N = 32
+_ROTATIONS: dict = {}
+
+
+def rotations(lsh, head_dim: int, device) -> torch.Tensor:
+    """R, float32 (rounds, D, buckets // 2) contiguous on `device`, drawn once per (seed, D,
+    buckets, rounds, device)."""
+    key = (lsh.seed, head_dim, lsh.buckets, lsh.rounds, torch.device(device))
+    if key not in _ROTATIONS:
+        if len(_ROTATIONS) > 64:
+            _ROTATIONS.clear()
+        _ROTATIONS[key] = lsh.rotations(head_dim, device).contiguous()
+    return _ROTATIONS[key]
+
+
+class BucketLauncher(KernelLauncher):
+    """Runs the generated bucket kernel of one lsh spec."""
+
+    def buckets(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        """int64 (rounds, B, H, N): the bucket of every row of x (B, H, N, D), any strides, float32
+        or a 16-bit float, in every round (SPEC.md)."""
+        spec = self.spec
+        if x.dim() != 4 or x.shape[-1] != spec.head_dim:
+            raise ShapeError(f"spec {spec.name!r}: {name} must be (B, H, N, {spec.head_dim}) to be hashed, "
+                             f"got {tuple(x.shape)}")
+        rot = rotations(spec.lsh, spec.head_dim, x.device)
+        out = torch.empty((spec.lsh.rounds, *x.shape[:3]), dtype=torch.int64, device=x.device)
+        if out.numel() == 0:
+            return out
+        grid, args = self.bucket_launch(x.detach(), rot, out)
+        self.launch("buckets", grid, args, num_warps=4, num_stages=1, interpret=is_interpreted(x.device))
+        return out
+
+    def bucket_launch(self, x, rot, out):
+        """(grid, keyword arguments) of one launch over every row of x."""
+        batch, heads, n, _ = x.shape
+        sb, sh, sn, sd = x.stride()
+        args = dict(x=x, rotations=rot, out=out, stride_xb=sb, stride_xh=sh, stride_xn=sn, stride_xd=sd,
+                    n=n, num_heads=heads, num_rows=batch * heads, rounds=rot.shape[0], BLOCK_N=BLOCK_N)
+        return (batch * heads * cdiv(n, BLOCK_N),), args
+
+    def compile_for(self, target: str, dtype: torch.dtype, *, n: int = 4096, nk: int | None = None):
+        """The bucket kernel compiled for `target` as a launch on q at Nq = n (no GPU needed)."""
+        spec = self.spec
+        x = meta_tensor(1, spec.query_heads, n, spec.head_dim, dtype=dtype)
+        rot = meta_tensor(spec.lsh.rounds, spec.head_dim, spec.lsh.buckets // 2, dtype=torch.float32)
+        out = meta_tensor(spec.lsh.rounds, 1, spec.query_heads, n, dtype=torch.int64)
+        _, args = self.bucket_launch(x, rot, out)
+        return CompiledKernels({"buckets": self.compile_launch("buckets", target,
+                                                               lambda _cfg: (None, args, 4, 1), None)})
