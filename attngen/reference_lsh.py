@@ -6,8 +6,9 @@ as written, densely, for `attngen.reference`. Kernels never call it.
     allowed(b, h, i, j) = mask(i, j) and any_r bucket_r(q[b, h, i]) == bucket_r(k[b, hk, j])
 
 The buckets are computed in float32 from q and k as the call passed them (float64 copies of fp16,
-bf16 or fp32 values convert back to float32 exactly), so that the kernels' buckets, computed the
-same way, agree bit for bit, ties and rounding included.
+bf16 or fp32 values convert back to float32 exactly), as the generated bucket kernel computes them
+(runtime/lsh_buckets.py); the two sum x·R in different orders, so they may differ only where the
+two best candidates are within float32 rounding (tests/runtime/test_lsh_buckets.py).
 """
 from __future__ import annotations
 

@@ -36,18 +36,23 @@ def rotations(lsh, head_dim: int, device) -> torch.Tensor:
 class BucketLauncher(KernelLauncher):
     """Runs the generated bucket kernel of one lsh spec."""
 
-    def buckets(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    def buckets(self, x: torch.Tensor, name: str = "x", *, rot: torch.Tensor | None = None) -> torch.Tensor:
         """int64 (rounds, B, H, N): the bucket of every row of x (B, H, N, D), any strides, float32
-        or a 16-bit float, in every round (SPEC.md)."""
+        or a 16-bit float, in every round (SPEC.md). `rot`: R (default the spec's; tests pass
+        hand-made ones, float32 (rounds, D, buckets // 2))."""
         spec = self.spec
         if x.dim() != 4 or x.shape[-1] != spec.head_dim:
             raise ShapeError(f"spec {spec.name!r}: {name} must be (B, H, N, {spec.head_dim}) to be hashed, "
                              f"got {tuple(x.shape)}")
-        rot = rotations(spec.lsh, spec.head_dim, x.device)
+        want = (spec.lsh.rounds, spec.head_dim, spec.lsh.buckets // 2)
+        if rot is None:
+            rot = rotations(spec.lsh, spec.head_dim, x.device)
+        elif tuple(rot.shape) != want or rot.dtype != torch.float32:
+            raise ShapeError(f"spec {spec.name!r}: rot must be float32 {want}, got {rot.dtype} {tuple(rot.shape)}")
         out = torch.empty((spec.lsh.rounds, *x.shape[:3]), dtype=torch.int64, device=x.device)
         if out.numel() == 0:
             return out
-        grid, args = self.bucket_launch(x.detach(), rot, out)
+        grid, args = self.bucket_launch(x.detach(), rot.contiguous(), out)
         self.launch("buckets", grid, args, num_warps=4, num_stages=1, interpret=is_interpreted(x.device))
         return out
 
