@@ -12,7 +12,7 @@ from .signature import KernelSignature, constexprs, sizes, strides, tensors
 
 ROLES = ("buckets",)
 BLOCK_N = 32                    # rows per program
-MAX_TILE = 8192                 # elements of the rotation chunk (BLOCK_D x BLOCK_H) in registers
+MAX_TILE = 1024                 # elements of the rotation chunk (BLOCK_D x BLOCK_H): larger ones spill (sm_80, D 64)
 
 
 def kernel_names(kernel_name: str) -> dict[str, str]:

@@ -2,7 +2,7 @@
 selection kernels (pool, gate) and the attention kernels that walk per-(batch, kv head) lists
 (forward, backward, decode), for the shipped specs/select files; and LSH attention's (`lsh:`)
 forward and backward (its kernel spec: segments by bucket, the mask at original positions read
-from inputs, call-time lists) for specs/select/reformer_lsh.yaml."""
+from inputs, call-time lists) for specs/select/reformer_lsh.yaml, and its bucket kernel (templates/lsh.py.jinja)."""
 from pathlib import Path
 
 import pytest
@@ -54,3 +54,25 @@ def test_select_decode_compiles_without_spills(target):
     for n, spec in enumerate(LSH_SPECS) for dtype in (torch.bfloat16, torch.float32)])
 def test_lsh_kernels_compile_without_spills(spec, dtype, kernel, target):
     _no_spills(A.compile(spec).compile_for(target, dtype, kernel=kernel), f"{spec.name} {kernel} {target} {dtype}")
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("target", ["sm_90", pytest.param("sm_80", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("spec, dtype", [
+    pytest.param(spec, dtype, id=f"{spec.name}-{str(dtype)[6:]}",
+                 marks=() if (n, dtype) == (0, torch.bfloat16) else pytest.mark.slow)
+    for n, spec in enumerate(LSH_SPECS) for dtype in (torch.bfloat16, torch.float32)])
+def test_lsh_bucket_kernel_compiles_without_spills(spec, dtype, target):
+    _no_spills(A.compile(spec).compile_for(target, dtype, kernel="lsh"), f"{spec.name} lsh {target} {dtype}")
+
+
+@pytest.mark.compile
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("head_dim, buckets", [(256, 64), (64, 1000), (16, 1000), (24, 6)])
+def test_lsh_bucket_kernel_compiles_at_the_extremes(head_dim, buckets, target):
+    """The widest head dim (a 256-wide x tile), many buckets (many chunks of R's columns, the
+    widest at D 16), and a padded odd head dim with fewer columns than one chunk."""
+    spec = A.Spec(name=f"lsh_compile_{head_dim}_{buckets}", query_heads=4, kv_heads=2, head_dim=head_dim,
+                  causal=True, lsh={"buckets": buckets, "seed": 0, "rounds": 2})
+    _no_spills(A.compile(spec).compile_for(target, torch.float32, kernel="lsh"), f"{spec.name} {target}")

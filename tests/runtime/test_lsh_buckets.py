@@ -78,9 +78,9 @@ def test_kernel_buckets_equal_the_reference_off_near_ties(dtype, torch_rng):
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
 def test_kernel_buckets_over_several_column_chunks(dtype, torch_rng):
-    """300 buckets at D 64: R's 150 columns in two chunks of 128 (the running first argmax)."""
+    """300 buckets at D 64: R's 150 columns in ten chunks of 16 (the running first argmax)."""
     hasher = launcher(300, 2, 64, seed=11)
-    assert "BLOCK_H = tl.constexpr(128)" in hasher.generated.source
+    assert "BLOCK_H = tl.constexpr(16)" in hasher.generated.source
     x = torch.randn(2, 4, 45, 64, generator=torch_rng).to(dtype)
     ties, _ = check_equal_off_near_ties(hasher, x, 300, 11, 2)
     assert ties <= 2 * 2 * 4 * 45 // 100
@@ -88,12 +88,12 @@ def test_kernel_buckets_over_several_column_chunks(dtype, torch_rng):
 
 def test_exact_ties_take_the_first_maximum():
     """Integer rotations and rows (every sum exact): a tie inside a chunk, across the two chunks
-    (HALF 150, chunks of 128), between [x·R] and [−x·R], and the zero row (bucket 0)."""
+    (HALF 150, chunks of 16), between [x·R] and [−x·R], and the zero row (bucket 0)."""
     hasher = launcher(300, 1, 64, kv_heads=1)
     rot = torch.zeros(1, 64, 150)
     rot[0, 0, [3, 7]] = 2.0                  # x = e0: columns 3 and 7 tie at 2 (one chunk)
     rot[0, 1, [5, 140]] = 3.0                # x = e1: columns 5 and 140 tie at 3 (two chunks)
-    rot[0, 2, [130, 149]] = 4.0              # x = e2: 130 and 149 tie, both in the second chunk
+    rot[0, 2, [130, 149]] = 4.0              # x = e2: 130 and 149 tie (chunks 8 and 9)
     rot[0, 3, 9] = 1.0
     rot[0, 4, [20, 135]] = -5.0              # x = e4: −x·R ties at 5 across chunks → 150 + 20
     x = torch.zeros(1, 1, 7, 64)
