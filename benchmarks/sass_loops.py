@@ -1,6 +1,7 @@
 """Registers and loop lengths of the kernels a launch runs, read from their machine code (no GPU).
 
     python benchmarks/sass_loops.py [--target sm_90] [--n 4096]
+    python benchmarks/sass_loops.py --decode [--n 8192]     # gqa decode: contiguous and paged caches
 
 For each case, the forward (and with --backward the dK/dV and dQ kernels) is compiled exactly as a
 launch at n keys compiles it (`attngen emit --stage sass`), and the instruction count of every loop
@@ -47,12 +48,37 @@ def rows(target: str, n: int, backward: bool):
                 yield name, role, config_of[role], registers_of[role], loops
 
 
+PAGE_SIZES = (None, 16, 32, 48, 64, 128)
+
+
+def decode_rows(target: str, n: int):
+    """gqa's decode kernel (batch 1, `n` cached keys) over a contiguous cache and over pages of each
+    size: (cache, config, registers, loops, full-tile loop / the contiguous one)."""
+    contiguous = None
+    for page_size in PAGE_SIZES:
+        text = A.emit("specs/gqa.yaml", kernel="decode", stage="sass", target=target, n=n, page_size=page_size)
+        body = re.split(r"^# ---- decode: \w+ ----$", text, flags=re.M)[1].split("# ---- merge")[0]
+        config = re.search(r"^# config: (.*?) \(decode", text, flags=re.M).group(1)
+        registers = re.search(r"^# resources: registers=(\d+).*\(decode", text, flags=re.M).group(1)
+        loops = [k for k in sass_loops(body) if k > 1]
+        contiguous = contiguous or min(loops)
+        yield (f"{page_size}-token pages" if page_size else "contiguous", config, registers, loops,
+               min(loops) / contiguous)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="sm_90")
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--backward", action="store_true", help="also the dK/dV and dQ kernels")
+    parser.add_argument("--decode", action="store_true", help="the gqa decode kernel, contiguous and paged")
     args = parser.parse_args(argv)
+    if args.decode:
+        print("| cache | config | registers | loops | full-tile loop / contiguous |")
+        print("|---|---|---|---|---|")
+        for cache, config, registers, loops, ratio in decode_rows(args.target, args.n if args.n != 4096 else 8192):
+            print(f"| {cache} | {config} | {registers} | {', '.join(map(str, loops))} | {ratio:.3f} |")
+        return
     print("| case | kernel | config | registers | loops (instructions each) | leanest |")
     print("|---|---|---|---|---|---|")
     for name, role, config, registers, loops in rows(args.target, args.n, args.backward):

@@ -15,6 +15,10 @@ sequence's key tiles. Key tiles come from
 """
 from __future__ import annotations
 
+import functools
+import math
+from dataclasses import dataclass
+
 import sympy
 import torch
 
@@ -33,7 +37,8 @@ MAX_ROWS = {64: 128, 128: 64, 256: 64}
 # Key tiles per split at least (a split smaller than this costs more in merging than it gains).
 MIN_TILES_PER_SPLIT = 4
 MAX_SPLITS = 128
-# Streaming multiprocessors assumed where no GPU is queried (the interpreter): an H100's.
+# Streaming multiprocessors assumed where no GPU is queried (the interpreter): an H100's, one
+# CTA each (no compiled kernel tells how many fit).
 DEFAULT_SMS = 132
 
 # Candidates per dtype class and padded head dim as (block_n, num_warps, num_stages), preferred
@@ -49,12 +54,31 @@ _FP32 = {64: ((32, 4, 2), (16, 4, 1)),
          128: ((32, 4, 1), (16, 4, 1)),
          256: ((16, 8, 2), (16, 8, 1), (16, 4, 1))}
 INTERPRETER_BLOCK_N = 32
+# Keys of a contiguous cache (or of a tile inside one page) addressed from one 64-bit base. Each
+# thread's offsets within a run are loop-invariant and stay in registers: runs of 16 share them,
+# whole-tile runs hold one 64-bit offset per load (gqa, sm_90, 64-key tiles: 106 registers and
+# 341 loop instructions against 179 and 310; 106 leaves room for 4 CTAs per SM, 179 for 2).
+CONTIGUOUS_RUN = 16
 
 
 def row_block(group: int, nq: int, head_dim: int) -> int:
     """BLOCK_M for GROUP x Nq packed rows: a power of two >= 16, capped by the head dim's MAX_ROWS."""
     rows = max(16, 1 << (max(group * nq, 1) - 1).bit_length())
     return min(rows, MAX_ROWS[max(64, padded_head_dim(head_dim))])
+
+
+def page_run(page_size: int | None, block_n: int, *, runs: bool = True) -> int:
+    """Keys of a tile addressed from one 64-bit base (the kernel's PAGE_RUN), never crossing a
+    page: whole pages where pages divide the tile (one page-table entry each); CONTIGUOUS_RUN
+    keys where the tile lies inside one page or the cache is contiguous (`page_size` None: one
+    entry per tile); else gcd(page_size, block_n) keys (one entry per run). Without `runs` (a
+    Triton whose software pipeline does not take row pointers through tt.reshape: see
+    `runtime.decode.RESHAPED_ROWS`) every key is its own run: one entry and base per key."""
+    if not runs:
+        return 1
+    if page_size is None or page_size % block_n == 0:
+        return min(CONTIGUOUS_RUN, block_n)
+    return math.gcd(page_size, block_n)
 
 
 def candidate_decode_configs(head_dim: int, dtype: torch.dtype, arch: str | None,
@@ -84,23 +108,71 @@ def decode_config_table(head_dim: int) -> dict:
     return table
 
 
+@dataclass(frozen=True)
+class SmLimits:
+    """What one streaming multiprocessor of a target holds (CUDA's occupancy limits) and the SM
+    count of its reference part (A100, H100 SXM) for choices made without a GPU."""
+    sms: int
+    shared: int                 # bytes of shared memory for CTAs
+    registers: int = 65536
+    threads: int = 2048
+    ctas: int = 32
+
+
+SM_LIMITS = {"sm_80": SmLimits(sms=108, shared=164 * 1024), "sm_90": SmLimits(sms=132, shared=228 * 1024)}
+RESERVED_SHARED = 1024      # bytes the driver keeps per CTA (sm_80 and later)
+REGISTER_UNIT = 256         # registers are allocated per warp in units of 256
+# Splits are chosen so that every wave of CTAs fills at least this share of the resident slots.
+MIN_UTILISATION = 0.8
+
+
+def sm_limits(target: str) -> SmLimits:
+    """The limits of a target's family (`arch_family`: Hopper and later, or Ampere and Ada)."""
+    return SM_LIMITS[arch_family(target)]
+
+
+def resident_ctas(*, registers: int, shared: int, num_warps: int, limits: SmLimits) -> int:
+    """CTAs of a kernel that one SM holds at once: the fewest its registers (per thread, allocated
+    per warp in units of REGISTER_UNIT), its shared memory (plus RESERVED_SHARED per CTA), its
+    threads and the CTA limit allow; at least 1."""
+    per_warp = -(-registers * 32 // REGISTER_UNIT) * REGISTER_UNIT
+    by_registers = (limits.registers // max(per_warp, 1)) // num_warps
+    by_shared = limits.shared // (shared + RESERVED_SHARED)
+    by_threads = limits.threads // (32 * num_warps)
+    return max(1, min(by_registers, by_shared, by_threads, limits.ctas))
+
+
+@functools.lru_cache(maxsize=4096)
 def choose_num_splits(*, batch: int, kv_heads: int, row_tiles: int, key_span: int, block_n: int,
-                      num_sms: int = DEFAULT_SMS) -> int:
+                      num_sms: int = DEFAULT_SMS, ctas_per_sm: int = 1) -> int:
     """Programs per (sequence, kv head, row tile) along the keys (flash-decoding).
 
-    Without splitting there are batch x kv_heads x row_tiles programs; with fewer than a wave of
-    them the GPU idles, so the keys are split until about two waves run, but never into splits of
-    fewer than MIN_TILES_PER_SPLIT key tiles. `key_span` is the most keys one sequence's rows can
-    see (the cache length, or a window's width): bucketed to a power of two so that the count, a
-    runtime value, stays put as lengths grow token by token.
+    P = batch x kv_heads x row_tiles programs run s splits each on num_sms x ctas_per_sm resident
+    slots (`resident_ctas` of the compiled kernel); s splits take ceil(P s / slots) waves, and
+    P s / (slots x waves) of those waves' slots are busy. The count is the fewest splits that keep
+    at least MIN_UTILISATION of the slots busy (else the best utilisation), among 1 .. the key
+    tiles / MIN_TILES_PER_SPLIT (a split smaller than that costs more in merging than it gains)
+    and at most MAX_SPLITS. The utilisation chosen, not the count, is continuous in the batch:
+    16 x 8 kv heads at 8192 keys on 132 SMs x 3 CTAs split 3 ways (384 of 396 slots), 17 x 8 split
+    5 ways (680 CTAs in 2 waves). `key_span` is the most keys one sequence's rows can see (the
+    cache length, or a window's width): bucketed to a power of two so that the count, a runtime
+    value, stays put as lengths grow token by token. Pure, and cached: a warm call looks it up.
     """
     programs = batch * kv_heads * row_tiles
-    if programs <= 0 or key_span <= 0 or programs >= num_sms:
+    if programs <= 0 or key_span <= 0:
         return 1
-    span = 1 << (key_span - 1).bit_length()
-    by_work = max(1, span // (block_n * MIN_TILES_PER_SPLIT))
-    by_occupancy = -(-2 * num_sms // programs)
-    return max(1, min(by_work, by_occupancy, MAX_SPLITS))
+    tiles = -(-(1 << (key_span - 1).bit_length()) // block_n)
+    most = max(1, min(tiles // MIN_TILES_PER_SPLIT, MAX_SPLITS))
+    slots = max(1, num_sms * ctas_per_sm)
+    best, best_use = 1, 0.0
+    for splits in range(1, most + 1):
+        ctas = programs * splits
+        use = ctas / (slots * -(-ctas // slots))
+        if use >= MIN_UTILISATION:
+            return splits
+        if use > best_use:
+            best, best_use = splits, use
+    return best
 
 
 def key_span(graph: Graph, nq: int, capacity: int) -> int:

@@ -34,7 +34,7 @@ def decode_signatures(g: Graph, kernel_name: str) -> dict[str, KernelSignature]:
               + tensors("tile_counts", dtype="i32")
               + strides("q") + strides("k") + strides("v") + strides("o") + strides("table_", "b")
               + sizes("nq", "nk_max", "k_offset", "max_total", "num_kv_heads") + _select_args(g)
-              + constexprs("BLOCK_M", "BLOCK_N", "PAGED", "PAGE_SIZE", "KV_ALIGNED", "SPLIT", "COUNT_TILES",
+              + constexprs("BLOCK_M", "BLOCK_N", "PAGED", "PAGE_SIZE", "PAGE_RUN", "KV_ALIGNED", "K_ROWS", "SPLIT", "COUNT_TILES",
                            "DOT_PRECISION", "UPCAST_DOT"))
     merge = (tensors("split_out", "split_lse", dtype="fp32") + tensors("out") + tensors("lse", dtype="fp32")
              + sink_args(g) + strides("o") + sizes("nq", "num_query_heads", "num_splits"))

@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 
 import torch
+import triton
 
 from ..analysis.configs import TileConfig
-from ..analysis.lowering_decode import (DEFAULT_SMS, candidate_decode_configs, choose_num_splits, key_span,
-                                        row_block)
+from ..analysis.lowering_decode import (DEFAULT_SMS, SmLimits, candidate_decode_configs, choose_num_splits,
+                                        key_span, page_run, resident_ctas, row_block, sm_limits)
 from ..codegen.aot import CompiledKernels, resource_usage
 from ..codegen.emit import GeneratedKernel
 from ..codegen.plan import random_tables
@@ -32,20 +33,25 @@ from .launcher import AOT_LENGTH, DTYPES, KernelLauncher, architecture, dot_prec
 
 log = logging.getLogger("attngen")
 MAX_NQ = 16
+# Runs of keys share a 64-bit base through tt.reshape (`lowering_decode.page_run`). Triton 3.6 then
+# loses the software pipeline of the K/V loads (gqa, sm_90, 16-token pages: 254 registers and a
+# 1,522-instruction loop against 105 and 364 under 3.9); older Tritons address key by key, as
+# every version did before. 3.7 and 3.8 are not measured: they keep the per-key form.
+RESHAPED_ROWS = tuple(int(part) for part in triton.__version__.split(".")[:2]) >= (3, 9)
 
 
 class DecodeLauncher(KernelLauncher):
     """Runs one spec's generated decode kernel and its merge kernel.
 
     Kept per launcher, so that a warm call does no symbolic or driver work: the key span per
-    (Nq, capacity) (`key_span` evaluates the mask's sympy bounds), the SM count per device, ALiBi's
-    slopes per device, and a placeholder for the tile counts."""
+    (Nq, capacity) (`key_span` evaluates the mask's sympy bounds), the SMs and resident CTAs per
+    (target, shape class), ALiBi's slopes per device, and a placeholder for the tile counts."""
 
     def __init__(self, generated: GeneratedKernel):
         super().__init__(generated)
         self.tables = random_tables(generated.graph)
         self._spans: dict = {}
-        self._sms: dict = {}
+        self._slots: dict = {}
         self._device_tensors: dict = {}
         self._interpreter_configs: dict = {}
         # select: key tiles inside one block of R (BLOCK_N <= R), blocks chosen per call
@@ -61,12 +67,25 @@ class DecodeLauncher(KernelLauncher):
             self._spans[key] = key_span(self.graph, nq, capacity)
         return self._spans[key]
 
-    def num_sms(self, device: torch.device) -> int:
-        if device.type != "cuda":
-            return DEFAULT_SMS
-        if device not in self._sms:
-            self._sms[device] = torch.cuda.get_device_properties(device).multi_processor_count
-        return self._sms[device]
+    def slots(self, target: str | None, device: torch.device, key: tuple, launch, cfg: TileConfig) -> tuple:
+        """(SMs, resident CTAs per SM) the split count is chosen for: the interpreter's DEFAULT_SMS
+        x 1; else the decode kernel at `cfg` compiled as `launch(cfg)` launches its split variant
+        (on this GPU, or ahead of time for `target`), held against the SM's limits (this GPU's, or
+        the target's SM_LIMITS). Decided once per (target, device, dtype, cfg, paged, page size)."""
+        if target is None:
+            return DEFAULT_SMS, 1
+        key = (target, device, *key)
+        if key not in self._slots:
+            if device.type == "cuda":
+                usage = self.launch_usage("decode", launch, cfg)
+                limits = device_limits(device, target)
+            else:
+                usage = resource_usage(self.compile_launch("decode", target, launch, cfg))
+                limits = sm_limits(target)
+            ctas = resident_ctas(registers=usage.registers, shared=usage.shared + usage.dynamic_shared,
+                                 num_warps=cfg.num_warps, limits=limits)
+            self._slots[key] = (limits.sms, ctas)
+        return self._slots[key]
 
     def device_tensors(self, device: torch.device) -> tuple:
         """(ALiBi slopes or None, a 1-element int32 placeholder for tile_counts) on `device`."""
@@ -96,17 +115,18 @@ class DecodeLauncher(KernelLauncher):
         split, AOT_LENGTH keys) compiles it, has no spills; decided once per (target, dtype, rows,
         shape)."""
         block_m = row_block(self.spec.group, nq, self.spec.head_dim)
-        arguments = self.aot_arguments(dtype, nq=nq, **shape)
+        arguments = self.aot_arguments(dtype, nq=nq, target=target, **shape)
         return self.choose((target, dtype, block_m, nq, tuple(sorted(shape.items()))),
                            self._fit(candidate_decode_configs(self.spec.head_dim, dtype, target, block_m)),
                            lambda cfg: resource_usage(self.compile_launch("decode", target, arguments, cfg)),
                            f"{self.generated.kernel_name} on {target}/{dtype} at {block_m} rows")
 
     def aot_arguments(self, dtype: torch.dtype, *, nq: int = 1, n: int = AOT_LENGTH, batch: int = 1,
-                      paged: bool = True, page_size: int = 16, split: bool | None = True):
+                      paged: bool = True, page_size: int = 16, split: bool | None = True,
+                      target: str = "sm_90"):
         """cfg → the decode launch of `batch` sequences of `n` cached keys (paged: in pages of
         `page_size`), on meta tensors; `split` True forces two key splits (the variant with the
-        merge), False one, None the launcher's own choice for this shape."""
+        merge), False one, None the launcher's own choice for this shape on `target`."""
         spec = self.spec
         q = meta_tensor(batch, spec.query_heads, nq, spec.head_dim, dtype=dtype)
         if paged:
@@ -122,13 +142,16 @@ class DecodeLauncher(KernelLauncher):
         seqlens = torch.full((batch,), n, dtype=torch.int32)        # host: random tables read them
         return self._arguments_at(q, k_cache, v_cache, seqlens, block_table, paged=paged, page_size=page_size,
                                   capacity=capacity, num_splits=None if split is None else 2 if split else 1,
-                                  interpret=False, count_tiles=False, inputs=meta_inputs(spec, batch, nq, capacity))
+                                  interpret=False, count_tiles=False, inputs=meta_inputs(spec, batch, nq, capacity),
+                                  target=target)
 
     @staticmethod
     def constexprs(cfg: TileConfig, dtype: torch.dtype, *, paged: bool, page_size: int, split: bool,
                    interpreted: bool, kv_aligned: bool = True, count_tiles: bool = False) -> dict:
         return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=paged,
-                    PAGE_SIZE=page_size if paged else 1, KV_ALIGNED=kv_aligned, SPLIT=split,
+                    PAGE_SIZE=page_size if paged else 1,
+                    PAGE_RUN=page_run(page_size if paged else None, cfg.block_n, runs=RESHAPED_ROWS), KV_ALIGNED=kv_aligned,
+                    K_ROWS=dtype != torch.float32, SPLIT=split,
                     COUNT_TILES=count_tiles,
                     DOT_PRECISION=dot_precision(dtype),
                     UPCAST_DOT=interpreted and dtype == torch.bfloat16)
@@ -137,7 +160,7 @@ class DecodeLauncher(KernelLauncher):
                     kernel: str = "decode", nq: int = 1, **shape):
         """The decode (or merge) kernel compiled for `target` as a launch of `nq` new tokens
         against a cache of the given shape (`aot_arguments`) compiles it; no GPU needed."""
-        arguments = self.aot_arguments(dtype, nq=nq, **shape)
+        arguments = self.aot_arguments(dtype, nq=nq, target=target, **shape)
         cfg = config or self.spill_free_config(target, dtype, nq=nq, **shape)
         if kernel == "merge":
             return self.compile_launch("merge", target, lambda cfg: self.merge_launch(*arguments(cfg)[:2]), cfg)
@@ -147,7 +170,7 @@ class DecodeLauncher(KernelLauncher):
                          nq: int = 1, **shape) -> CompiledKernels:
         """Every kernel a call of this shape launches (the decode kernel, and the merge where the
         keys are split), compiled for `target` as launched; no GPU needed."""
-        arguments = self.aot_arguments(dtype, nq=nq, **shape)
+        arguments = self.aot_arguments(dtype, nq=nq, target=target, **shape)
         cfg = config or self.spill_free_config(target, dtype, nq=nq, **shape)
         kernels = {"decode": self.compile_launch("decode", target, arguments, cfg)}
         grid, args, _, _ = arguments(cfg)
@@ -214,7 +237,7 @@ class DecodeLauncher(KernelLauncher):
         inputs = call_inputs(spec, inputs, batch=batch, nq=nq, nk=capacity, device=q.device)
         arguments = self._arguments_at(q, k_cache, v_cache, seqlens, block_table, paged=paged, page_size=page_size,
                                        capacity=capacity, num_splits=num_splits, interpret=interpret,
-                                       count_tiles=count_tiles, inputs=inputs,
+                                       count_tiles=count_tiles, inputs=inputs, target=architecture(q.device),
                                        keys=(k_offset, capacity + k_offset if max_total is None else max_total))
         cfg = config or self.launch_config(nq, q.dtype, q.device, arguments)
         grid, args, num_warps, num_stages = arguments(cfg)
@@ -229,9 +252,11 @@ class DecodeLauncher(KernelLauncher):
 
     def _arguments_at(self, q, k_cache, v_cache, seqlens, block_table, *, paged: bool, page_size: int,
                       capacity: int, num_splits: int | None, interpret: bool, count_tiles: bool,
-                      inputs: dict, keys: tuple | None = None):
+                      inputs: dict, target: str | None, keys: tuple | None = None):
         """cfg → (grid, keyword arguments, num_warps, num_stages) of this call's decode launch at
-        `cfg`; the configuration search compiles exactly these launches."""
+        `cfg`; the configuration search compiles exactly these launches. Without `num_splits` the
+        split count is chosen for the GPU `target` (None: the interpreter) from the kernel's
+        resident CTAs per SM (`slots`)."""
         spec = self.spec
         batch, _, nq, _ = q.shape
         random_tables = self._random(seqlens, nq, q.device)
@@ -243,10 +268,16 @@ class DecodeLauncher(KernelLauncher):
             selected["num_key_blocks"] = selected["selected"].shape[-1]
 
         def arguments(cfg: TileConfig):
+            if num_splits:
+                return launch_at(cfg, num_splits)
+            sms, ctas = self.slots(target, q.device, (q.dtype, cfg, paged, page_size),
+                                   lambda c: launch_at(c, 2), cfg)
+            return launch_at(cfg, choose_num_splits(
+                batch=batch, kv_heads=spec.kv_heads, row_tiles=-(-spec.group * nq // cfg.block_m),
+                key_span=self.span(nq, capacity), block_n=cfg.block_n, num_sms=sms, ctas_per_sm=ctas))
+
+        def launch_at(cfg: TileConfig, splits: int):
             row_tiles = -(-spec.group * nq // cfg.block_m)
-            splits = num_splits or choose_num_splits(
-                batch=batch, kv_heads=spec.kv_heads, row_tiles=row_tiles, key_span=self.span(nq, capacity),
-                block_n=cfg.block_n, num_sms=self.num_sms(q.device))
             out = torch.empty(out_shape(spec, q), dtype=q.dtype, device=q.device)
             lse = torch.empty((batch, spec.query_heads, nq), dtype=torch.float32, device=q.device)
             rows, dv = batch * spec.query_heads * nq, spec.v_head_dim
@@ -289,6 +320,16 @@ class DecodeLauncher(KernelLauncher):
         return self.launch_choice((arch, dtype, block_m), "decode",
                                   self._fit(candidate_decode_configs(self.spec.head_dim, dtype, arch, block_m)), arguments,
                                   f"{self.generated.kernel_name} on {arch}/{dtype} at {block_m} rows")
+
+
+def device_limits(device: torch.device, target: str) -> SmLimits:
+    """This GPU's SM count and per-SM limits (the target's table where torch does not report one)."""
+    props = torch.cuda.get_device_properties(device)
+    table = sm_limits(target)
+    return SmLimits(sms=props.multi_processor_count,
+                    shared=getattr(props, "shared_memory_per_multiprocessor", table.shared),
+                    registers=getattr(props, "regs_per_multiprocessor", table.registers),
+                    threads=getattr(props, "max_threads_per_multi_processor", table.threads), ctas=table.ctas)
 
 
 def _cache_strides(cache: torch.Tensor, paged: bool) -> tuple[int, int, int, int]:
@@ -337,6 +378,12 @@ def check_decode_call(spec, q, k_cache, v_cache, cache_seqlens, block_table, k_o
         if tuple(t.shape) != (*want, dim):
             raise ShapeError(f"{name} has shape {tuple(t.shape)}, expected {(*want, dim)} "
                              f"{layout if name == 'k_cache' else layout.replace('D)', 'Dv)')} for spec {spec.name!r}")
+    # Keys within a page (a tile of a contiguous cache: at most 256) are 32-bit offsets.
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        key_stride, dim_stride = t.stride(1 if paged else 2), t.stride(3)
+        if (page_size if paged else 256) * abs(key_stride) + t.shape[3] * abs(dim_stride) >= 1 << 31:
+            raise ShapeError(f"{name} has strides {t.stride()}: the keys of one "
+                             f"{'page' if paged else 'tile'} must lie within 2**31 elements")
     seqlens = _seqlens(cache_seqlens, batch, capacity, q.device, k_offset, max_total)
     if paged and q.device.type == "cpu":
         used = -(-seqlens.to(torch.int64) // page_size)                 # pages each sequence uses

@@ -12,9 +12,9 @@ import torch
 
 import attngen
 from attngen.codegen.aot import resource_usage
+from tests.codegen.targets import TARGETS, spec_targets
 
 SHIPPED = [s for s in attngen.load_specs("specs") if s.kind == "softmax"]
-TARGETS = ["sm_80", "sm_90"]
 
 
 def compile_backward(spec, target, dtype):
@@ -34,8 +34,7 @@ def compile_backward(spec, target, dtype):
 
 
 @pytest.mark.compile
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("spec", SHIPPED, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec, target", spec_targets(SHIPPED))
 def test_backward_compiles_without_spills_fp16(spec, target):
     for role, (u, _) in compile_backward(spec, target, torch.float16).items():
         assert u.stack == 0, f"{spec.name} bwd {role} {target}: {u}"

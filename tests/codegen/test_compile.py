@@ -9,9 +9,9 @@ import torch
 
 import attngen as A
 from attngen.codegen.aot import resource_usage
+from tests.codegen.targets import TARGETS, spec_targets
 
 SHIPPED = [s for s in A.load_specs("specs") if s.kind == "softmax"]
-TARGETS = ["sm_80", "sm_90"]
 
 
 def assert_no_spills(spec, target, dtype, kernel="fwd"):
@@ -23,8 +23,7 @@ def assert_no_spills(spec, target, dtype, kernel="fwd"):
 
 
 @pytest.mark.compile
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("spec", SHIPPED, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec, target", spec_targets(SHIPPED))
 def test_shipped_specs_compile_without_spills_fp16(spec, target):
     assert_no_spills(spec, target, torch.float16)
 

@@ -14,8 +14,9 @@ import torch
 
 import attngen as A
 from attngen.analysis.configs import TileConfig
-from attngen.analysis.lowering_decode import (MIN_TILES_PER_SPLIT, choose_num_splits, key_span,
-                                              lower_decode, row_block)
+from attngen.analysis.lowering_decode import (MAX_SPLITS, MIN_TILES_PER_SPLIT, MIN_UTILISATION, SM_LIMITS,
+                                              choose_num_splits, key_span, lower_decode, resident_ctas,
+                                              row_block, sm_limits)
 from attngen.checking import check_close
 from attngen.codegen.emit import generate
 from attngen.errors import CompileError, ShapeError
@@ -108,6 +109,30 @@ def test_every_predicate_contiguous_and_paged(spec, nq, rng):
     # Paged (page size 48: lengths are not multiples of it) holding the same data: same bits.
     kp, vp, table = paged(k, v, 48)
     out_p, lse_p = run.decode(q, kp, vp, cache_seqlens=seqlens, block_table=table, num_splits=3)
+    assert torch.equal(out_p, out) and torch.equal(lse_p, lse)
+
+
+# Default: whole pages per tile, a page-sized tile, runs of 16 in pages of 48, a tile inside a page.
+PAGE_CASES = [(16, 64), (32, 32), (48, 32), (128, 32)]
+
+
+@pytest.mark.parametrize("page_size, block_n", [
+    pytest.param(p, n, id=f"page{p}-tile{n}", marks=() if (p, n) in PAGE_CASES else pytest.mark.slow)
+    for p in (16, 32, 48, 64, 128) for n in (32, 64)])
+def test_page_sizes(page_size, block_n):
+    """Every kind of run of a tile (PAGE_RUN = gcd(page size, BLOCK_N)): several whole pages per
+    tile (16, 32 at 64-key tiles), one page (BLOCK_N), a tile inside a page (64, 128 at 32-key
+    tiles), and runs of a page size that neither divides nor is divided by the tile (48). Lengths
+    are odd and cross pages; the paged result equals the contiguous one bit for bit."""
+    spec = SPECS[0]                                     # dense_gqa, 8 query / 2 kv heads
+    q, k, v = make_inputs(spec, 3, 2, 259, torch.float32)
+    seqlens = torch.tensor([259, 97, 1], dtype=torch.int32)
+    cfg = TileConfig(16, block_n, 4, 1)
+    run = launcher(spec)
+    out, lse = run.decode(q, k, v, cache_seqlens=seqlens, config=cfg, num_splits=2)
+    check_decode(spec, out, lse, q, k, v, seqlens, torch.float32)
+    kp, vp, table = paged(k, v, page_size, seed=page_size)
+    out_p, lse_p = run.decode(q, kp, vp, cache_seqlens=seqlens, block_table=table, config=cfg, num_splits=2)
     assert torch.equal(out_p, out) and torch.equal(lse_p, lse)
 
 
@@ -281,17 +306,64 @@ def test_full_cache_and_default_splits():
     check_close("out", out, want, torch.float32)
 
 
+H100 = dict(row_tiles=1, block_n=64, num_sms=132)
+
+
 def test_split_heuristic():
-    tiles = dict(row_tiles=1, block_n=64, num_sms=132)
-    # Batch 1 of a 128K cache, 8 kv heads: split until about two waves run.
-    assert choose_num_splits(batch=1, kv_heads=8, key_span=131072, **tiles) == 33
-    # A full wave without splitting: no split.
-    assert choose_num_splits(batch=64, kv_heads=8, key_span=131072, **tiles) == 1
+    # Batch 1 of a 128K cache, 8 kv heads, 3 CTAs per SM: 396 slots; 40 splits are the fewest
+    # above MIN_UTILISATION (320 CTAs, one wave, 81%).
+    assert choose_num_splits(batch=1, kv_heads=8, key_span=131072, ctas_per_sm=3, **H100) == 40
+    # Every resident slot busy without splitting (512 programs on 4 x 132 slots): no split.
+    assert choose_num_splits(batch=64, kv_heads=8, key_span=131072, ctas_per_sm=4, **H100) == 1
     # Short caches: no split smaller than MIN_TILES_PER_SPLIT tiles.
-    assert choose_num_splits(batch=1, kv_heads=8, key_span=512, **tiles) == 512 // (64 * MIN_TILES_PER_SPLIT)
+    assert choose_num_splits(batch=1, kv_heads=8, key_span=512, **H100) == 512 // (64 * MIN_TILES_PER_SPLIT)
     # Lengths growing token by token keep the count within a power-of-two bucket.
-    counts = {choose_num_splits(batch=2, kv_heads=4, key_span=n, **tiles) for n in range(2049, 4097, 97)}
+    counts = {choose_num_splits(batch=2, kv_heads=4, key_span=n, **H100) for n in range(2049, 4097, 97)}
     assert len(counts) == 1
+
+
+@pytest.mark.parametrize("ctas", [1, 2, 3, 4])
+def test_split_count_is_continuous_in_batch(ctas):
+    """Batch 1..96 x 8 kv heads at 8192 keys: every count lies in 1 .. key tiles / MIN_TILES_PER_SPLIT
+    and keeps the resident slots of its waves busy: at least MIN_UTILISATION wherever some count
+    can, and batch 17 (136 programs) splits as batch 16 does where 16 x 8 does not fill a wave."""
+    slots = 132 * ctas
+    tiles = 8192 // 64
+    used = {}
+    for batch in range(1, 97):
+        splits = choose_num_splits(batch=batch, kv_heads=8, key_span=8192, ctas_per_sm=ctas, **H100)
+        assert 1 <= splits <= min(tiles // MIN_TILES_PER_SPLIT, MAX_SPLITS)
+        ctas_run = batch * 8 * splits
+        used[batch] = ctas_run / (slots * -(-ctas_run // slots))
+        reachable = max(batch * 8 * s / (slots * -(-batch * 8 * s // slots))
+                        for s in range(1, tiles // MIN_TILES_PER_SPLIT + 1))
+        assert used[batch] >= min(MIN_UTILISATION, reachable) - 1e-9, (batch, splits)
+    if 17 * 8 < slots * MIN_UTILISATION:
+        assert choose_num_splits(batch=17, kv_heads=8, key_span=8192, ctas_per_sm=ctas, **H100) > 1
+
+
+def test_split_count_bounds():
+    # Never more splits than key tiles, at least one, a single tile never split.
+    for span in (1, 63, 64, 65, 300, 1 << 20):
+        for batch in (1, 3, 1000):
+            splits = choose_num_splits(batch=batch, kv_heads=1, key_span=span, ctas_per_sm=2, **H100)
+            assert 1 <= splits <= max(1, -(-span // 64))
+    assert choose_num_splits(batch=1, kv_heads=1, key_span=64, **H100) == 1
+    assert choose_num_splits(batch=0, kv_heads=8, key_span=4096, **H100) == 1
+
+
+def test_resident_ctas_from_resources():
+    h100 = SM_LIMITS["sm_90"]
+    # 138 registers (rounded to 144 per thread, 4608 per warp): 14 warps, 3 CTAs of 4 warps.
+    assert resident_ctas(registers=138, shared=39936, num_warps=4, limits=h100) == 3
+    assert resident_ctas(registers=106, shared=39936, num_warps=4, limits=h100) == 4
+    # Shared memory binds: 228 KB / (100 KB + 1 KB) = 2.
+    assert resident_ctas(registers=32, shared=100 * 1024, num_warps=4, limits=h100) == 2
+    # Threads bind: 2048 / 256.
+    assert resident_ctas(registers=16, shared=0, num_warps=8, limits=h100) == 8
+    # A kernel that needs the whole SM still runs one CTA.
+    assert resident_ctas(registers=255, shared=200 * 1024, num_warps=8, limits=SM_LIMITS["sm_80"]) == 1
+    assert sm_limits("sm_89") == SM_LIMITS["sm_80"] and sm_limits("sm_100") == SM_LIMITS["sm_90"]
 
 
 def test_lowering_chooses_ranges_or_scan():
@@ -326,6 +398,10 @@ def test_refusals():
     kp, vp, table = paged(k, v, 16)
     with pytest.raises(ShapeError, match="block_table names pages"):
         run.decode(q, kp, vp, block_table=table + 100)
+    # Keys within a page are 32-bit offsets: a page spanning 2**31 elements is refused (meta tensors).
+    huge = torch.empty_strided((2, 16, 2, 32), (1 << 28, 1 << 27, 32, 1), device="meta")
+    with pytest.raises(ShapeError, match="k_cache has strides .* within 2\\*\\*31 elements"):
+        run.decode(q.to("meta"), huge, huge, block_table=torch.zeros(2, 1, dtype=torch.int32, device="meta"))
     with pytest.raises(ShapeError, match="sequence 0 holds 10 keys"):
         launcher(SPECS[8]).decode(q[:, :2], k[:, :2], v[:, :2],
                                   cache_seqlens=torch.tensor([10, 40], dtype=torch.int32))

@@ -11,9 +11,9 @@ import attngen as A
 from attngen.codegen.aot import resource_usage
 from attngen.codegen.emit import generate
 from attngen.runtime.decode import DecodeLauncher
+from tests.codegen.targets import spec_targets
 
 DECODABLE = [s for s in A.load_specs("specs") if s.kind == "softmax" and not s.uses_segments]
-TARGETS = ["sm_80", "sm_90"]
 
 
 def assert_decode_compiles_clean(spec, target) -> DecodeLauncher:
@@ -29,8 +29,7 @@ def assert_decode_compiles_clean(spec, target) -> DecodeLauncher:
 
 
 @pytest.mark.compile
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("spec", DECODABLE, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec, target", spec_targets(DECODABLE))
 def test_decode_compiles_without_spills_fp16(spec, target):
     launcher = assert_decode_compiles_clean(spec, target)
     merge = resource_usage(launcher.compile_for(target, torch.float16, kernel="merge"))

@@ -11,13 +11,13 @@ import attngen as A
 from test_backward_compile import compile_backward
 from test_compile import assert_no_spills
 from test_decode_compile import assert_decode_compiles_clean
+from tests.codegen.targets import spec_targets
 
 # Specs with inputs or a score formula always; the input-free ones (a head-free mask formula, sinks,
 # Dv != Dqk: kernels the shipped specs' compile tests already cover) with ATTNGEN_SLOW=1.
 FORMULAS = [pytest.param(s, id=s.name, marks=() if s.inputs or s.score is not None else pytest.mark.slow)
             for s in (A.load_spec(p) for p in sorted(
                 (Path(__file__).resolve().parents[2] / "specs" / "formulas").glob("*.yaml")))]
-TARGETS = ["sm_80", "sm_90"]
 DTYPES = [pytest.param(torch.float16, id="float16"),
           pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.slow),
           pytest.param(torch.float32, id="float32", marks=pytest.mark.slow)]
@@ -25,8 +25,7 @@ DTYPES = [pytest.param(torch.float16, id="float16"),
 
 @pytest.mark.compile
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("spec", FORMULAS)
+@pytest.mark.parametrize("spec, target", spec_targets(FORMULAS))
 def test_forward_and_backward(spec, target, dtype):
     assert_no_spills(spec, target, dtype)
     for role, (usage, _) in compile_backward(spec, target, dtype).items():
@@ -34,7 +33,6 @@ def test_forward_and_backward(spec, target, dtype):
 
 
 @pytest.mark.compile
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("spec", FORMULAS)
+@pytest.mark.parametrize("spec, target", spec_targets(FORMULAS))
 def test_decode_fp16(spec, target):
     assert_decode_compiles_clean(spec, target)

@@ -9,9 +9,9 @@ import torch
 
 import attngen as A
 from attngen.codegen.aot import resource_usage
+from tests.codegen.targets import TARGETS, spec_targets
 
 LINEAR = [s for s in A.load_specs("specs") if s.kind == "linear"]
-TARGETS = ["sm_80", "sm_90"]
 
 
 # The one known exception, measured on the kernel as a launch compiles it (Triton 3.9; not 3.6):
@@ -31,8 +31,7 @@ def assert_no_spills(spec, target, dtype, kernel):
 
 @pytest.mark.compile
 @pytest.mark.parametrize("kernel", ["fwd", "bwd"])
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("spec", LINEAR, ids=lambda s: s.name)
+@pytest.mark.parametrize("spec, target", spec_targets(LINEAR))
 def test_linear_specs_compile_without_spills_fp16(spec, target, kernel):
     assert_no_spills(spec, target, torch.float16, kernel)
 

@@ -15,6 +15,7 @@ import torch
 import attngen as A
 from attngen.checking import GRAD_TOLERANCE, check_close
 from attngen.codegen.aot import resource_usage
+from tests.codegen.targets import targets
 
 from test_decode import make_inputs, paged
 
@@ -192,6 +193,6 @@ def spill_free(spec, target, kernel):
 
 @pytest.mark.compile
 @pytest.mark.parametrize("kernel", ["fwd", "bwd", "decode"])
-@pytest.mark.parametrize("target", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("target", targets(GPT_OSS.name))
 def test_compiles_without_spills(target, kernel):
     spill_free(GPT_OSS, target, kernel)

@@ -18,6 +18,7 @@ from attngen.codegen.emit import generate
 
 from test_decode import paged
 from test_sinks import gradients, spill_free, tensors
+from tests.codegen.targets import targets
 
 MLA = A.load_spec(Path(__file__).resolve().parents[2] / "specs" / "formulas" / "deepseek_mla.yaml")
 
@@ -137,6 +138,6 @@ def test_call_and_gradcheck_float64():
 
 @pytest.mark.compile
 @pytest.mark.parametrize("kernel", ["fwd", "bwd", "decode"])
-@pytest.mark.parametrize("target", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("target", targets(MLA.name))
 def test_deepseek_mla_compiles_without_spills(target, kernel):
     spill_free(MLA, target, kernel)

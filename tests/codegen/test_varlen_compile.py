@@ -13,8 +13,8 @@ import torch
 import attngen as A
 from attngen.codegen.aot import resource_usage
 from attngen.codegen.plan_varlen import varlen_unsupported
+from tests.codegen.targets import TARGETS, spec_targets
 
-TARGETS = ["sm_80", "sm_90"]
 DEFAULT = ("mistral_sliding_window", "sparse_strided", "gqa", "bigbird")
 SPECS = [pytest.param(s, id=s.name, marks=() if s.name in DEFAULT else pytest.mark.slow)
          for s in A.load_specs("specs") if s.kind == "softmax" and not varlen_unsupported(s)]
@@ -32,8 +32,7 @@ def usages(spec, target, dtype) -> dict:
 
 
 @pytest.mark.compile
-@pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("spec, target", spec_targets(SPECS))
 def test_varlen_kernels_compile_without_spills_fp16(spec, target):
     for role, u in usages(spec, target, torch.float16).items():
         assert u.local == 0 and u.stack == 0, f"{spec.name} varlen {role} {target}: {u}"
