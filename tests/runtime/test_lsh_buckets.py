@@ -112,3 +112,13 @@ def test_bad_shapes_are_refused_naming_the_tensor():
     with pytest.raises(ShapeError, match="rot must be"):
         hasher.buckets(torch.zeros(1, 2, 3, 16), rot=torch.zeros(1, 16, 3))
     assert hasher.buckets(torch.zeros(1, 2, 0, 16)).shape == (1, 1, 2, 0)
+
+
+def test_a_nan_row_takes_the_first_bucket_like_the_reference():
+    """A NaN makes every projection of its row NaN: torch's argmax takes the first NaN (bucket 0);
+    the kernel never updates its first column (NaN > m is false) and its maxima ignore NaN."""
+    hasher = launcher(10, 2, 16)
+    x = torch.randn(1, 4, 3, 16, generator=torch.Generator().manual_seed(0))
+    x[0, 0, 1, 3] = float("nan")
+    got, want = hasher.buckets(x), lsh_buckets(x.double(), 10, 0, 2)
+    assert got[:, 0, 0, 1].tolist() == want[:, 0, 0, 1].tolist() == [0, 0]
