@@ -26,6 +26,23 @@ def lsh_buckets(x: torch.Tensor, buckets: int, seed: int, rounds: int) -> torch.
     return torch.stack(out)
 
 
+def lsh_near_ties(x: torch.Tensor, buckets: int, seed: int, rounds: int) -> torch.Tensor:
+    """bool (rounds, B, H, N): the rows whose bucket float32 rounding may decide. Any order of
+    summing the D float32 products x_d·R_dc errs by at most D·u·Σ_d|x_d·R_dc| (u = 2**-24, to first
+    order), so where the float64 margin between the best and the second-best candidate of
+    [x·R, −x·R] exceeds twice that, every summation order picks the same bucket."""
+    rot = torch.randn(rounds, x.shape[-1], buckets // 2, generator=torch.Generator().manual_seed(seed))
+    x = x.detach().double()
+    out = []
+    for r in range(rounds):
+        rot_r = rot[r].double().to(x.device)
+        proj = x @ rot_r
+        top2 = torch.cat([proj, -proj], -1).topk(2, dim=-1).values
+        bound = 2 * x.shape[-1] * 2.0 ** -24 * (x.abs() @ rot_r.abs()).amax(-1)
+        out.append(top2[..., 0] - top2[..., 1] <= bound * 1.01)
+    return torch.stack(out)
+
+
 def lsh_pairs(spec, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """bool (B, Hq, Nq, Nk): `mask` (broadcastable to that) AND some round puts q[b, h, i] and
     k[b, hk, j] in one bucket. `q` is (B, Hq, Nq, D), `k` (B, Hkv, Nk, D), not repeated."""

@@ -6,9 +6,9 @@ over D padded to a power of two; the reference: torch's matmul), so they may rou
 candidates' projections differently. Any summation order of D float32 products errs by at most
 D·u·Σ|x_d·R_dc| (u = 2**-24, Higham's γ_D bound, to first order), so where the float64 margin
 between the best and the second-best candidate of [x·R, −x·R] exceeds twice that (both candidates
-may err), every order picks the same one. Below it the rule itself is a near-tie: there the
-kernel may disagree with the reference; everywhere else it must equal it. Near-ties are counted
-and must be rare. Exact ties (the first maximum wins, inside a chunk of columns, across chunks,
+may err), every order picks the same one (reference_lsh.lsh_near_ties). Below it the rule itself
+is a near-tie: there the kernel may disagree with the reference; everywhere else it must equal it.
+Near-ties are counted and must be rare. Exact ties (the first maximum wins, inside a chunk of columns, across chunks,
 and [x·R] before [−x·R]) are checked on hand-made integer rotations, where every sum is exact.
 """
 from __future__ import annotations
@@ -18,32 +18,14 @@ import torch
 
 from attngen import Spec
 from attngen.errors import ShapeError
-from attngen.reference_lsh import lsh_buckets
+from attngen.reference_lsh import lsh_buckets, lsh_near_ties
 from attngen.runtime import cache
 from attngen.runtime.lsh_buckets import BLOCK_N, BucketLauncher
-
-U = 2.0 ** -24
-
 
 def launcher(buckets: int, rounds: int, head_dim: int, *, seed: int = 0, kv_heads: int = 2) -> BucketLauncher:
     spec = Spec(name=f"lsh_buckets_{buckets}_{rounds}_{head_dim}", query_heads=2 * kv_heads, kv_heads=kv_heads,
                 head_dim=head_dim, lsh={"buckets": buckets, "seed": seed, "rounds": rounds})
     return BucketLauncher(cache.generated(spec, "lsh"))
-
-
-def near_ties(x: torch.Tensor, buckets: int, seed: int, rounds: int) -> torch.Tensor:
-    """bool (rounds, B, H, N): rows whose float64 margin between the best and second-best
-    candidate is within the float32 rounding of two summation orders (module docstring)."""
-    rot = torch.randn(rounds, x.shape[-1], buckets // 2, generator=torch.Generator().manual_seed(seed)).double()
-    x = x.detach().double()
-    out = []
-    for r in range(rounds):
-        proj = x @ rot[r]
-        cand = torch.cat([proj, -proj], -1)
-        top2 = cand.topk(2, dim=-1).values
-        scale = (x.abs() @ rot[r].abs()).amax(-1)
-        out.append(top2[..., 0] - top2[..., 1] <= 2 * x.shape[-1] * U * scale * 1.01)
-    return torch.stack(out)
 
 
 def check_equal_off_near_ties(hasher, x, buckets, seed, rounds, block_n=None) -> tuple[int, int]:
@@ -52,7 +34,7 @@ def check_equal_off_near_ties(hasher, x, buckets, seed, rounds, block_n=None) ->
     got = hasher.buckets(x, block_n=block_n)
     want = lsh_buckets(x.double(), buckets, seed, rounds)        # what the reference sees: float64 copies
     assert got.shape == want.shape and got.dtype == torch.int64
-    ties = near_ties(x, buckets, seed, rounds)
+    ties = lsh_near_ties(x, buckets, seed, rounds)
     differ = got != want
     assert not (differ & ~ties).any(), f"{int((differ & ~ties).sum())} rows differ off a near-tie"
     return int(ties.sum()), int(differ.sum())
