@@ -32,7 +32,7 @@ for name in args.specs:
         k = torch.randn(pages, 64, hkv, d, generator=g).half()
         v = torch.randn(pages, 64, hkv, d, generator=g).half()
         table = torch.randperm(pages, generator=g).to(torch.int32)[None]
-        cfg = TileConfig(row_block(spec.group, nq, d), args.block_n, 4, 1)
+        cfg = TileConfig(row_block(spec.group, nq, d, torch.float16), args.block_n, 4, 1)
         _, _, counts = run.decode(q, k, v, cache_seqlens=torch.tensor([n], dtype=torch.int32),
                                   block_table=table, config=cfg, count_tiles=True)
         keys_read = int(counts[..., 1].sum())

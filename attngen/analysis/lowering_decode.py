@@ -34,6 +34,15 @@ from .lowering import choose_iteration
 # Rows of one program: GROUP x Nq padded to a power of two, at most this many (more rows take
 # several row tiles, each reading the group's K/V once).
 MAX_ROWS = {64: 128, 128: 64, 256: 64}
+# float32 tiles hold twice the bytes: at head dim 256, 64 packed rows (MQA's 48 heads) spill with
+# every candidate on sm_80 and sm_90, and 32 rows still leave 32 bytes of stack (sm_90, Nq = 5);
+# 16 rows have none.
+MAX_ROWS_FP32 = {**MAX_ROWS, 256: 16}
+
+
+def max_rows(head_dim: int, dtype: torch.dtype) -> int:
+    """The most packed rows one decode program takes at this head dim and dtype."""
+    return (MAX_ROWS_FP32 if dtype == torch.float32 else MAX_ROWS)[max(64, padded_head_dim(head_dim))]
 # Key tiles per split at least (a split smaller than this costs more in merging than it gains).
 MIN_TILES_PER_SPLIT = 4
 MAX_SPLITS = 128
@@ -61,10 +70,10 @@ INTERPRETER_BLOCK_N = 32
 CONTIGUOUS_RUN = 16
 
 
-def row_block(group: int, nq: int, head_dim: int) -> int:
-    """BLOCK_M for GROUP x Nq packed rows: a power of two >= 16, capped by the head dim's MAX_ROWS."""
+def row_block(group: int, nq: int, head_dim: int, dtype: torch.dtype) -> int:
+    """BLOCK_M for GROUP x Nq packed rows: a power of two >= 16, capped by `max_rows`."""
     rows = max(16, 1 << (max(group * nq, 1) - 1).bit_length())
-    return min(rows, MAX_ROWS[max(64, padded_head_dim(head_dim))])
+    return min(rows, max_rows(head_dim, dtype))
 
 
 def page_run(page_size: int | None, block_n: int, *, runs: bool = True) -> int:
@@ -99,10 +108,9 @@ def candidate_decode_configs(head_dim: int, dtype: torch.dtype, arch: str | None
 def decode_config_table(head_dim: int) -> dict:
     """The candidates for the header, at 16 and at MAX_ROWS rows."""
     table = {"interpreter": [c.as_dict() for c in candidate_decode_configs(head_dim, None, None, 16)]}
-    cap = MAX_ROWS[max(64, padded_head_dim(head_dim))]
     for arch in ARCHS:
         for label, dtype in (("16-bit", torch.float16), ("float32", torch.float32)):
-            for rows in (16, cap):
+            for rows in sorted({16, max_rows(head_dim, dtype)}):
                 table[f"{arch}/{label}/{rows}r"] = [
                     c.as_dict() for c in candidate_decode_configs(head_dim, dtype, arch, rows)]
     return table

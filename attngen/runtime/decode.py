@@ -104,7 +104,7 @@ class DecodeLauncher(KernelLauncher):
         if arch is None:
             key = (nq, dtype)
             if key not in self._interpreter_configs:
-                block_m = row_block(self.spec.group, nq, self.spec.head_dim)
+                block_m = row_block(self.spec.group, nq, self.spec.head_dim, dtype)
                 self._interpreter_configs[key] = self._fit(candidate_decode_configs(self.spec.head_dim, dtype, None, block_m))[0]
             return self._interpreter_configs[key]
         return self.spill_free_config(arch, dtype, nq=nq)
@@ -114,7 +114,7 @@ class DecodeLauncher(KernelLauncher):
         `nq` new tokens against a cache of the given shape (`aot_arguments`; default: paged,
         split, AOT_LENGTH keys) compiles it, has no spills; decided once per (target, dtype, rows,
         shape)."""
-        block_m = row_block(self.spec.group, nq, self.spec.head_dim)
+        block_m = row_block(self.spec.group, nq, self.spec.head_dim, dtype)
         arguments = self.aot_arguments(dtype, nq=nq, target=target, **shape)
         return self.choose((target, dtype, block_m, nq, tuple(sorted(shape.items()))),
                            self._fit(candidate_decode_configs(self.spec.head_dim, dtype, target, block_m)),
@@ -316,7 +316,7 @@ class DecodeLauncher(KernelLauncher):
         arch = architecture(device)
         if arch is None:
             return self.config(nq, dtype, device)
-        block_m = row_block(self.spec.group, nq, self.spec.head_dim)
+        block_m = row_block(self.spec.group, nq, self.spec.head_dim, dtype)
         return self.launch_choice((arch, dtype, block_m), "decode",
                                   self._fit(candidate_decode_configs(self.spec.head_dim, dtype, arch, block_m)), arguments,
                                   f"{self.generated.kernel_name} on {arch}/{dtype} at {block_m} rows")

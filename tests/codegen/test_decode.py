@@ -236,7 +236,7 @@ def test_bytes_read_equal_the_tiles_the_mask_allows(spec, rng):
     capacity, nq = 200, 5
     q, k, v = make_inputs(spec, 3, nq, capacity, torch.float32)
     seqlens = torch.tensor(lengths_for(spec, capacity, rng)[1:], dtype=torch.int32)
-    cfg = TileConfig(row_block(spec.group, nq, spec.head_dim), 16, 4, 1)
+    cfg = TileConfig(row_block(spec.group, nq, spec.head_dim, torch.float32), 16, 4, 1)
     kp, vp, table = paged(k, v, 32)
     _, _, counts = launcher(spec).decode(q, kp, vp, cache_seqlens=seqlens, block_table=table,
                                          num_splits=3, config=cfg, count_tiles=True)

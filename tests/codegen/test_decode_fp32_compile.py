@@ -1,6 +1,7 @@
 """float32 decode kernels compile without spills where the fp16 tier does not look: Gemma-2's
-256-dim heads with a softcap (shipped, and the per-head cap formula at head dim 64), sm_80 and
-sm_90, one token and five speculative ones, with the configuration the launcher picks."""
+256-dim heads with a softcap (shipped, and the per-head cap formula at head dim 64) and MQA's 48
+query heads of dim 256 packed into one program's rows (at most 32 in float32: `max_rows`), sm_80
+and sm_90, one token and five speculative ones, with the configuration the launcher picks."""
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,8 @@ SPECS = Path(__file__).resolve().parents[2] / "specs"
 
 @pytest.mark.compile
 @pytest.mark.parametrize("target", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("path", ["gemma2_softcap.yaml", "formulas/gemma2_softcap_per_head.yaml"])
-def test_gemma2_decode_fp32_has_no_spills(path, target):
+@pytest.mark.parametrize("path", ["gemma2_softcap.yaml", "formulas/gemma2_softcap_per_head.yaml", "mqa.yaml"])
+def test_decode_fp32_has_no_spills(path, target):
     spec = A.load_spec(SPECS / path)
     launcher = DecodeLauncher(generate(spec, "decode"))
     for nq in (1, 5):
