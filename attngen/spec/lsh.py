@@ -35,6 +35,8 @@ from .predicates import (All_, Any_, Band, Blocks, Causal, Columns, Everything, 
 MAX_BUCKETS = 1 << 16
 MAX_ROUNDS = 16
 QUERY_POS, KEY_POS, SLOPE = "lsh_i", "lsh_j", "lsh_alibi_slope"
+# Per flattened row b * Hq + h: the original batch, query head and kv head (formulas read them).
+ROW_BATCH, ROW_HEAD, ROW_KV_HEAD = "lsh_b", "lsh_h", "lsh_hk"
 
 
 @dataclass(frozen=True)
@@ -95,13 +97,6 @@ def refuse_with_lsh(spec) -> None:
     if spec.select is not None:
         raise SpecError("lsh", lsh.to_dict(), "cannot be combined with select: (one content-based "
                         "pattern per spec)")
-    for field, value, why in (("score", spec.score, "score formulas read the batch, heads and inputs, "
-                               "which the kernels permute and flatten"),
-                              ("inputs", spec.inputs, "call-time inputs are indexed by positions and "
-                               "heads, which the kernels permute and flatten")):
-        if value:
-            raise SpecError(field, value.text if hasattr(value, "text") else value,
-                            f"is not supported with lsh: yet ({why})")
     if spec.mask is not None:
         try:
             mask_formula(spec.effective_mask, "i", "j")
@@ -150,12 +145,15 @@ def mask_formula(pred: Predicate, i: str, j: str) -> str | None:
     raise ValueError(f"the {next(iter(pred.to_dict()))} mask cannot be evaluated at permuted positions")
 
 
-def _substituted(pred: Formula, i: str, j: str) -> str:
-    """A mask formula with the positions replaced (formulas reading b, h, hk or inputs refused: the
-    kernels flatten the batch and heads)."""
-    if pred.inputs_read or any(n.op == "name" and n.value in ("b", "h", "hk") for n in _walk(pred.node)):
-        raise ValueError(f"the mask formula {pred.text} reads the batch, a head or an input")
-    by_name = {"i": parse_formula(i), "j": parse_formula(j)}
+def _substituted(pred, i: str, j: str, s: str | None = None) -> str:
+    """A mask (or score) formula read through the permutation: the positions i, j replaced by the
+    texts `i`, `j`, the batch and heads b, h, hk by the flattened row's (inputs lsh_b[b], lsh_h[b],
+    lsh_hk[b]), and the score s by `s` when given. The user's inputs stay: indexed by the
+    substituted names, the kernels read the user's own tensors."""
+    by_name = {"i": parse_formula(i), "j": parse_formula(j), "b": parse_formula(f"{ROW_BATCH}[b]"),
+               "h": parse_formula(f"{ROW_HEAD}[b]"), "hk": parse_formula(f"{ROW_KV_HEAD}[b]")}
+    if s is not None:
+        by_name["s"] = parse_formula(s)
 
     def swap(node: Node) -> Node:
         if node.op == "name" and node.value in by_name:
@@ -190,8 +188,26 @@ def kernel_spec(spec):
     if spec.alibi:                        # the head's slope per flattened row, at original positions
         inputs[SLOPE] = {"shape": ["B"], "dtype": "float32"}
         score = f"s - {SLOPE}[b] * ({i} - {j})"
+    if spec.score is not None:            # after ALiBi (SPEC.md's order): s is the ALiBi score there
+        score = _substituted(spec.score, i, j, None if score is None else f"({score})")
+        if QUERY_POS not in inputs and (QUERY_POS in score or KEY_POS in score):
+            inputs.update({QUERY_POS: {"shape": ["B", "Nq"], "dtype": "int32"},
+                           KEY_POS: {"shape": ["B", "Nk"], "dtype": "int32"}})
     text = " and ".join(f"({p})" for p in parts if p is not None)
+    read = _names(text) | _names(score or "")
+    for name in (ROW_BATCH, ROW_HEAD, ROW_KV_HEAD):
+        if name in read:
+            inputs[name] = {"shape": ["B"], "dtype": "int32"}
+    for decl in spec.inputs:              # the user's tensors as they are: heads as fixed sizes, rows of
+        # a B axis past the user's B never read (runtime/lsh.py pads them to the flattened B·Hq)
+        fixed = {"Hq": spec.query_heads, "Hkv": spec.kv_heads}
+        inputs[decl.name] = {"shape": [fixed.get(d, d) for d in decl.shape], "dtype": decl.dtype, "grad": decl.grad}
     mask = All_((Segments(), Formula.parse(text))) if text else Segments()
     return type(spec)(name=f"{spec.name}_by_bucket", query_heads=1, kv_heads=1, head_dim=spec.head_dim,
                 value_head_dim=spec.value_head_dim, scale=spec.softmax_scale, softcap=spec.softcap,
                 mask=mask, inputs=inputs, score=score, lsh=Lsh(lsh.buckets, lsh.seed, lsh.rounds, permuted=True))
+
+
+def _names(text: str) -> set:
+    """The names (and inputs) a formula text reads."""
+    return {n.value for n in _walk(parse_formula(text)) if n.op in ("name", "index")} if text else set()

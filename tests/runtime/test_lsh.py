@@ -66,7 +66,6 @@ def test_lsh_refused_naming_the_field(value, field):
     pytest.param(dict(select={"top": 2, "block": 16}), "lsh", "select", id="with-select"),
     pytest.param(dict(mask=segments()), "mask", "segment ids", id="segments"),
     pytest.param(dict(mask=attngen.random(1, 16, 0)), "mask", "permuted positions", id="random"),
-    pytest.param(dict(mask="j <= i + h"), "mask", "a head", id="formula-reading-a-head"),
 ])
 def test_lsh_refuses_what_it_cannot_combine_with(fields, field, words):
     with pytest.raises(SpecError, match=words) as err:
@@ -162,13 +161,13 @@ def test_sinks_join_once_forward_backward_and_decode(torch_rng):
     assert torch.equal(out, torch.zeros_like(out)) and torch.equal(lse[0, :, 0], sink)
 
 
-def _round_allowed(spec, q, k, q_offset):
+def _round_allowed(spec, q, k, q_offset, inputs=None):
     """bool (R, B, Hq, Nq, Nk): pairs the mask allows whose FIRST shared bucket is in round r."""
     lsh = spec.lsh
     bq = lsh_buckets(q, lsh.buckets, lsh.seed, lsh.rounds)
     bk = lsh_buckets(k, lsh.buckets, lsh.seed, lsh.rounds).repeat_interleave(spec.group, dim=2)
     same = bq[..., :, None] == bk[..., None, :]
-    mask = spec.dense_mask(q.shape[2], k.shape[2], q_offset)
+    mask = spec.dense_mask(q.shape[2], k.shape[2], q_offset, inputs=inputs or {}, batch=q.shape[0])
     seen = torch.zeros_like(same[0])
     out = []
     for r in range(lsh.rounds):
@@ -177,16 +176,16 @@ def _round_allowed(spec, q, k, q_offset):
     return torch.stack(out), bq, bk
 
 
-def _check_lists(spec, runner, q, k, q_offset, bm, bn):
+def _check_lists(spec, runner, q, k, q_offset, bm, bn, inputs=None):
     """Per round, the lists hold exactly the tiles (of the bucket-sorted rows) holding a pair
     allowed in that round, FULL exactly where every real pair is; returns each round's per-row
     list lengths."""
     heads, nq, nk = spec.query_heads, q.shape[2], k.shape[2]
     tq, tk = -(-nq // bm), -(-nk // bn)
-    allowed, _, _ = _round_allowed(spec, q, k, q_offset)
+    allowed, _, _ = _round_allowed(spec, q, k, q_offset, inputs)
     real = torch.nn.functional.pad(torch.ones(nq, nk, dtype=torch.bool), (0, tk * bn - nk, 0, tq * bm - nq))
     lengths = []
-    for r, rnd in enumerate(runner.plan(q, k, q_offset)):
+    for r, rnd in enumerate(runner.plan(q, k, q_offset, inputs)):
         ptr_p, idx_p, ptr_f, idx_f, rows = rnd.tiles.lists(bm, bn)
         lengths.append((ptr_p[1:] - ptr_p[:-1]) + (ptr_f[1:] - ptr_f[:-1]))
         visited, full = (torch.zeros(heads, tq, tk, dtype=torch.bool) for _ in range(2))
@@ -232,6 +231,57 @@ def test_lists_are_exact_on_every_path(fields, tiles, torch_rng):
     q, k, _ = qkv(spec, 83, 61, torch_rng, batch=1)
     for q_offset in (0, 30):
         _check_lists(spec, LshAttention(spec, None), q, k, q_offset, *tiles)
+
+
+# Prefix-LM per sequence with a T5-like learned relative bias (issue 16: lsh with formulas and inputs).
+PREFIX_T5 = dict(mask="j <= i or j < prefix[b]", score="s + rel[h, min(max(i - j, -8), 8) + 8]",
+                 inputs={"prefix": {"shape": ["B"], "dtype": "int32"},
+                         "rel": {"shape": ["Hq", 17], "dtype": "float32", "grad": True}})
+
+
+def prefix_t5_inputs(spec, batch, gen):
+    return {"prefix": torch.tensor([5, 20, 0][:batch], dtype=torch.int32),
+            "rel": torch.randn(spec.query_heads, 17, generator=gen)}
+
+
+def check_with_inputs(spec, q, k, v, inputs, gen, *, q_offset, grads=True):
+    """Forward, lse, dq/dk/dv and the grad inputs' gradients against the float64 reference."""
+    from attngen.checking import GRAD_TOLERANCE, check_close
+    from attngen.runtime.launch_backward import reference_gradients
+    _check_forward(spec, q, k, v, q_offset=q_offset, **inputs)
+    if not grads:
+        return
+    names = [d.name for d in spec.inputs if d.grad]
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, *(inputs[n] for n in names))]
+    out = attngen.compile(spec)(*leaves[:3], q_offset=q_offset, **{**inputs, **dict(zip(names, leaves[3:]))})
+    dout = torch.randn(out.shape, generator=gen).to(q.dtype)
+    got = torch.autograd.grad(out, leaves, dout)
+    want = reference_gradients(spec, q, k, v, dout, q_offset=q_offset, inputs=inputs)
+    for name, g, w in zip(("dq", "dk", "dv", *("d" + n for n in names)), got, want, strict=True):
+        check_close(name, g, w, q.dtype, table=GRAD_TOLERANCE)
+
+
+@pytest.mark.parametrize("dtype, fields, nq, nk, q_offset", [
+    pytest.param(torch.float32, dict(query_heads=2, kv_heads=1), 29, 35, 6, id="fp32-gqa-rounds2-nq29-nk35-q_offset6"),
+    pytest.param(torch.float32, dict(), 37, 45, None, id="fp32-4-2-heads-rounds2-nq37-nk45", marks=pytest.mark.slow),
+    pytest.param(torch.bfloat16, dict(rounds=1, alibi=True, query_heads=3, kv_heads=1), 33, 29, None,
+                 id="bf16-mqa-alibi-rounds1", marks=pytest.mark.slow),
+])
+def test_prefix_lm_with_learned_bias_matches_reference(dtype, fields, nq, nk, q_offset, torch_rng, request):
+    """A mask reading b and an input, a score reading h and a grad input (and ALiBi before it):
+    the kernel spec reads them through the flattened row's lsh_b / lsh_h and the user's tensors."""
+    spec = lsh_spec("lsh_t5_" + request.node.callspec.id.replace("-", "_"), **PREFIX_T5, **fields)
+    q, k, v = qkv(spec, nq, nk, torch_rng, dtype=dtype)
+    check_with_inputs(spec, q, k, v, prefix_t5_inputs(spec, 2, torch_rng), torch_rng, q_offset=q_offset)
+
+
+def test_lists_exact_with_a_mask_reading_the_batch_head_and_inputs(torch_rng):
+    """The settled path evaluates the mask per flattened row (its batch and head, the user's inputs)."""
+    from attngen.runtime.lsh import LshAttention
+    spec = lsh_spec("lsh_lists_inputs", query_heads=2, kv_heads=1, mask="j <= i + h or j < prefix[b]",
+                    inputs={"prefix": {"shape": ["B"], "dtype": "int32"}})
+    q, k, _ = qkv(spec, 53, 41, torch_rng, batch=1)
+    _check_lists(spec, LshAttention(spec, None), q, k, 7, 16, 16, {"prefix": torch.tensor([9], dtype=torch.int32)})
 
 
 def test_torch_compile_fullgraph_forward_and_backward(torch_rng):
