@@ -69,8 +69,7 @@ class AttentionKernels:
             return reference_forward(self.spec, q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k,
                                      inputs=inputs)
         if self.spec.lsh is not None:
-            _no_segments(self.spec, seg_q, seg_k)
-            return self.lsh().forward(q, k, v, _offset(q, k, q_offset), inputs=inputs)
+            return self.lsh().forward(q, k, v, _offset(q, k, q_offset), inputs=inputs, seg_q=seg_q, seg_k=seg_k)
         return self.launcher("fwd").forward(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k, inputs=inputs)
 
     def backward_impl(self, q, k, v, out, lse, dout, q_offset=None, seg_q=None, seg_k=None, inputs=None, *,
@@ -86,9 +85,8 @@ class AttentionKernels:
             return reference_gradients(self.spec, q, k, v, dout, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k,
                                        inputs=inputs)
         if self.spec.lsh is not None:
-            _no_segments(self.spec, seg_q, seg_k)
             return self.lsh().backward(q, k, v, out, lse, dout, _offset(q, k, q_offset), inputs=inputs,
-                                       config=config)
+                                       config=config, seg_q=seg_q, seg_k=seg_k)
         return self.launcher("bwd").backward(q, k, v, out, lse, dout, q_offset=q_offset, seg_q=seg_q,
                                              seg_k=seg_k, inputs=inputs, config=config)
 
@@ -114,10 +112,3 @@ class AttentionKernels:
 def _offset(q, k, q_offset) -> int:
     from ..spec import resolve_q_offset
     return resolve_q_offset(q.shape[2], k.shape[2], q_offset)
-
-
-def _no_segments(spec: Spec, seg_q, seg_k) -> None:
-    """An lsh spec has no segments mask (spec validation refuses one)."""
-    from ..errors import ShapeError
-    if seg_q is not None or seg_k is not None:
-        raise ShapeError(f"spec {spec.name!r} has no segments mask, but seg_q/seg_k were given")

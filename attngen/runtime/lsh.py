@@ -37,7 +37,7 @@ import torch
 from ..analysis.tiles_interval import key_bounds
 from ..spec import Spec, kernel_spec
 from ..spec import alibi_slopes
-from ..spec.lsh import KEY_POS, QUERY_POS, ROW_BATCH, ROW_HEAD, ROW_KV_HEAD, SLOPE
+from ..spec.lsh import DOC_K, DOC_Q, KEY_POS, QUERY_POS, ROW_BATCH, ROW_HEAD, ROW_KV_HEAD, SLOPE
 from .inputs import call_inputs, grad_inputs
 from .launcher import cdiv
 from .merge import merge
@@ -199,9 +199,10 @@ class LshAttention:
             self._hash = BucketLauncher(cache.generated(self.spec, "lsh"))
         return self._hash
 
-    def plan(self, q, k, q_offset: int, user: dict | None = None) -> list[Round]:
+    def plan(self, q, k, q_offset: int, user: dict | None = None, seg_q=None, seg_k=None) -> list[Round]:
         """The rounds of a call (see the module docstring): buckets, sorts, inputs, tile lists.
-        `user`: the call's checked inputs (formulas read them, the kernels through `kernel_inputs`)."""
+        `user`: the call's checked inputs (formulas read them, the kernels through `kernel_inputs`);
+        seg_q, seg_k: a segments mask's document ids, carried through each round's permutation."""
         spec, lsh = self.spec, self.spec.lsh
         batch, heads, nq, _ = q.shape
         nk, group = k.shape[2], spec.group
@@ -210,7 +211,11 @@ class LshAttention:
         sorted_q = [torch.sort(bq[r], dim=-1, stable=True) for r in range(lsh.rounds)]
         sorted_k = [torch.sort(bk[r], dim=-1, stable=True) for r in range(lsh.rounds)]
         user = user or {}
-        ctx = spec.eval_context(nq, nk, q_offset, device=q.device, inputs=user, batch=batch)
+        ctx = spec.eval_context(nq, nk, q_offset, seg_q, seg_k, device=q.device, inputs=user, batch=batch)
+        docs = None
+        if spec.uses_segments:          # (B, Hq, N) ids per (batch, head) row, permuted per round below
+            docs = [torch.as_tensor(s, device=q.device).to(torch.int64).expand(batch, n)[:, None, :]
+                    .expand(batch, heads, n) for s, n in ((seg_q, nq), (seg_k, nk))]
         mask = spec.effective_mask
         declared = {d.name for d in self.kernel_spec.inputs}
         shared = self.kernel_inputs(user, batch, heads, q.device)
@@ -220,6 +225,11 @@ class LshAttention:
             flat = {"pq": perm_q.reshape(batch * heads, nq), "pk": perm_k.reshape(batch * heads, nk)}
             inputs = {QUERY_POS: (flat["pq"] + q_offset).to(torch.int32), KEY_POS: flat["pk"].to(torch.int32),
                       **shared}
+            doc = {}
+            if docs is not None:
+                doc = {"q": docs[0].gather(-1, perm_q).reshape(batch * heads, nq),
+                       "k": docs[1].gather(-1, perm_k).reshape(batch * heads, nk)}
+                inputs[DOC_Q], inputs[DOC_K] = doc["q"].to(torch.int32), doc["k"].to(torch.int32)
             if spec.alibi:                   # row b * Hq + h takes head h's slope
                 inputs[SLOPE] = alibi_slopes(heads).to(device=q.device, dtype=torch.float32).repeat(batch)
             earlier = []
@@ -233,11 +243,15 @@ class LshAttention:
                     pk = torch.full((batch * heads, nk), -2, device=q.device)
                 inputs[f"lsh_q{e}"], inputs[f"lsh_k{e}"] = pq.to(torch.int32), pk.to(torch.int32)
 
-            def allowed(rows, qi, kj, flat=flat, earlier=earlier):
+            def allowed(rows, qi, kj, flat=flat, earlier=earlier, doc=doc):
                 ii = flat["pq"][rows[:, None], qi][:, :, None] + ctx.q_offset
                 jj = flat["pk"][rows[:, None], kj][:, None, :]
                 row = rows[:, None, None]            # formulas read the flattened row's batch and head
-                ok = mask.evaluate(ii, jj, replace(ctx, batch=row // heads, heads=row % heads, group=group))
+                at = replace(ctx, batch=row // heads, heads=row % heads, group=group)
+                if doc:
+                    at = replace(at, seg_rows=doc["q"][rows[:, None], qi][:, :, None],
+                                 seg_cols=doc["k"][rows[:, None], kj][:, None, :])
+                ok = mask.evaluate(ii, jj, at)
                 for pq, pk in earlier:
                     ok = ok & (pq[rows[:, None], qi][:, :, None] != pk[rows[:, None], kj][:, None, :])
                 return ok
@@ -278,7 +292,8 @@ class LshAttention:
                 grad = grad.narrow(axis, 0, batch)
         return grad
 
-    def forward(self, q, k, v, q_offset: int, *, inputs=None, count_tiles: bool = False, config=None):
+    def forward(self, q, k, v, q_offset: int, *, inputs=None, count_tiles: bool = False, config=None,
+                seg_q=None, seg_k=None):
         """(out, lse[, tiles visited per round]) in the original order; sinks join once, after the
         rounds (merge.py)."""
         batch, heads, nq, _ = q.shape
@@ -291,7 +306,7 @@ class LshAttention:
             out, lse = merge([out], [lse], sink=sink)
             return (out, lse, []) if count_tiles else (out, lse)
         outs, lses, visits = [], [], []
-        for rnd in self.plan(q, k, q_offset, checked):
+        for rnd in self.plan(q, k, q_offset, checked, seg_q, seg_k):
             q_r, k_r, v_r = self.permuted(rnd, q, k, v)
             result = self.fwd.forward(q_r, k_r, v_r, q_offset=0, seg_q=rnd.seg_q, seg_k=rnd.seg_k,
                                       inputs=rnd.inputs, lists=rnd.tiles, count_tiles=count_tiles, config=config)
@@ -303,7 +318,7 @@ class LshAttention:
         out, lse = merge(outs, lses, sink=sink)
         return (out, lse, visits) if count_tiles else (out, lse)
 
-    def backward(self, q, k, v, out, lse, dout, q_offset: int, *, inputs=None, config=None):
+    def backward(self, q, k, v, out, lse, dout, q_offset: int, *, inputs=None, config=None, seg_q=None, seg_k=None):
         """(dq, dk, dv, *d(each grad input)) in the inputs' dtypes and shapes, the inputs' in
         declared order (the sink's last). The inputs' gradients are the rounds' summed in round
         order (deterministic). With sinks, the merged lse holds the sink, so each round's share is
@@ -319,7 +334,7 @@ class LshAttention:
         dvs = torch.zeros((batch, heads, nk, dv), dtype=torch.float32, device=q.device)
         if nq and nk:
             lse = lse.to(torch.float32)
-            for rnd in self.plan(q, k, q_offset, checked):
+            for rnd in self.plan(q, k, q_offset, checked, seg_q, seg_k):
                 q_r, k_r, v_r = self.permuted(rnd, q, k, v)
                 out_r, lse_r, dout_r = (_permuted(t, rnd.perm_q).reshape(batch * heads, 1, nq, *t.shape[3:])
                                         for t in (out, lse, dout))

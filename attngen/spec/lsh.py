@@ -37,6 +37,8 @@ MAX_ROUNDS = 16
 QUERY_POS, KEY_POS, SLOPE = "lsh_i", "lsh_j", "lsh_alibi_slope"
 # Per flattened row b * Hq + h: the original batch, query head and kv head (formulas read them).
 ROW_BATCH, ROW_HEAD, ROW_KV_HEAD = "lsh_b", "lsh_h", "lsh_hk"
+# The document ids (seg_q, seg_k of a segments mask) of the permuted rows.
+DOC_Q, DOC_K = "lsh_docq", "lsh_dock"
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,8 @@ def mask_formula(pred: Predicate, i: str, j: str) -> str | None:
         return "False" if inner is None else f"not ({inner})"
     if isinstance(pred, Formula):
         return _substituted(pred, i, j)
-    if isinstance(pred, Segments):
-        raise ValueError("a segments mask: the kernels use segment ids for the buckets")
+    if isinstance(pred, Segments):         # the permuted rows' documents (`segments` holds the buckets)
+        return f"{DOC_Q}[b, i] == {DOC_K}[b, j]"
     if isinstance(pred, Stride):
         return f"({i} - {j}) % {pred.every} == 0"
     raise ValueError(f"the {next(iter(pred.to_dict()))} mask cannot be evaluated at permuted positions")
@@ -198,6 +200,8 @@ def kernel_spec(spec):
     for name in (ROW_BATCH, ROW_HEAD, ROW_KV_HEAD):
         if name in read:
             inputs[name] = {"shape": ["B"], "dtype": "int32"}
+    if DOC_Q in read:
+        inputs.update({DOC_Q: {"shape": ["B", "Nq"], "dtype": "int32"}, DOC_K: {"shape": ["B", "Nk"], "dtype": "int32"}})
     for decl in spec.inputs:              # the user's tensors as they are: heads as fixed sizes, rows of
         # a B axis past the user's B never read (runtime/lsh.py pads them to the flattened B·Hq)
         fixed = {"Hq": spec.query_heads, "Hkv": spec.kv_heads}

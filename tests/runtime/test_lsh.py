@@ -64,7 +64,6 @@ def test_lsh_refused_naming_the_field(value, field):
 
 @pytest.mark.parametrize("fields, field, words", [
     pytest.param(dict(select={"top": 2, "block": 16}), "lsh", "select", id="with-select"),
-    pytest.param(dict(mask=segments()), "mask", "segment ids", id="segments"),
     pytest.param(dict(mask=attngen.random(1, 16, 0)), "mask", "permuted positions", id="random"),
 ])
 def test_lsh_refuses_what_it_cannot_combine_with(fields, field, words):
@@ -161,13 +160,13 @@ def test_sinks_join_once_forward_backward_and_decode(torch_rng):
     assert torch.equal(out, torch.zeros_like(out)) and torch.equal(lse[0, :, 0], sink)
 
 
-def _round_allowed(spec, q, k, q_offset, inputs=None):
+def _round_allowed(spec, q, k, q_offset, inputs=None, seg=(None, None)):
     """bool (R, B, Hq, Nq, Nk): pairs the mask allows whose FIRST shared bucket is in round r."""
     lsh = spec.lsh
     bq = lsh_buckets(q, lsh.buckets, lsh.seed, lsh.rounds)
     bk = lsh_buckets(k, lsh.buckets, lsh.seed, lsh.rounds).repeat_interleave(spec.group, dim=2)
     same = bq[..., :, None] == bk[..., None, :]
-    mask = spec.dense_mask(q.shape[2], k.shape[2], q_offset, inputs=inputs or {}, batch=q.shape[0])
+    mask = spec.dense_mask(q.shape[2], k.shape[2], q_offset, *seg, inputs=inputs or {}, batch=q.shape[0])
     seen = torch.zeros_like(same[0])
     out = []
     for r in range(lsh.rounds):
@@ -176,16 +175,16 @@ def _round_allowed(spec, q, k, q_offset, inputs=None):
     return torch.stack(out), bq, bk
 
 
-def _check_lists(spec, runner, q, k, q_offset, bm, bn, inputs=None):
+def _check_lists(spec, runner, q, k, q_offset, bm, bn, inputs=None, seg=(None, None)):
     """Per round, the lists hold exactly the tiles (of the bucket-sorted rows) holding a pair
     allowed in that round, FULL exactly where every real pair is; returns each round's per-row
     list lengths."""
     heads, nq, nk = spec.query_heads, q.shape[2], k.shape[2]
     tq, tk = -(-nq // bm), -(-nk // bn)
-    allowed, _, _ = _round_allowed(spec, q, k, q_offset, inputs)
+    allowed, _, _ = _round_allowed(spec, q, k, q_offset, inputs, seg)
     real = torch.nn.functional.pad(torch.ones(nq, nk, dtype=torch.bool), (0, tk * bn - nk, 0, tq * bm - nq))
     lengths = []
-    for r, rnd in enumerate(runner.plan(q, k, q_offset, inputs)):
+    for r, rnd in enumerate(runner.plan(q, k, q_offset, inputs, *seg)):
         ptr_p, idx_p, ptr_f, idx_f, rows = rnd.tiles.lists(bm, bn)
         lengths.append((ptr_p[1:] - ptr_p[:-1]) + (ptr_f[1:] - ptr_f[:-1]))
         visited, full = (torch.zeros(heads, tq, tk, dtype=torch.bool) for _ in range(2))
@@ -282,6 +281,38 @@ def test_lists_exact_with_a_mask_reading_the_batch_head_and_inputs(torch_rng):
                     inputs={"prefix": {"shape": ["B"], "dtype": "int32"}})
     q, k, _ = qkv(spec, 53, 41, torch_rng, batch=1)
     _check_lists(spec, LshAttention(spec, None), q, k, 7, 16, 16, {"prefix": torch.tensor([9], dtype=torch.int32)})
+
+
+@pytest.mark.parametrize("dtype, fields, nq, nk, q_offset, batched", [
+    pytest.param(torch.float32, dict(query_heads=2, kv_heads=1), 31, 31, None, True, id="fp32-causal-gqa-2d-ids"),
+    pytest.param(torch.bfloat16, dict(rounds=1), 27, 40, 13, False, id="bf16-causal-nq27-nk40-q_offset13-1d-ids",
+                 marks=pytest.mark.slow),
+])
+def test_packed_documents_match_reference(dtype, fields, nq, nk, q_offset, batched, torch_rng, request):
+    """A segments mask (packed documents): the ids travel through each round's permutation as the
+    inputs lsh_docq / lsh_dock (the kernel spec's own `segments` holds the buckets)."""
+    from attngen.checking import GRAD_TOLERANCE, check_close
+    from attngen.runtime.launch_backward import reference_gradients
+    spec = lsh_spec("lsh_docs_" + request.node.callspec.id.replace("-", "_"), causal=True, mask=segments(), **fields)
+    q, k, v = qkv(spec, nq, nk, torch_rng, dtype=dtype)
+    ids = torch.tensor([[0] * 10 + [1] * 12 + [2] * 9, [0] * 20 + [1] * 11]) if batched else None
+    seg = (ids, ids) if batched else (torch.arange(nq) // 9, (torch.arange(nk) - 13).clamp(min=0) // 9)
+    _check_forward(spec, q, k, v, q_offset=q_offset, seg_q=seg[0], seg_k=seg[1])
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = attngen.compile(spec)(*leaves, q_offset=q_offset, seg_q=seg[0], seg_k=seg[1])
+    dout = torch.randn(out.shape, generator=torch_rng).to(dtype)
+    got = torch.autograd.grad(out, leaves, dout)
+    want = reference_gradients(spec, q, k, v, dout, q_offset=q_offset, seg_q=seg[0], seg_k=seg[1])
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        check_close(name, g, w, dtype, table=GRAD_TOLERANCE)
+
+
+def test_lists_exact_with_packed_documents(torch_rng):
+    from attngen.runtime.lsh import LshAttention
+    spec = lsh_spec("lsh_lists_docs", query_heads=2, kv_heads=1, causal=True, mask=segments())
+    q, k, _ = qkv(spec, 45, 45, torch_rng, batch=1)
+    ids = torch.arange(45) // 14
+    _check_lists(spec, LshAttention(spec, None), q, k, 0, 16, 16, seg=(ids, ids))
 
 
 def test_torch_compile_fullgraph_forward_and_backward(torch_rng):
