@@ -37,7 +37,8 @@ import torch
 from ..analysis.tiles_interval import key_bounds
 from ..spec import Spec, kernel_spec
 from ..spec import alibi_slopes
-from ..spec.lsh import DOC_K, DOC_Q, KEY_POS, QUERY_POS, ROW_BATCH, ROW_HEAD, ROW_KV_HEAD, SLOPE
+from ..spec.lsh import DOC_K, DOC_Q, KEY_POS, QUERY_POS, ROW_BATCH, ROW_HEAD, ROW_KV_HEAD, SLOPE, random_input
+from ..spec.predicates import Random
 from .inputs import call_inputs, grad_inputs
 from .launcher import cdiv
 from .merge import merge
@@ -219,12 +220,21 @@ class LshAttention:
         mask = spec.effective_mask
         declared = {d.name for d in self.kernel_spec.inputs}
         shared = self.kernel_inputs(user, batch, heads, q.device)
+        drawn = {}                      # random masks: each original query row's drawn key blocks
+        for pred in mask.walk():
+            if isinstance(pred, Random) and random_input(pred) in declared:
+                first, table = ctx.random_table(pred)
+                block_of = torch.div(torch.arange(nq, device=q.device) + ctx.q_offset, pred.block,
+                                     rounding_mode="floor") - first
+                drawn[random_input(pred)] = table.to(q.device)[block_of].to(torch.int64)   # (Nq, per_row)
         rounds = []
         for r in range(lsh.rounds):
             (seg_q, perm_q), (seg_k, perm_k) = sorted_q[r], sorted_k[r]
             flat = {"pq": perm_q.reshape(batch * heads, nq), "pk": perm_k.reshape(batch * heads, nk)}
             inputs = {QUERY_POS: (flat["pq"] + q_offset).to(torch.int32), KEY_POS: flat["pk"].to(torch.int32),
                       **shared}
+            for name, rows in drawn.items():     # (B·Hq, Nq, per_row) in the round's query order
+                inputs[name] = rows[flat["pq"]].to(torch.int32)
             doc = {}
             if docs is not None:
                 doc = {"q": docs[0].gather(-1, perm_q).reshape(batch * heads, nq),

@@ -30,7 +30,7 @@ from ..errors import SpecError
 from .formula import Formula
 from .formula_syntax import Node, parse_formula, unparse
 from .predicates import (All_, Any_, Band, Blocks, Causal, Columns, Everything, GlobalTokens, Not_, Nothing,
-                         Predicate, Segments, Stride)
+                         Predicate, Random, Segments, Stride)
 
 MAX_BUCKETS = 1 << 16
 MAX_ROUNDS = 16
@@ -144,6 +144,9 @@ def mask_formula(pred: Predicate, i: str, j: str) -> str | None:
         return f"{DOC_Q}[b, i] == {DOC_K}[b, j]"
     if isinstance(pred, Stride):
         return f"({i} - {j}) % {pred.every} == 0"
+    if isinstance(pred, Random):          # the permuted query rows' drawn key blocks (runtime/lsh.py)
+        name = random_input(pred)
+        return " or ".join(f"{name}[b, i, {t}] == {j} // {pred.block}" for t in range(pred.per_row))
     raise ValueError(f"the {next(iter(pred.to_dict()))} mask cannot be evaluated at permuted positions")
 
 
@@ -200,6 +203,9 @@ def kernel_spec(spec):
     for name in (ROW_BATCH, ROW_HEAD, ROW_KV_HEAD):
         if name in read:
             inputs[name] = {"shape": ["B"], "dtype": "int32"}
+    for pred in spec.effective_mask.walk():
+        if isinstance(pred, Random) and random_input(pred) in read:
+            inputs[random_input(pred)] = {"shape": ["B", "Nq", pred.per_row], "dtype": "int32"}
     if DOC_Q in read:
         inputs.update({DOC_Q: {"shape": ["B", "Nq"], "dtype": "int32"}, DOC_K: {"shape": ["B", "Nk"], "dtype": "int32"}})
     for decl in spec.inputs:              # the user's tensors as they are: heads as fixed sizes, rows of
@@ -210,6 +216,12 @@ def kernel_spec(spec):
     return type(spec)(name=f"{spec.name}_by_bucket", query_heads=1, kv_heads=1, head_dim=spec.head_dim,
                 value_head_dim=spec.value_head_dim, scale=spec.softmax_scale, softcap=spec.softcap,
                 mask=mask, inputs=inputs, score=score, lsh=Lsh(lsh.buckets, lsh.seed, lsh.rounds, permuted=True))
+
+
+def random_input(pred: Random) -> str:
+    """The kernel spec's input holding a random mask's drawn key blocks per permuted query row
+    (B, Nq, per_row): table[query block of the row's original position]."""
+    return f"lsh_random_{pred.per_row}_{pred.block}_{pred.seed}"
 
 
 def _names(text: str) -> set:

@@ -64,7 +64,6 @@ def test_lsh_refused_naming_the_field(value, field):
 
 @pytest.mark.parametrize("fields, field, words", [
     pytest.param(dict(select={"top": 2, "block": 16}), "lsh", "select", id="with-select"),
-    pytest.param(dict(mask=attngen.random(1, 16, 0)), "mask", "permuted positions", id="random"),
 ])
 def test_lsh_refuses_what_it_cannot_combine_with(fields, field, words):
     with pytest.raises(SpecError, match=words) as err:
@@ -307,12 +306,22 @@ def test_packed_documents_match_reference(dtype, fields, nq, nk, q_offset, batch
         check_close(name, g, w, dtype, table=GRAD_TOLERANCE)
 
 
+def test_random_mask_matches_reference(torch_rng):
+    """A random mask: each permuted query row's drawn key blocks travel as an input (B·Hq, Nq, per_row)."""
+    spec = lsh_spec("lsh_random", query_heads=2, kv_heads=1, mask=attngen.random(2, 8, 3) | band(3))
+    q, k, v = qkv(spec, 29, 45, torch_rng)
+    _check_forward(spec, q, k, v, q_offset=5)
+    check_gradients(spec, q, k, v, torch_rng, q_offset=5)
+
+
 def test_lists_exact_with_packed_documents(torch_rng):
     from attngen.runtime.lsh import LshAttention
     spec = lsh_spec("lsh_lists_docs", query_heads=2, kv_heads=1, causal=True, mask=segments())
     q, k, _ = qkv(spec, 45, 45, torch_rng, batch=1)
     ids = torch.arange(45) // 14
     _check_lists(spec, LshAttention(spec, None), q, k, 0, 16, 16, seg=(ids, ids))
+    spec = lsh_spec("lsh_lists_random", query_heads=2, kv_heads=1, mask=attngen.random(1, 16, 2) & band(20))
+    _check_lists(spec, LshAttention(spec, None), q, k, 9, 16, 16)
 
 
 def test_torch_compile_fullgraph_forward_and_backward(torch_rng):
