@@ -9,8 +9,10 @@ Per call, inside the torch operator (torch.compile sees one opaque call):
    query order per (batch, head) row);
 3. the generated kernels of the spec's *kernel spec* (spec/lsh.py) on the permuted rows, the batch
    and heads flattened (B·Hq rows of one head): `segments` with the sorted bucket ids (attention
-   within bucket runs), the mask at the ORIGINAL positions (inputs lsh_i, lsh_j), and the pairs of
-   earlier rounds excluded (inputs lsh_q{r}, lsh_k{r}) so that the rounds' key sets are disjoint;
+   within bucket runs), the mask at the ORIGINAL positions (inputs lsh_i, lsh_j; formulas' batch
+   and heads lsh_b, lsh_h, lsh_hk; the user's inputs, `kernel_inputs`; documents and random draws
+   permuted with the rows), and the pairs of earlier rounds excluded (inputs lsh_q{r}, lsh_k{r})
+   so that the rounds' key sets are disjoint;
 4. the tile lists, exact: the kernels visit exactly the tiles that hold an allowed pair, FULL where
    every pair is allowed (no mask evaluated there). For interval masks (causal, band, blocks and
    all of them: `tiles_interval.key_bounds`) each sorted query row's allowed keys in its bucket are
@@ -26,7 +28,7 @@ Per call, inside the torch operator (torch.compile sees one opaque call):
 Backward: the same permutations (recomputed from the same q and k: selection is not
 differentiated); each round's kernels get the merged out and lse (their exact share of the
 gradients, as context parallelism's chunk pairs do), dq, dk, dv scattered back and summed over
-rounds (dk, dv also over each kv group).
+rounds (dk, dv also over each kv group), grad inputs' gradients summed over rounds in order.
 """
 from __future__ import annotations
 

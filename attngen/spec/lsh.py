@@ -14,7 +14,11 @@ axis (each (b, h) has its own query order), one head, and the mask rewritten:
   ``lsh_j[b, j]`` (original query and key positions of the permuted rows), so causal, band, ...
   keep their meaning through the permutation;
 - ALiBi as the score ``s - lsh_alibi_slope[b] * (lsh_i[b, i] - lsh_j[b, j])``: the row's head's
-  slope, at the original positions;
+  slope, at the original positions; a score formula after it, read like the mask;
+- formulas' b, h, hk as the flattened row's ``lsh_b[b]``, ``lsh_h[b]``, ``lsh_hk[b]``; the user's
+  inputs as they are (heads as fixed sizes; an axis B is padded to B·Hq rows at call time);
+- a segments mask as ``lsh_docq[b, i] == lsh_dock[b, j]`` (the documents of the permuted rows), a
+  random mask over each permuted query row's drawn key blocks (`random_input`);
 - for rounds > 1, ``lsh_q{r}[b, i] != lsh_k{r}[b, j]`` for every earlier round r: a pair equal in
   several rounds is attended in the first one only, so the rounds' parts are disjoint and merge
   exactly by lse (runtime/merge.py). Slots of rounds not yet run hold -1 (queries) and -2 (keys).

@@ -3,9 +3,10 @@
 Unit tier: the spec field, its refusals, and the float64 reference's rule on hand-made cases.
 Interpreter tier: the kernel spec's generated kernels over bucket-sorted rows (forward, lse,
 gradients) against the float64 reference that applies the rule itself, at odd sizes, Nq != Nk,
-explicit q_offset, GQA/MQA, float32 and bfloat16, rounds 1 and 2, causal and band masks; the
-tiles the kernels visit; torch.compile; decode (contiguous and paged); the refusals of varlen and
-context parallelism.
+explicit q_offset, GQA/MQA, float32 and bfloat16, rounds 1 and 2, causal and band masks, mask and
+score formulas reading b, h and inputs (a grad input too), packed documents (segments), random
+masks; the tiles the kernels visit; torch.compile; decode (contiguous and paged, with inputs);
+the refusals of select:, varlen and context parallelism.
 """
 from __future__ import annotations
 
@@ -271,6 +272,22 @@ def test_prefix_lm_with_learned_bias_matches_reference(dtype, fields, nq, nk, q_
     spec = lsh_spec("lsh_t5_" + request.node.callspec.id.replace("-", "_"), **PREFIX_T5, **fields)
     q, k, v = qkv(spec, nq, nk, torch_rng, dtype=dtype)
     check_with_inputs(spec, q, k, v, prefix_t5_inputs(spec, 2, torch_rng), torch_rng, q_offset=q_offset)
+
+
+def test_decode_with_inputs_per_sequence(torch_rng):
+    """Decode hands each sequence its own rows of the inputs' B axis."""
+    from attngen.checking import check_close
+    spec = lsh_spec("lsh_t5_decode", query_heads=2, kv_heads=1, **PREFIX_T5)
+    q = torch.randn(2, 2, 3, 16, generator=torch_rng)
+    k, v = (torch.randn(2, 1, 32, 16, generator=torch_rng) for _ in range(2))
+    inputs = {"prefix": torch.tensor([4, 20], dtype=torch.int32), "rel": torch.randn(2, 17, generator=torch_rng)}
+    seqlens = torch.tensor([13, 32], dtype=torch.int32)
+    out, lse = attngen.compile(spec).decode(q, k, v, cache_seqlens=seqlens, return_lse=True, **inputs)
+    for b, n in enumerate(seqlens.tolist()):
+        want_out, want_lse = reference(spec, q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], decode=True,
+                                       prefix=inputs["prefix"][b:b + 1], rel=inputs["rel"])
+        check_close(f"out[{b}]", out[b:b + 1], want_out, torch.float32)
+        check_close(f"lse[{b}]", lse[b:b + 1], want_lse, torch.float32)
 
 
 def test_lists_exact_with_a_mask_reading_the_batch_head_and_inputs(torch_rng):
