@@ -323,6 +323,7 @@ def test_packed_documents_match_reference(dtype, fields, nq, nk, q_offset, batch
         check_close(name, g, w, dtype, table=GRAD_TOLERANCE)
 
 
+@pytest.mark.slow
 def test_random_mask_matches_reference(torch_rng):
     """A random mask: each permuted query row's drawn key blocks travel as an input (B·Hq, Nq, per_row)."""
     spec = lsh_spec("lsh_random", query_heads=2, kv_heads=1, mask=attngen.random(2, 8, 3) | band(3))
