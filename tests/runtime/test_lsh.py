@@ -274,6 +274,16 @@ def test_prefix_lm_with_learned_bias_matches_reference(dtype, fields, nq, nk, q_
     check_with_inputs(spec, q, k, v, prefix_t5_inputs(spec, 2, torch_rng), torch_rng, q_offset=q_offset)
 
 
+@pytest.mark.slow
+def test_grad_input_with_batch_and_kv_head_axes(torch_rng):
+    """A grad input with axes B (zero-padded to B·Hq rows for the kernels, its gradient cut back)
+    and Hkv (a fixed size in the kernel spec), read through lsh_b / lsh_hk."""
+    spec = lsh_spec("lsh_bias_b_hk", query_heads=2, kv_heads=1, causal=True, score="s + bias[b, hk, j]",
+                    inputs={"bias": {"shape": ["B", "Hkv", "Nk"], "dtype": "float32", "grad": True}})
+    q, k, v = qkv(spec, 21, 27, torch_rng)
+    check_with_inputs(spec, q, k, v, {"bias": torch.randn(2, 1, 27, generator=torch_rng)}, torch_rng, q_offset=6)
+
+
 def test_decode_with_inputs_per_sequence(torch_rng):
     """Decode hands each sequence its own rows of the inputs' B axis."""
     from attngen.checking import check_close
