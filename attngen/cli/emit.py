@@ -20,9 +20,10 @@ def add_parser(subparsers):
                                      "of time: no GPU needed).",
                          examples=EXAMPLES)
     parser.add_argument("spec", metavar="SPEC", help="spec YAML file")
-    parser.add_argument("--kernel", choices=("fwd", "bwd", "decode", "select", "varlen_fwd", "varlen_bwd"),
+    parser.add_argument("--kernel", choices=("fwd", "bwd", "decode", "select", "lsh", "varlen_fwd", "varlen_bwd"),
                         default="fwd",
-                        help="which kernel (default fwd; select: the selection kernels of select:; varlen_*: "
+                        help="which kernel (default fwd; select: the selection kernels of select:; lsh: the bucket "
+                             "kernel of lsh:; varlen_*: "
                              "attn.varlen's, compiled as a packed batch of one sequence of --n queries and --nk keys)")
     parser.add_argument("--stage", choices=("triton", "ttir", "ttgir", "llir", "ptx", "sass"), default="triton",
                         help="how far to lower it (default triton: the generated source)")

@@ -17,6 +17,7 @@ from .plan_decode import decode_signatures, decode_values
 from .plan_linear import kernel_names, linear_signatures, linear_values
 from .plan_varlen import (refuse_varlen, varlen_backward_signatures, varlen_backward_values,
                           varlen_forward_signatures, varlen_forward_values)
+from .plan_lsh import lsh_signatures, lsh_values
 from .plan_select import select_signatures, select_values
 from .render import render
 from .support import refuse_unsupported
@@ -26,7 +27,7 @@ from .signature import KernelSignature
 # rendered, recomputed from the IR (a cache hit has the IR, not the template values).
 SIGNATURES = {
     "fwd": forward_signatures, "bwd": backward_signatures, "decode": decode_signatures,
-    "select": select_signatures,
+    "select": select_signatures, "lsh": lsh_signatures,
     "linear_fwd": lambda graph, name: linear_signatures(graph),
     "linear_bwd": lambda graph, name: linear_signatures(graph),
     "varlen_fwd": varlen_forward_signatures, "varlen_bwd": varlen_backward_signatures,
@@ -101,7 +102,17 @@ def select_kernel(spec: Spec, *, check: bool | None = None) -> GeneratedKernel:
     return GeneratedKernel(spec, "select", source, graph, name)
 
 
-GENERATORS = {"fwd": forward_kernel, "select": select_kernel, "bwd": backward_kernel,
+def lsh_kernel(spec: Spec, *, check: bool | None = None) -> GeneratedKernel:
+    """The bucket kernel of `lsh:` (`attngen_lsh_<spec>_buckets`), rendered from the forward's
+    lowered IR of the user's spec (its heads, head dim and lsh), not of its kernel spec."""
+    if spec.lsh is None:
+        raise ValueError(f"spec {spec.name!r} has no lsh: it has no bucket kernel")
+    graph = lower_forward(spec, check=check)
+    name = f"attngen_lsh_{spec.name}"
+    return GeneratedKernel(spec, "lsh", render("lsh.py.jinja", **lsh_values(graph, kernel_name=name)), graph, name)
+
+
+GENERATORS = {"fwd": forward_kernel, "select": select_kernel, "lsh": lsh_kernel, "bwd": backward_kernel,
               "linear_fwd": lambda spec, *, check=None: linear_kernel(spec, "fwd", check=check),
               "linear_bwd": lambda spec, *, check=None: linear_kernel(spec, "bwd", check=check),
               "decode": decode_kernel,
@@ -117,11 +128,11 @@ def generate(spec, kind: str = "fwd", *, check: bool | None = None) -> Generated
         raise ValueError(f"kernel {kind!r} is for kind: linear; spec {spec.name!r} is {spec.kind}")
     if kind not in GENERATORS:
         raise ValueError(f"unknown kernel kind {kind!r}; one of {', '.join(GENERATORS)}")
-    if spec.lsh is not None:
+    if spec.lsh is not None and kind != "lsh":
         if kind not in ("fwd", "bwd"):
             raise CompileError(f"spec {spec.name!r} hashes rows into buckets (lsh:): it has no {kind} kernel; "
-                               "its calls sort rows by bucket and run the fwd/bwd kernels (attn.decode does, "
-                               "per sequence; varlen is not supported)")
+                               "its calls hash rows (the lsh kernel), sort them by bucket and run the fwd/bwd "
+                               "kernels (attn.decode does, per sequence; varlen is not supported)")
         spec = kernel_spec(spec)          # the permuted form (spec/lsh.py)
     refuse_unsupported(spec)
     return GENERATORS[kind](spec, check=check)

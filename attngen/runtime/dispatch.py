@@ -20,10 +20,12 @@ from .decode import DecodeLauncher
 from .launch import SoftmaxLauncher
 from .launch_backward import BackwardLauncher, reference_forward, reference_gradients
 from .linear import LinearLauncher
+from .lsh_buckets import BucketLauncher
 from .select import SelectLauncher
 from .varlen import VarlenBackwardLauncher, VarlenLauncher
 
 LAUNCHERS = {"fwd": SoftmaxLauncher, "bwd": BackwardLauncher, "decode": DecodeLauncher, "select": SelectLauncher,
+             "lsh": BucketLauncher,
              "linear_fwd": LinearLauncher, "linear_bwd": LinearLauncher,
              "varlen_fwd": VarlenLauncher, "varlen_bwd": VarlenBackwardLauncher}
 
@@ -40,7 +42,7 @@ class AttentionKernels:
         """The LSH runner of an `lsh:` spec (runtime/lsh.py) over its kernel spec's launchers."""
         if self._lsh is None:
             from .lsh import LshAttention
-            self._lsh = LshAttention(self.spec, self.launcher("fwd"), self.launcher("bwd"))
+            self._lsh = LshAttention(self.spec, self.launcher("fwd"), self.launcher("bwd"), self.launcher("lsh"))
         return self._lsh
 
     def launcher(self, kind: str = "fwd"):
@@ -67,8 +69,7 @@ class AttentionKernels:
             return reference_forward(self.spec, q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k,
                                      inputs=inputs)
         if self.spec.lsh is not None:
-            _no_segments(self.spec, seg_q, seg_k)
-            return self.lsh().forward(q, k, v, _offset(q, k, q_offset), inputs=inputs)
+            return self.lsh().forward(q, k, v, _offset(q, k, q_offset), inputs=inputs, seg_q=seg_q, seg_k=seg_k)
         return self.launcher("fwd").forward(q, k, v, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k, inputs=inputs)
 
     def backward_impl(self, q, k, v, out, lse, dout, q_offset=None, seg_q=None, seg_k=None, inputs=None, *,
@@ -84,9 +85,8 @@ class AttentionKernels:
             return reference_gradients(self.spec, q, k, v, dout, q_offset=q_offset, seg_q=seg_q, seg_k=seg_k,
                                        inputs=inputs)
         if self.spec.lsh is not None:
-            _no_segments(self.spec, seg_q, seg_k)
             return self.lsh().backward(q, k, v, out, lse, dout, _offset(q, k, q_offset), inputs=inputs,
-                                       config=config)
+                                       config=config, seg_q=seg_q, seg_k=seg_k)
         return self.launcher("bwd").backward(q, k, v, out, lse, dout, q_offset=q_offset, seg_q=seg_q,
                                              seg_k=seg_k, inputs=inputs, config=config)
 
@@ -112,10 +112,3 @@ class AttentionKernels:
 def _offset(q, k, q_offset) -> int:
     from ..spec import resolve_q_offset
     return resolve_q_offset(q.shape[2], k.shape[2], q_offset)
-
-
-def _no_segments(spec: Spec, seg_q, seg_k) -> None:
-    """An lsh spec has no segments mask (spec validation refuses one)."""
-    from ..errors import ShapeError
-    if seg_q is not None or seg_k is not None:
-        raise ShapeError(f"spec {spec.name!r} has no segments mask, but seg_q/seg_k were given")

@@ -2,16 +2,17 @@
 
 Per call, inside the torch operator (torch.compile sees one opaque call):
 1. buckets of every query row (per query head) and key row (per kv head), per round, in float32
-   with torch ops (`spec.lsh.buckets_of`: x·R[r], argmax over [x·R, −x·R]) — the same operations
-   and shapes as the reference's, so ties and rounding agree bit for bit;
+   by the generated bucket kernel (lsh_buckets.py: x·R[r], first argmax over [x·R, −x·R]);
 2. per round r and (batch, query head): a stable sort of the queries by bucket, and of the keys
    (per kv head: a key's bucket does not depend on the query head, so the group shares one key
    order; K and V are gathered per query head, group x their size, because the kernels walk one
    query order per (batch, head) row);
 3. the generated kernels of the spec's *kernel spec* (spec/lsh.py) on the permuted rows, the batch
    and heads flattened (B·Hq rows of one head): `segments` with the sorted bucket ids (attention
-   within bucket runs), the mask at the ORIGINAL positions (inputs lsh_i, lsh_j), and the pairs of
-   earlier rounds excluded (inputs lsh_q{r}, lsh_k{r}) so that the rounds' key sets are disjoint;
+   within bucket runs), the mask at the ORIGINAL positions (inputs lsh_i, lsh_j; formulas' batch
+   and heads lsh_b, lsh_h, lsh_hk; the user's inputs, `kernel_inputs`; documents and random draws
+   permuted with the rows), and the pairs of earlier rounds excluded (inputs lsh_q{r}, lsh_k{r})
+   so that the rounds' key sets are disjoint;
 4. the tile lists, exact: the kernels visit exactly the tiles that hold an allowed pair, FULL where
    every pair is allowed (no mask evaluated there). For interval masks (causal, band, blocks and
    all of them: `tiles_interval.key_bounds`) each sorted query row's allowed keys in its bucket are
@@ -27,19 +28,20 @@ Per call, inside the torch operator (torch.compile sees one opaque call):
 Backward: the same permutations (recomputed from the same q and k: selection is not
 differentiated); each round's kernels get the merged out and lse (their exact share of the
 gradients, as context parallelism's chunk pairs do), dq, dk, dv scattered back and summed over
-rounds (dk, dv also over each kv group).
+rounds (dk, dv also over each kv group), grad inputs' gradients summed over rounds in order.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ..analysis.tiles_interval import key_bounds
 from ..spec import Spec, kernel_spec
 from ..spec import alibi_slopes
-from ..spec.lsh import KEY_POS, QUERY_POS, SLOPE, buckets_of
-from .inputs import call_inputs
+from ..spec.lsh import DOC_K, DOC_Q, KEY_POS, QUERY_POS, ROW_BATCH, ROW_HEAD, ROW_KV_HEAD, SLOPE, random_input
+from ..spec.predicates import Random
+from .inputs import call_inputs, grad_inputs
 from .launcher import cdiv
 from .merge import merge
 from .select import sequence_rows, tile_csr
@@ -182,38 +184,64 @@ class Round:
 class LshAttention:
     """Forward and backward of one lsh spec through its kernel spec's launchers."""
 
-    def __init__(self, spec: Spec, forward_launcher, backward_launcher=None):
+    def __init__(self, spec: Spec, forward_launcher, backward_launcher=None, bucket_launcher=None):
         self.spec = spec
         self.kernel_spec = kernel_spec(spec)
         self.fwd = forward_launcher
         self.bwd = backward_launcher
-        self._rotations: dict = {}
+        self._hash = bucket_launcher
         # interval masks (tiles_interval.key_bounds evaluates them): lists from runs, no pair evaluated
         self.interval = key_bounds(spec.effective_mask, torch.zeros(1, dtype=torch.int64)) is not None
 
-    def rotations(self, device) -> torch.Tensor:
-        if device not in self._rotations:
-            self._rotations[device] = self.spec.lsh.rotations(self.spec.head_dim, device)
-        return self._rotations[device]
+    @property
+    def hash(self):
+        """The spec's bucket kernel (lsh_buckets.py), through the disk cache, made on first use."""
+        if self._hash is None:
+            from . import cache
+            from .lsh_buckets import BucketLauncher
+            self._hash = BucketLauncher(cache.generated(self.spec, "lsh"))
+        return self._hash
 
-    def plan(self, q, k, q_offset: int) -> list[Round]:
-        """The rounds of a call (see the module docstring): buckets, sorts, inputs, tile lists."""
+    def plan(self, q, k, q_offset: int, user: dict | None = None, seg_q=None, seg_k=None) -> list[Round]:
+        """The rounds of a call (see the module docstring): buckets, sorts, inputs, tile lists.
+        `user`: the call's checked inputs (formulas read them, the kernels through `kernel_inputs`);
+        seg_q, seg_k: a segments mask's document ids, carried through each round's permutation."""
         spec, lsh = self.spec, self.spec.lsh
         batch, heads, nq, _ = q.shape
         nk, group = k.shape[2], spec.group
-        rot = self.rotations(q.device)
-        bq = buckets_of(q, rot)                                                  # (R, B, Hq, Nq)
-        bk = buckets_of(k, rot).repeat_interleave(group, dim=2)                  # (R, B, Hq, Nk)
+        bq = self.hash.buckets(q, "q")                                           # (R, B, Hq, Nq)
+        bk = self.hash.buckets(k, "k").repeat_interleave(group, dim=2)           # (R, B, Hq, Nk)
         sorted_q = [torch.sort(bq[r], dim=-1, stable=True) for r in range(lsh.rounds)]
         sorted_k = [torch.sort(bk[r], dim=-1, stable=True) for r in range(lsh.rounds)]
-        ctx = spec.eval_context(nq, nk, q_offset, device=q.device)
+        user = user or {}
+        ctx = spec.eval_context(nq, nk, q_offset, seg_q, seg_k, device=q.device, inputs=user, batch=batch)
+        docs = None
+        if spec.uses_segments:          # (B, Hq, N) ids per (batch, head) row, permuted per round below
+            docs = [torch.as_tensor(s, device=q.device).to(torch.int64).expand(batch, n)[:, None, :]
+                    .expand(batch, heads, n) for s, n in ((seg_q, nq), (seg_k, nk))]
         mask = spec.effective_mask
         declared = {d.name for d in self.kernel_spec.inputs}
+        shared = self.kernel_inputs(user, batch, heads, q.device)
+        drawn = {}                      # random masks: each original query row's drawn key blocks
+        for pred in mask.walk():
+            if isinstance(pred, Random) and random_input(pred) in declared:
+                first, table = ctx.random_table(pred)
+                block_of = torch.div(torch.arange(nq, device=q.device) + ctx.q_offset, pred.block,
+                                     rounding_mode="floor") - first
+                drawn[random_input(pred)] = table.to(q.device)[block_of].to(torch.int64)   # (Nq, per_row)
         rounds = []
         for r in range(lsh.rounds):
             (seg_q, perm_q), (seg_k, perm_k) = sorted_q[r], sorted_k[r]
             flat = {"pq": perm_q.reshape(batch * heads, nq), "pk": perm_k.reshape(batch * heads, nk)}
-            inputs = {QUERY_POS: (flat["pq"] + q_offset).to(torch.int32), KEY_POS: flat["pk"].to(torch.int32)}
+            inputs = {QUERY_POS: (flat["pq"] + q_offset).to(torch.int32), KEY_POS: flat["pk"].to(torch.int32),
+                      **shared}
+            for name, rows in drawn.items():     # (B·Hq, Nq, per_row) in the round's query order
+                inputs[name] = rows[flat["pq"]].to(torch.int32)
+            doc = {}
+            if docs is not None:
+                doc = {"q": docs[0].gather(-1, perm_q).reshape(batch * heads, nq),
+                       "k": docs[1].gather(-1, perm_k).reshape(batch * heads, nk)}
+                inputs[DOC_Q], inputs[DOC_K] = doc["q"].to(torch.int32), doc["k"].to(torch.int32)
             if spec.alibi:                   # row b * Hq + h takes head h's slope
                 inputs[SLOPE] = alibi_slopes(heads).to(device=q.device, dtype=torch.float32).repeat(batch)
             earlier = []
@@ -227,10 +255,15 @@ class LshAttention:
                     pk = torch.full((batch * heads, nk), -2, device=q.device)
                 inputs[f"lsh_q{e}"], inputs[f"lsh_k{e}"] = pq.to(torch.int32), pk.to(torch.int32)
 
-            def allowed(rows, qi, kj, flat=flat, earlier=earlier):
+            def allowed(rows, qi, kj, flat=flat, earlier=earlier, doc=doc):
                 ii = flat["pq"][rows[:, None], qi][:, :, None] + ctx.q_offset
                 jj = flat["pk"][rows[:, None], kj][:, None, :]
-                ok = mask.evaluate(ii, jj, ctx)
+                row = rows[:, None, None]            # formulas read the flattened row's batch and head
+                at = replace(ctx, batch=row // heads, heads=row % heads, group=group)
+                if doc:
+                    at = replace(at, seg_rows=doc["q"][rows[:, None], qi][:, :, None],
+                                 seg_cols=doc["k"][rows[:, None], kj][:, None, :])
+                ok = mask.evaluate(ii, jj, at)
                 for pq, pk in earlier:
                     ok = ok & (pq[rows[:, None], qi][:, :, None] != pk[rows[:, None], kj][:, None, :])
                 return ok
@@ -244,24 +277,48 @@ class LshAttention:
                                 RoundTiles(seg_q32, seg_k32, allowed, runs, earlier, lsh.buckets)))
         return rounds
 
-    def sink(self, inputs, q, k) -> torch.Tensor | None:
-        """The sinks' logits (Hq,) of a `sink: true` spec, checked (the only input an lsh spec takes)."""
-        checked = call_inputs(self.spec, inputs, batch=q.shape[0], nq=q.shape[2], nk=k.shape[2], device=q.device)
-        return checked.get("sink")
+    def checked(self, inputs, q, k) -> dict:
+        """The call's inputs (the sinks' logits and the spec's own), checked against the spec."""
+        return call_inputs(self.spec, inputs, batch=q.shape[0], nq=q.shape[2], nk=k.shape[2], device=q.device)
 
-    def forward(self, q, k, v, q_offset: int, *, inputs=None, count_tiles: bool = False, config=None):
+    def kernel_inputs(self, user: dict, batch: int, heads: int, device) -> dict:
+        """The kernel spec's inputs shared by every round: the flattened rows' batch and heads
+        (lsh_b, lsh_h, lsh_hk) and the user's tensors, an axis B padded with zeros to B·Hq rows
+        (the kernel spec's B; the kernels read rows lsh_b[b] < B only)."""
+        row = torch.arange(batch * heads, device=device, dtype=torch.int32)
+        out = {ROW_BATCH: row // heads, ROW_HEAD: row % heads, ROW_KV_HEAD: (row % heads) // self.spec.group}
+        for decl in self.spec.inputs:
+            t = user[decl.name]
+            for axis, dim in enumerate(decl.shape):
+                if dim == "B" and heads > 1:
+                    pad = list(t.shape)
+                    pad[axis] = batch * (heads - 1)
+                    t = torch.cat([t, t.new_zeros(pad)], dim=axis)
+            out[decl.name] = t
+        return out
+
+    def user_gradient(self, decl, grad: torch.Tensor, batch: int) -> torch.Tensor:
+        """A kernel spec's input gradient back to the user's shape (the padding's rows dropped)."""
+        for axis, dim in enumerate(decl.shape):
+            if dim == "B":
+                grad = grad.narrow(axis, 0, batch)
+        return grad
+
+    def forward(self, q, k, v, q_offset: int, *, inputs=None, count_tiles: bool = False, config=None,
+                seg_q=None, seg_k=None):
         """(out, lse[, tiles visited per round]) in the original order; sinks join once, after the
         rounds (merge.py)."""
         batch, heads, nq, _ = q.shape
         nk, dv = k.shape[2], v.shape[3]
-        sink = self.sink(inputs, q, k)
+        checked = self.checked(inputs, q, k)
+        sink = checked.get("sink")
         if nq == 0 or nk == 0:
             out = q.new_zeros((batch, heads, nq, dv))
             lse = torch.full((batch, heads, nq), float("-inf"), device=q.device)
             out, lse = merge([out], [lse], sink=sink)
             return (out, lse, []) if count_tiles else (out, lse)
         outs, lses, visits = [], [], []
-        for rnd in self.plan(q, k, q_offset):
+        for rnd in self.plan(q, k, q_offset, checked, seg_q, seg_k):
             q_r, k_r, v_r = self.permuted(rnd, q, k, v)
             result = self.fwd.forward(q_r, k_r, v_r, q_offset=0, seg_q=rnd.seg_q, seg_k=rnd.seg_k,
                                       inputs=rnd.inputs, lists=rnd.tiles, count_tiles=count_tiles, config=config)
@@ -273,11 +330,15 @@ class LshAttention:
         out, lse = merge(outs, lses, sink=sink)
         return (out, lse, visits) if count_tiles else (out, lse)
 
-    def backward(self, q, k, v, out, lse, dout, q_offset: int, *, inputs=None, config=None):
-        """(dq, dk, dv[, d sink]) in the inputs' dtypes and shapes. With sinks, the merged lse holds
-        the sink, so each round's share is exact; d sink[h] = -sum over rows of exp(sink[h] - lse)
-        * rowsum(dout * out)."""
-        sink = self.sink(inputs, q, k)
+    def backward(self, q, k, v, out, lse, dout, q_offset: int, *, inputs=None, config=None, seg_q=None, seg_k=None):
+        """(dq, dk, dv, *d(each grad input)) in the inputs' dtypes and shapes, the inputs' in
+        declared order (the sink's last). The inputs' gradients are the rounds' summed in round
+        order (deterministic). With sinks, the merged lse holds the sink, so each round's share is
+        exact; d sink[h] = -sum over rows of exp(sink[h] - lse) * rowsum(dout * out)."""
+        checked = self.checked(inputs, q, k)
+        sink = checked.get("sink")
+        wanted = [d for d in grad_inputs(self.spec) if d.name != "sink"]
+        dinputs = [torch.zeros(checked[d.name].shape, dtype=torch.float32, device=q.device) for d in wanted]
         batch, heads, nq, d = q.shape
         nk, dv, group = k.shape[2], v.shape[3], self.spec.group
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
@@ -285,18 +346,21 @@ class LshAttention:
         dvs = torch.zeros((batch, heads, nk, dv), dtype=torch.float32, device=q.device)
         if nq and nk:
             lse = lse.to(torch.float32)
-            for rnd in self.plan(q, k, q_offset):
+            for rnd in self.plan(q, k, q_offset, checked, seg_q, seg_k):
                 q_r, k_r, v_r = self.permuted(rnd, q, k, v)
                 out_r, lse_r, dout_r = (_permuted(t, rnd.perm_q).reshape(batch * heads, 1, nq, *t.shape[3:])
                                         for t in (out, lse, dout))
-                dq_r, dk_r, dv_r = self.bwd.backward(q_r, k_r, v_r, out_r, lse_r, dout_r, q_offset=0, seg_q=rnd.seg_q,
-                                                     seg_k=rnd.seg_k, inputs=rnd.inputs, lists=rnd.tiles,
-                                                     config=config)[:3]
+                dq_r, dk_r, dv_r, *di_r = self.bwd.backward(q_r, k_r, v_r, out_r, lse_r, dout_r, q_offset=0,
+                                                            seg_q=rnd.seg_q, seg_k=rnd.seg_k, inputs=rnd.inputs,
+                                                            lists=rnd.tiles, config=config)
+                for acc, decl, g in zip(dinputs, wanted, di_r):
+                    acc += self.user_gradient(decl, g.float(), batch)
                 dq += _unpermuted(dq_r.reshape(batch, heads, nq, d).float(), rnd.perm_q)
                 dk += _unpermuted(dk_r.reshape(batch, heads, nk, d).float(), rnd.perm_k)
                 dvs += _unpermuted(dv_r.reshape(batch, heads, nk, dv).float(), rnd.perm_k)
         fold = (batch, heads // group, group)
-        grads = (dq.to(q.dtype), dk.view(*fold, nk, d).sum(2).to(k.dtype), dvs.view(*fold, nk, dv).sum(2).to(v.dtype))
+        grads = (dq.to(q.dtype), dk.view(*fold, nk, d).sum(2).to(k.dtype), dvs.view(*fold, nk, dv).sum(2).to(v.dtype),
+                 *dinputs)
         if sink is None:
             return grads
         delta = (dout.float() * out.float()).sum(-1)                               # (B, Hq, Nq)
@@ -317,8 +381,23 @@ class LshAttention:
         for b, n in enumerate(seqlens.tolist()):
             n = max(min(n, capacity), 0)
             keys, values = (sequence_rows(t, b, n, block_table, page_size) for t in (k_cache, v_cache))
-            out[b:b + 1], lse[b:b + 1] = self.forward(q[b:b + 1], keys, values, n - nq, inputs=inputs)
+            out[b:b + 1], lse[b:b + 1] = self.forward(q[b:b + 1], keys, values, n - nq,
+                                                      inputs=self.sequence_inputs(inputs, b, n))
         return out, lse
+
+    def sequence_inputs(self, inputs: dict | None, b: int, n: int) -> dict | None:
+        """A decode call's inputs for sequence b alone with its n keys: axes B and Nk narrowed."""
+        if not inputs:
+            return inputs
+        out = dict(inputs)
+        for decl in self.spec.inputs:
+            t = inputs.get(decl.name)
+            if isinstance(t, torch.Tensor) and t.dim() == len(decl.shape):
+                for axis, dim in enumerate(decl.shape):
+                    t = t.narrow(axis, b, 1) if dim == "B" else t.narrow(axis, 0, min(n, t.shape[axis])) \
+                        if dim == "Nk" else t
+                out[decl.name] = t
+        return out
 
     def permuted(self, rnd: Round, q, k, v):
         """q, k, v in the round's order, flattened to (B·Hq, 1, N, D) rows (k, v per query head)."""

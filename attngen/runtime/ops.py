@@ -78,7 +78,7 @@ def kernel_kinds(spec: Spec) -> tuple[str, ...]:
     if spec.kind == "linear":
         return ("linear_fwd", "linear_bwd")
     if spec.lsh is not None:             # decode runs the forward kernels per sequence (runtime/lsh.py)
-        return ("fwd", "bwd")
+        return ("fwd", "bwd", "lsh")     # lsh: the bucket kernel
     kinds = ("fwd", "bwd") if spec.uses_segments else ("fwd", "bwd", "decode")
     return kinds + (("select",) if spec.select is not None else ())   # the selection kernels
 

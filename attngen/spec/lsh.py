@@ -14,7 +14,11 @@ axis (each (b, h) has its own query order), one head, and the mask rewritten:
   ``lsh_j[b, j]`` (original query and key positions of the permuted rows), so causal, band, ...
   keep their meaning through the permutation;
 - ALiBi as the score ``s - lsh_alibi_slope[b] * (lsh_i[b, i] - lsh_j[b, j])``: the row's head's
-  slope, at the original positions;
+  slope, at the original positions; a score formula after it, read like the mask;
+- formulas' b, h, hk as the flattened row's ``lsh_b[b]``, ``lsh_h[b]``, ``lsh_hk[b]``; the user's
+  inputs as they are (heads as fixed sizes; an axis B is padded to B·Hq rows at call time);
+- a segments mask as ``lsh_docq[b, i] == lsh_dock[b, j]`` (the documents of the permuted rows), a
+  random mask over each permuted query row's drawn key blocks (`random_input`);
 - for rounds > 1, ``lsh_q{r}[b, i] != lsh_k{r}[b, j]`` for every earlier round r: a pair equal in
   several rounds is attended in the first one only, so the rounds' parts are disjoint and merge
   exactly by lse (runtime/merge.py). Slots of rounds not yet run hold -1 (queries) and -2 (keys).
@@ -30,11 +34,15 @@ from ..errors import SpecError
 from .formula import Formula
 from .formula_syntax import Node, parse_formula, unparse
 from .predicates import (All_, Any_, Band, Blocks, Causal, Columns, Everything, GlobalTokens, Not_, Nothing,
-                         Predicate, Segments, Stride)
+                         Predicate, Random, Segments, Stride)
 
 MAX_BUCKETS = 1 << 16
 MAX_ROUNDS = 16
 QUERY_POS, KEY_POS, SLOPE = "lsh_i", "lsh_j", "lsh_alibi_slope"
+# Per flattened row b * Hq + h: the original batch, query head and kv head (formulas read them).
+ROW_BATCH, ROW_HEAD, ROW_KV_HEAD = "lsh_b", "lsh_h", "lsh_hk"
+# The document ids (seg_q, seg_k of a segments mask) of the permuted rows.
+DOC_Q, DOC_K = "lsh_docq", "lsh_dock"
 
 
 @dataclass(frozen=True)
@@ -86,16 +94,6 @@ class Lsh:
         return rot if device is None else rot.to(device)
 
 
-def buckets_of(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """int64 (rounds, *x.shape[:-1]): each row's bucket per round, in float32 (SPEC.md)."""
-    x = x.detach().to(torch.float32)
-    out = []
-    for r in range(rotations.shape[0]):
-        proj = x @ rotations[r]
-        out.append(torch.cat([proj, -proj], dim=-1).argmax(dim=-1))      # the first maximum
-    return torch.stack(out)
-
-
 # -- validation ---------------------------------------------------------------------------------
 def refuse_with_lsh(spec) -> None:
     """What a user's lsh spec may not combine with, refused naming the field and the reason."""
@@ -105,13 +103,6 @@ def refuse_with_lsh(spec) -> None:
     if spec.select is not None:
         raise SpecError("lsh", lsh.to_dict(), "cannot be combined with select: (one content-based "
                         "pattern per spec)")
-    for field, value, why in (("score", spec.score, "score formulas read the batch, heads and inputs, "
-                               "which the kernels permute and flatten"),
-                              ("inputs", spec.inputs, "call-time inputs are indexed by positions and "
-                               "heads, which the kernels permute and flatten")):
-        if value:
-            raise SpecError(field, value.text if hasattr(value, "text") else value,
-                            f"is not supported with lsh: yet ({why})")
     if spec.mask is not None:
         try:
             mask_formula(spec.effective_mask, "i", "j")
@@ -153,19 +144,25 @@ def mask_formula(pred: Predicate, i: str, j: str) -> str | None:
         return "False" if inner is None else f"not ({inner})"
     if isinstance(pred, Formula):
         return _substituted(pred, i, j)
-    if isinstance(pred, Segments):
-        raise ValueError("a segments mask: the kernels use segment ids for the buckets")
+    if isinstance(pred, Segments):         # the permuted rows' documents (`segments` holds the buckets)
+        return f"{DOC_Q}[b, i] == {DOC_K}[b, j]"
     if isinstance(pred, Stride):
         return f"({i} - {j}) % {pred.every} == 0"
+    if isinstance(pred, Random):          # the permuted query rows' drawn key blocks (runtime/lsh.py)
+        name = random_input(pred)
+        return " or ".join(f"{name}[b, i, {t}] == {j} // {pred.block}" for t in range(pred.per_row))
     raise ValueError(f"the {next(iter(pred.to_dict()))} mask cannot be evaluated at permuted positions")
 
 
-def _substituted(pred: Formula, i: str, j: str) -> str:
-    """A mask formula with the positions replaced (formulas reading b, h, hk or inputs refused: the
-    kernels flatten the batch and heads)."""
-    if pred.inputs_read or any(n.op == "name" and n.value in ("b", "h", "hk") for n in _walk(pred.node)):
-        raise ValueError(f"the mask formula {pred.text} reads the batch, a head or an input")
-    by_name = {"i": parse_formula(i), "j": parse_formula(j)}
+def _substituted(pred, i: str, j: str, s: str | None = None) -> str:
+    """A mask (or score) formula read through the permutation: the positions i, j replaced by the
+    texts `i`, `j`, the batch and heads b, h, hk by the flattened row's (inputs lsh_b[b], lsh_h[b],
+    lsh_hk[b]), and the score s by `s` when given. The user's inputs stay: indexed by the
+    substituted names, the kernels read the user's own tensors."""
+    by_name = {"i": parse_formula(i), "j": parse_formula(j), "b": parse_formula(f"{ROW_BATCH}[b]"),
+               "h": parse_formula(f"{ROW_HEAD}[b]"), "hk": parse_formula(f"{ROW_KV_HEAD}[b]")}
+    if s is not None:
+        by_name["s"] = parse_formula(s)
 
     def swap(node: Node) -> Node:
         if node.op == "name" and node.value in by_name:
@@ -200,8 +197,37 @@ def kernel_spec(spec):
     if spec.alibi:                        # the head's slope per flattened row, at original positions
         inputs[SLOPE] = {"shape": ["B"], "dtype": "float32"}
         score = f"s - {SLOPE}[b] * ({i} - {j})"
+    if spec.score is not None:            # after ALiBi (SPEC.md's order): s is the ALiBi score there
+        score = _substituted(spec.score, i, j, None if score is None else f"({score})")
+        if QUERY_POS not in inputs and (QUERY_POS in score or KEY_POS in score):
+            inputs.update({QUERY_POS: {"shape": ["B", "Nq"], "dtype": "int32"},
+                           KEY_POS: {"shape": ["B", "Nk"], "dtype": "int32"}})
     text = " and ".join(f"({p})" for p in parts if p is not None)
+    read = _names(text) | _names(score or "")
+    for name in (ROW_BATCH, ROW_HEAD, ROW_KV_HEAD):
+        if name in read:
+            inputs[name] = {"shape": ["B"], "dtype": "int32"}
+    for pred in spec.effective_mask.walk():
+        if isinstance(pred, Random) and random_input(pred) in read:
+            inputs[random_input(pred)] = {"shape": ["B", "Nq", pred.per_row], "dtype": "int32"}
+    if DOC_Q in read:
+        inputs.update({DOC_Q: {"shape": ["B", "Nq"], "dtype": "int32"}, DOC_K: {"shape": ["B", "Nk"], "dtype": "int32"}})
+    for decl in spec.inputs:              # the user's tensors as they are: heads as fixed sizes, rows of
+        # a B axis past the user's B never read (runtime/lsh.py pads them to the flattened B·Hq)
+        fixed = {"Hq": spec.query_heads, "Hkv": spec.kv_heads}
+        inputs[decl.name] = {"shape": [fixed.get(d, d) for d in decl.shape], "dtype": decl.dtype, "grad": decl.grad}
     mask = All_((Segments(), Formula.parse(text))) if text else Segments()
     return type(spec)(name=f"{spec.name}_by_bucket", query_heads=1, kv_heads=1, head_dim=spec.head_dim,
                 value_head_dim=spec.value_head_dim, scale=spec.softmax_scale, softcap=spec.softcap,
                 mask=mask, inputs=inputs, score=score, lsh=Lsh(lsh.buckets, lsh.seed, lsh.rounds, permuted=True))
+
+
+def random_input(pred: Random) -> str:
+    """The kernel spec's input holding a random mask's drawn key blocks per permuted query row
+    (B, Nq, per_row): table[query block of the row's original position]."""
+    return f"lsh_random_{pred.per_row}_{pred.block}_{pred.seed}"
+
+
+def _names(text: str) -> set:
+    """The names (and inputs) a formula text reads."""
+    return {n.value for n in _walk(parse_formula(text)) if n.op in ("name", "index")} if text else set()

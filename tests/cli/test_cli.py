@@ -248,6 +248,15 @@ def test_emit_end_to_end_prints_the_triton_source(capsys):
     assert "mha" in out and "@triton.jit" in out
 
 
+def test_emit_prints_the_lsh_bucket_kernel_and_refuses_it_without_lsh(capsys):
+    assert main(["emit", "specs/select/reformer_lsh.yaml", "--kernel", "lsh"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# ====") and "attngen LSH bucket kernel for spec 'reformer_lsh'" in out
+    assert "8 buckets" in out and "def attngen_lsh_reformer_lsh_buckets(" in out
+    assert main(["emit", "specs/mha.yaml", "--kernel", "lsh"]) != 0
+    assert "no lsh" in capsys.readouterr().err
+
+
 def _left_panel_pixel(path, col: float, row: float):
     """The RGB of the token-mask panel at fractions (col, row) of its axes (matplotlib's default
     subplot box for 1 × 2 panels of a 1200 × 600 figure)."""

@@ -3,9 +3,10 @@
 Unit tier: the spec field, its refusals, and the float64 reference's rule on hand-made cases.
 Interpreter tier: the kernel spec's generated kernels over bucket-sorted rows (forward, lse,
 gradients) against the float64 reference that applies the rule itself, at odd sizes, Nq != Nk,
-explicit q_offset, GQA/MQA, float32 and bfloat16, rounds 1 and 2, causal and band masks; the
-tiles the kernels visit; torch.compile; decode (contiguous and paged); the refusals of varlen and
-context parallelism.
+explicit q_offset, GQA/MQA, float32 and bfloat16, rounds 1 and 2, causal and band masks, mask and
+score formulas reading b, h and inputs (a grad input too), packed documents (segments), random
+masks; the tiles the kernels visit; torch.compile; decode (contiguous and paged, with inputs);
+the refusals of select:, varlen and context parallelism.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from attngen.errors import SpecError
 from attngen.reference import reference
 from attngen.reference_lsh import lsh_buckets, lsh_pairs
 from attngen.spec import band, load_spec, segments
-from attngen.spec.lsh import buckets_of
 from test_select import _check_forward, check_compiled, check_decode, check_gradients, qkv
 
 LSH_SPEC = Path(__file__).resolve().parents[2] / "specs" / "select" / "reformer_lsh.yaml"
@@ -65,9 +65,6 @@ def test_lsh_refused_naming_the_field(value, field):
 
 @pytest.mark.parametrize("fields, field, words", [
     pytest.param(dict(select={"top": 2, "block": 16}), "lsh", "select", id="with-select"),
-    pytest.param(dict(mask=segments()), "mask", "segment ids", id="segments"),
-    pytest.param(dict(mask=attngen.random(1, 16, 0)), "mask", "permuted positions", id="random"),
-    pytest.param(dict(mask="j <= i + h"), "mask", "a head", id="formula-reading-a-head"),
 ])
 def test_lsh_refuses_what_it_cannot_combine_with(fields, field, words):
     with pytest.raises(SpecError, match=words) as err:
@@ -107,14 +104,6 @@ def test_reference_pairs_are_mask_and_some_round():
             for j in range(7):
                 same = any(bq[r, 0, h, i] == bk[r, 0, 0, j] for r in range(2))
                 assert bool(got[0, h, i, j]) == (bool(mask[i, j]) and same)
-
-
-def test_kernel_buckets_equal_the_reference_bit_for_bit(torch_rng):
-    spec = lsh_spec("buckets_bits", buckets=16, rounds=3)
-    for dtype in (torch.float32, torch.bfloat16):
-        q = torch.randn(2, 4, 33, 16, generator=torch_rng).to(dtype)
-        want = lsh_buckets(q.double(), 16, 0, 3)      # what the reference sees: a float64 copy
-        assert torch.equal(buckets_of(q, spec.lsh.rotations(16)), want)
 
 
 # -- kernels under the interpreter --------------------------------------------------------------------
@@ -171,13 +160,13 @@ def test_sinks_join_once_forward_backward_and_decode(torch_rng):
     assert torch.equal(out, torch.zeros_like(out)) and torch.equal(lse[0, :, 0], sink)
 
 
-def _round_allowed(spec, q, k, q_offset):
+def _round_allowed(spec, q, k, q_offset, inputs=None, seg=(None, None)):
     """bool (R, B, Hq, Nq, Nk): pairs the mask allows whose FIRST shared bucket is in round r."""
     lsh = spec.lsh
     bq = lsh_buckets(q, lsh.buckets, lsh.seed, lsh.rounds)
     bk = lsh_buckets(k, lsh.buckets, lsh.seed, lsh.rounds).repeat_interleave(spec.group, dim=2)
     same = bq[..., :, None] == bk[..., None, :]
-    mask = spec.dense_mask(q.shape[2], k.shape[2], q_offset)
+    mask = spec.dense_mask(q.shape[2], k.shape[2], q_offset, *seg, inputs=inputs or {}, batch=q.shape[0])
     seen = torch.zeros_like(same[0])
     out = []
     for r in range(lsh.rounds):
@@ -186,16 +175,16 @@ def _round_allowed(spec, q, k, q_offset):
     return torch.stack(out), bq, bk
 
 
-def _check_lists(spec, runner, q, k, q_offset, bm, bn):
+def _check_lists(spec, runner, q, k, q_offset, bm, bn, inputs=None, seg=(None, None)):
     """Per round, the lists hold exactly the tiles (of the bucket-sorted rows) holding a pair
     allowed in that round, FULL exactly where every real pair is; returns each round's per-row
     list lengths."""
     heads, nq, nk = spec.query_heads, q.shape[2], k.shape[2]
     tq, tk = -(-nq // bm), -(-nk // bn)
-    allowed, _, _ = _round_allowed(spec, q, k, q_offset)
+    allowed, _, _ = _round_allowed(spec, q, k, q_offset, inputs, seg)
     real = torch.nn.functional.pad(torch.ones(nq, nk, dtype=torch.bool), (0, tk * bn - nk, 0, tq * bm - nq))
     lengths = []
-    for r, rnd in enumerate(runner.plan(q, k, q_offset)):
+    for r, rnd in enumerate(runner.plan(q, k, q_offset, inputs, *seg)):
         ptr_p, idx_p, ptr_f, idx_f, rows = rnd.tiles.lists(bm, bn)
         lengths.append((ptr_p[1:] - ptr_p[:-1]) + (ptr_f[1:] - ptr_f[:-1]))
         visited, full = (torch.zeros(heads, tq, tk, dtype=torch.bool) for _ in range(2))
@@ -241,6 +230,126 @@ def test_lists_are_exact_on_every_path(fields, tiles, torch_rng):
     q, k, _ = qkv(spec, 83, 61, torch_rng, batch=1)
     for q_offset in (0, 30):
         _check_lists(spec, LshAttention(spec, None), q, k, q_offset, *tiles)
+
+
+# Prefix-LM per sequence with a T5-like learned relative bias (issue 16: lsh with formulas and inputs).
+PREFIX_T5 = dict(mask="j <= i or j < prefix[b]", score="s + rel[h, min(max(i - j, -8), 8) + 8]",
+                 inputs={"prefix": {"shape": ["B"], "dtype": "int32"},
+                         "rel": {"shape": ["Hq", 17], "dtype": "float32", "grad": True}})
+
+
+def prefix_t5_inputs(spec, batch, gen):
+    return {"prefix": torch.tensor([5, 20, 0][:batch], dtype=torch.int32),
+            "rel": torch.randn(spec.query_heads, 17, generator=gen)}
+
+
+def check_with_inputs(spec, q, k, v, inputs, gen, *, q_offset, grads=True):
+    """Forward, lse, dq/dk/dv and the grad inputs' gradients against the float64 reference."""
+    from attngen.checking import GRAD_TOLERANCE, check_close
+    from attngen.runtime.launch_backward import reference_gradients
+    _check_forward(spec, q, k, v, q_offset=q_offset, **inputs)
+    if not grads:
+        return
+    names = [d.name for d in spec.inputs if d.grad]
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, *(inputs[n] for n in names))]
+    out = attngen.compile(spec)(*leaves[:3], q_offset=q_offset, **{**inputs, **dict(zip(names, leaves[3:]))})
+    dout = torch.randn(out.shape, generator=gen).to(q.dtype)
+    got = torch.autograd.grad(out, leaves, dout)
+    want = reference_gradients(spec, q, k, v, dout, q_offset=q_offset, inputs=inputs)
+    for name, g, w in zip(("dq", "dk", "dv", *("d" + n for n in names)), got, want, strict=True):
+        check_close(name, g, w, q.dtype, table=GRAD_TOLERANCE)
+
+
+@pytest.mark.parametrize("dtype, fields, nq, nk, q_offset", [
+    pytest.param(torch.float32, dict(query_heads=2, kv_heads=1), 29, 35, 6, id="fp32-gqa-rounds2-nq29-nk35-q_offset6"),
+    pytest.param(torch.float32, dict(), 37, 45, None, id="fp32-4-2-heads-rounds2-nq37-nk45", marks=pytest.mark.slow),
+    pytest.param(torch.bfloat16, dict(rounds=1, alibi=True, query_heads=3, kv_heads=1), 33, 29, None,
+                 id="bf16-mqa-alibi-rounds1", marks=pytest.mark.slow),
+])
+def test_prefix_lm_with_learned_bias_matches_reference(dtype, fields, nq, nk, q_offset, torch_rng, request):
+    """A mask reading b and an input, a score reading h and a grad input (and ALiBi before it):
+    the kernel spec reads them through the flattened row's lsh_b / lsh_h and the user's tensors."""
+    spec = lsh_spec("lsh_t5_" + request.node.callspec.id.replace("-", "_"), **PREFIX_T5, **fields)
+    q, k, v = qkv(spec, nq, nk, torch_rng, dtype=dtype)
+    check_with_inputs(spec, q, k, v, prefix_t5_inputs(spec, 2, torch_rng), torch_rng, q_offset=q_offset)
+
+
+@pytest.mark.slow
+def test_grad_input_with_batch_and_kv_head_axes(torch_rng):
+    """A grad input with axes B (zero-padded to B·Hq rows for the kernels, its gradient cut back)
+    and Hkv (a fixed size in the kernel spec), read through lsh_b / lsh_hk."""
+    spec = lsh_spec("lsh_bias_b_hk", query_heads=2, kv_heads=1, causal=True, score="s + bias[b, hk, j]",
+                    inputs={"bias": {"shape": ["B", "Hkv", "Nk"], "dtype": "float32", "grad": True}})
+    q, k, v = qkv(spec, 21, 27, torch_rng)
+    check_with_inputs(spec, q, k, v, {"bias": torch.randn(2, 1, 27, generator=torch_rng)}, torch_rng, q_offset=6)
+
+
+def test_decode_with_inputs_per_sequence(torch_rng):
+    """Decode hands each sequence its own rows of the inputs' B axis."""
+    from attngen.checking import check_close
+    spec = lsh_spec("lsh_t5_decode", query_heads=2, kv_heads=1, **PREFIX_T5)
+    q = torch.randn(2, 2, 3, 16, generator=torch_rng)
+    k, v = (torch.randn(2, 1, 32, 16, generator=torch_rng) for _ in range(2))
+    inputs = {"prefix": torch.tensor([4, 20], dtype=torch.int32), "rel": torch.randn(2, 17, generator=torch_rng)}
+    seqlens = torch.tensor([13, 32], dtype=torch.int32)
+    out, lse = attngen.compile(spec).decode(q, k, v, cache_seqlens=seqlens, return_lse=True, **inputs)
+    for b, n in enumerate(seqlens.tolist()):
+        want_out, want_lse = reference(spec, q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n], decode=True,
+                                       prefix=inputs["prefix"][b:b + 1], rel=inputs["rel"])
+        check_close(f"out[{b}]", out[b:b + 1], want_out, torch.float32)
+        check_close(f"lse[{b}]", lse[b:b + 1], want_lse, torch.float32)
+
+
+def test_lists_exact_with_a_mask_reading_the_batch_head_and_inputs(torch_rng):
+    """The settled path evaluates the mask per flattened row (its batch and head, the user's inputs)."""
+    from attngen.runtime.lsh import LshAttention
+    spec = lsh_spec("lsh_lists_inputs", query_heads=2, kv_heads=1, mask="j <= i + h or j < prefix[b]",
+                    inputs={"prefix": {"shape": ["B"], "dtype": "int32"}})
+    q, k, _ = qkv(spec, 53, 41, torch_rng, batch=1)
+    _check_lists(spec, LshAttention(spec, None), q, k, 7, 16, 16, {"prefix": torch.tensor([9], dtype=torch.int32)})
+
+
+@pytest.mark.parametrize("dtype, fields, nq, nk, q_offset, batched", [
+    pytest.param(torch.float32, dict(query_heads=2, kv_heads=1), 31, 31, None, True, id="fp32-causal-gqa-2d-ids"),
+    pytest.param(torch.bfloat16, dict(rounds=1), 27, 40, 13, False, id="bf16-causal-nq27-nk40-q_offset13-1d-ids",
+                 marks=pytest.mark.slow),
+])
+def test_packed_documents_match_reference(dtype, fields, nq, nk, q_offset, batched, torch_rng, request):
+    """A segments mask (packed documents): the ids travel through each round's permutation as the
+    inputs lsh_docq / lsh_dock (the kernel spec's own `segments` holds the buckets)."""
+    from attngen.checking import GRAD_TOLERANCE, check_close
+    from attngen.runtime.launch_backward import reference_gradients
+    spec = lsh_spec("lsh_docs_" + request.node.callspec.id.replace("-", "_"), causal=True, mask=segments(), **fields)
+    q, k, v = qkv(spec, nq, nk, torch_rng, dtype=dtype)
+    ids = torch.tensor([[0] * 10 + [1] * 12 + [2] * 9, [0] * 20 + [1] * 11]) if batched else None
+    seg = (ids, ids) if batched else (torch.arange(nq) // 9, (torch.arange(nk) - 13).clamp(min=0) // 9)
+    _check_forward(spec, q, k, v, q_offset=q_offset, seg_q=seg[0], seg_k=seg[1])
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = attngen.compile(spec)(*leaves, q_offset=q_offset, seg_q=seg[0], seg_k=seg[1])
+    dout = torch.randn(out.shape, generator=torch_rng).to(dtype)
+    got = torch.autograd.grad(out, leaves, dout)
+    want = reference_gradients(spec, q, k, v, dout, q_offset=q_offset, seg_q=seg[0], seg_k=seg[1])
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        check_close(name, g, w, dtype, table=GRAD_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_random_mask_matches_reference(torch_rng):
+    """A random mask: each permuted query row's drawn key blocks travel as an input (B·Hq, Nq, per_row)."""
+    spec = lsh_spec("lsh_random", query_heads=2, kv_heads=1, mask=attngen.random(2, 8, 3) | band(3))
+    q, k, v = qkv(spec, 29, 45, torch_rng)
+    _check_forward(spec, q, k, v, q_offset=5)
+    check_gradients(spec, q, k, v, torch_rng, q_offset=5)
+
+
+def test_lists_exact_with_packed_documents(torch_rng):
+    from attngen.runtime.lsh import LshAttention
+    spec = lsh_spec("lsh_lists_docs", query_heads=2, kv_heads=1, causal=True, mask=segments())
+    q, k, _ = qkv(spec, 45, 45, torch_rng, batch=1)
+    ids = torch.arange(45) // 14
+    _check_lists(spec, LshAttention(spec, None), q, k, 0, 16, 16, seg=(ids, ids))
+    spec = lsh_spec("lsh_lists_random", query_heads=2, kv_heads=1, mask=attngen.random(1, 16, 2) & band(20))
+    _check_lists(spec, LshAttention(spec, None), q, k, 9, 16, 16)
 
 
 def test_torch_compile_fullgraph_forward_and_backward(torch_rng):
