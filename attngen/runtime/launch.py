@@ -39,8 +39,8 @@ from .blockmap_cache import cached_block_map_lists
 from .inputs import call_inputs, formula_args, sink_arg
 from .select import EveryTile, Selector
 from .tma import ensure_allocator, tma_refusal, with_tma
-from .launcher import (AOT_LENGTH, KernelLauncher, architecture, cdiv, check_kernel_dtypes, dot_precision, meta_tensor,
-                       poison)
+from .launcher import (AOT_LENGTH, KernelLauncher, architecture, cdiv, check_kernel_dtypes, dot_precision, ids_int32,
+                       meta_tensor, poison)
 
 log = logging.getLogger("attngen")
 
@@ -119,8 +119,8 @@ class CallTables:
 def _segments(seg_q, seg_k, device):
     """Segment ids as int32 on `device` with batch strides (0 for 1-D ids shared by the batch)."""
     out = []
-    for seg in (seg_q, seg_k):
-        seg = seg.to(device=device, dtype=torch.int32)
+    for name, seg in (("seg_q", seg_q), ("seg_k", seg_k)):
+        seg = ids_int32(seg, name, device)
         if seg.dim() == 1:
             out += [seg, 0, seg.stride(0)]
         else:

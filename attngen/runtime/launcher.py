@@ -44,6 +44,20 @@ def check_kernel_dtypes(q, k, v) -> None:
 AOT_LENGTH = 4096
 
 
+def ids_int32(ids: torch.Tensor, name: str, device=None) -> torch.Tensor:
+    """`ids` (segment ids, document ids) as int32 on `device`: the kernels read them as int32, so
+    ids outside its range are refused naming `name` rather than wrapped. Wider integer ids cost
+    one min/max (a device sync on a GPU)."""
+    if ids.dtype in (torch.int64, torch.uint32, torch.uint64) and ids.numel():
+        low, high = (int(x) for x in torch.aminmax(ids))
+        if low < _INT32.min or high > _INT32.max:
+            raise ShapeError(f"{name} holds ids {low}..{high}, outside int32: the kernels read them as int32")
+    return ids.to(device=device if device is not None else ids.device, dtype=torch.int32)
+
+
+_INT32 = torch.iinfo(torch.int32)
+
+
 def meta_tensor(*shape: int, dtype: torch.dtype) -> torch.Tensor:
     """A tensor with a shape and a dtype but no storage: what ahead-of-time compilation passes for
     q, k, v and the outputs (its address, 0, is aligned like a fresh CUDA allocation)."""

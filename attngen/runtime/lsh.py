@@ -42,7 +42,7 @@ from ..spec import alibi_slopes
 from ..spec.lsh import DOC_K, DOC_Q, KEY_POS, QUERY_POS, ROW_BATCH, ROW_HEAD, ROW_KV_HEAD, SLOPE, random_input
 from ..spec.predicates import Random
 from .inputs import call_inputs, grad_inputs
-from .launcher import cdiv
+from .launcher import cdiv, ids_int32
 from .merge import merge
 from .select import sequence_rows, tile_csr
 
@@ -217,8 +217,8 @@ class LshAttention:
         ctx = spec.eval_context(nq, nk, q_offset, seg_q, seg_k, device=q.device, inputs=user, batch=batch)
         docs = None
         if spec.uses_segments:          # (B, Hq, N) ids per (batch, head) row, permuted per round below
-            docs = [torch.as_tensor(s, device=q.device).to(torch.int64).expand(batch, n)[:, None, :]
-                    .expand(batch, heads, n) for s, n in ((seg_q, nq), (seg_k, nk))]
+            docs = [ids_int32(torch.as_tensor(s, device=q.device), name).expand(batch, n)[:, None, :]
+                    .expand(batch, heads, n) for s, n, name in ((seg_q, nq, "seg_q"), (seg_k, nk, "seg_k"))]
         mask = spec.effective_mask
         declared = {d.name for d in self.kernel_spec.inputs}
         shared = self.kernel_inputs(user, batch, heads, q.device)

@@ -35,6 +35,21 @@ def test_2d_segment_ids_for_more_sequences_than_the_batch_are_refused():
         attngen.reference(attn.spec, q, k, v, seg_q=three, seg_k=one_row)
 
 
+def test_segment_ids_outside_int32_are_refused_not_wrapped():
+    """The kernels read segment ids as int32: 2**32 + 1 would wrap to 1 and join document 1."""
+    attn = attngen.compile(Spec(name="bad_in_segments", query_heads=2, kv_heads=1, head_dim=16,
+                                causal=True, mask=segments()))
+    q, k, v = qkv(1, 24)
+    ids = torch.arange(3).repeat_interleave(8)
+    wide = ids + (ids == 2) * 2**32
+    with pytest.raises(ShapeError, match=r"seg_k holds ids 0\.\.4294967298, outside int32"):
+        attn(q, k, v, seg_q=ids, seg_k=wide)
+    lsh = attngen.compile(Spec(name="bad_in_segments_lsh", query_heads=2, kv_heads=1, head_dim=16, causal=True,
+                               mask=segments(), lsh={"buckets": 4, "seed": 1}))
+    with pytest.raises(ShapeError, match="seg_q holds ids .* outside int32"):
+        lsh(q, k, v, seg_q=wide, seg_k=ids)
+
+
 def test_band_widths_at_the_limit_compute_what_the_reference_computes():
     """2**30 is the widest side accepted: i ± 2**30 still fits the kernels' int32 positions (at
     2**31 - 1 the right side overflowed and every row came out empty)."""
