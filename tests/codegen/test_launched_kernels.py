@@ -66,6 +66,18 @@ def test_emitted_sass_is_the_launched_kernel_on_wgmma_without_spills(spec, kerne
 
 
 @pytest.mark.compile
+def test_gqa_sliding_window_backward_in_bf16_is_on_wgmma_without_spills():
+    """Issue 13's backward target: the GQA sliding-window d128 backward in bf16 (sm_90, n = 4096, as
+    launched): dK/dV and dQ on wgmma, no kernel with spills."""
+    text = A.emit("specs/mistral_sliding_window.yaml", kernel="bwd", stage="sass", target="sm_90", n=4096,
+                  dtype=torch.bfloat16)
+    kernels = _kernels(text)
+    assert {"dkdv", "dq"} <= set(kernels)
+    assert all("HGMMA" in kernels[role] for role in ("dkdv", "dq"))
+    assert all(spills == "0" for *_, spills, _ in RESOURCES.findall(text))
+
+
+@pytest.mark.compile
 def test_emit_decode_at_a_paged_shape_names_its_kernels():
     text = A.emit("specs/gqa.yaml", kernel="decode", stage="sass", target="sm_90", n=8192, batch=2,
                   page_size=16)
