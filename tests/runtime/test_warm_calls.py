@@ -42,7 +42,8 @@ def stubbed_launch(monkeypatch):
     return launched
 
 
-@pytest.mark.parametrize("spec_file", ["mistral_sliding_window", "bigbird", "alibi", "linear_favor"])
+@pytest.mark.parametrize("spec_file", ["mistral_sliding_window", "bigbird", "alibi", "linear_favor", "select/moba",
+                                       "select/reformer_lsh"])
 def test_warm_forward_backward_and_decode_run_nothing_symbolic(spec_file, stubbed_launch, torch_rng):
     attn = A.compile(f"specs/{spec_file}.yaml")
     spec = attn.spec
