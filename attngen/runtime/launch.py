@@ -167,7 +167,10 @@ class SoftmaxLauncher(KernelLauncher):
         (target, dtype, n, nk). Register allocation depends on the whole kernel and on the launch's
         specialisation, so no fixed table can promise this for every spec."""
         arguments = self.aot_arguments(dtype, n, nk or n)
-        candidates = self.candidates(self.spec.head_dim, dtype, target, arguments, autotune=False)
+        def key_values():
+            launch = arguments(candidate_configs(self.spec.head_dim, dtype, target, fit=self.fit)[0])[1]
+            return launch["k"], launch["v"]
+        candidates = self.candidates(self.spec.head_dim, dtype, target, key_values, autotune=False)
         return self.choose((target, dtype, n, nk or n, env.tma()), candidates,
                            lambda cfg: resource_usage(self.compile_launch("fwd", target, arguments, cfg)),
                            f"{self.generated.kernel_name} on {target}/{dtype}")
@@ -199,7 +202,7 @@ class SoftmaxLauncher(KernelLauncher):
                                            lists=lists,
                                            inputs=call_inputs(self.spec, inputs, batch=q.shape[0], nq=q.shape[2],
                                                               nk=k.shape[2], device=q.device))
-        candidates = self.candidates(head_dim, q.dtype, arch, arguments, autotune=env.autotune())
+        candidates = self.candidates(head_dim, q.dtype, arch, lambda: (k, v), autotune=env.autotune())
         if not env.autotune():
             return self.launch_choice((arch, q.dtype, env.tma(), any(c.tma for c in candidates)), "fwd", candidates,
                                       arguments,
@@ -214,15 +217,15 @@ class SoftmaxLauncher(KernelLauncher):
             log.info("%s: autotuned %s for %s", self.generated.kernel_name, self._tuned[key], key)
         return self._tuned[key]
 
-    def candidates(self, head_dim: int, dtype: torch.dtype, arch: str, arguments, *, autotune: bool) -> list:
-        """The forward's tile configurations on `arch`, with the TMA variants where the launch
-        `arguments` builds may take them (runtime/tma.py). Varlen kernels (packed (N, H, D)
-        tensors) take pointers only."""
+    def candidates(self, head_dim: int, dtype: torch.dtype, arch: str, key_values, *, autotune: bool) -> list:
+        """The forward's tile configurations on `arch`, with the TMA variants where the launch's K
+        and V (`key_values()`, asked for only when TMA is in play) may take them (runtime/tma.py).
+        Varlen kernels (packed (N, H, D) tensors) take pointers only."""
         candidates = candidate_configs(head_dim, dtype, arch, fit=self.fit)
-        if self.generated.kind.startswith("varlen"):
+        if self.generated.kind.startswith("varlen") or not (env.tma() or autotune):
             return candidates
-        args = arguments(candidates[0])[1]
-        return with_tma(candidates, tma_refusal(arch, ("k", args["k"]), ("v", args["v"])), autotune=autotune)
+        k, v = key_values()
+        return with_tma(candidates, tma_refusal(arch, ("k", k), ("v", v)), autotune=autotune)
 
     def call_tables(self, nq, nk, q_offset, cfg: TileConfig | None, device, seg_q, seg_k, *,
                     batch: int, keys: tuple = (0, None)) -> CallTables:
